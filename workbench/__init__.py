@@ -1,0 +1,48 @@
+"""workbench: what does this model actually see at this layer?
+
+Attributes are imported lazily, so ``import workbench as wb`` is cheap and changes no global state.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # foundation
+    "Classifier": "models", "load_classifier": "models", "preprocess": "models", "load_image": "models",
+    "WeightsUnavailableError": "errors", "WorkbenchError": "errors",
+    "layer_table": "hooks", "capture": "hooks", "run_with_cache": "hooks", "run_with_hooks": "hooks",
+    "FeatureCache": "hooks", "ablate_channels": "hooks", "add_direction": "hooks",
+    # tiny world
+    "TinyWorld": "tinyworld",
+    # diffusion and inversion
+    "DiffusionBase": "diffusion",
+    "FeatInv": "inverters.featinv", "FeatureConditioning": "inverters.featinv",
+    "invariance_map": "inverters.featinv",
+    "load_inverter": "inverters", "list_inverters": "inverters",
+    "train_featinv": "training.featinv",
+    "presets": "presets",
+    "data_dir": "paths", "fast_mode": "paths",
+}
+
+_SUBMODULES = {"tinyworld", "hooks", "models", "zoo", "diffusion", "inverters", "training", "plot", "metrics",
+               "analysis", "presets", "paths", "errors", "cli", "demo", "robustness", "widgets"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        value = module if name == "presets" else getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)

@@ -1,0 +1,294 @@
+"""The pretrained diffusion base that FeatInv puts a ControlNet on.
+
+A :class:`DiffusionBase` is what Stable Diffusion is, minus the text: a diffusers
+``UNet2DConditionModel``, an optional ``AutoencoderKL`` (latent bases; ``None`` for pixel bases),
+a noise-scheduler config, and one fixed prompt embedding (plus the null-prompt embedding for
+classifier-free guidance), computed once. The same class holds the embedded ``tinyworld-base``
+(16x16x4 latents behind a small VAE, 32 px images) and miniSD (``lambdalabs/miniSD-diffusers``,
+32x32x4 latents, 256 px images).
+
+Example:
+    >>> base = DiffusionBase.from_pretrained("tinyworld-base")
+    >>> z = base.encode(torch.rand(2, 3, 32, 32))      # [2, 4, 16, 16]
+    >>> x = base.decode(z)                             # [2, 3, 32, 32] in [0, 1]
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import WeightsUnavailableError
+from .paths import data_dir
+
+SHIPPED_BASES = ("tinyworld-base",)
+DEFAULT_PROMPT = "a high-quality, detailed photograph"
+
+
+def tiny_unet_config(*, sample_size: int = 16, in_channels: int = 4, widths=(64, 128, 128),
+                     cross_attention_dim: int = 64) -> dict[str, Any]:
+    """The ``UNet2DConditionModel`` config of the tiny-world base (SD 1.x block types, tiny widths)."""
+    return dict(
+        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+        block_out_channels=tuple(widths), layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(widths) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(widths) - 1) + ("UpBlock2D",),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,
+    )
+
+
+def tiny_vae_config(*, widths=(64, 128), latent_channels: int = 4, sample_size: int = 32) -> dict[str, Any]:
+    """The ``AutoencoderKL`` config of the tiny-world base: 32 px -> 16x16x4 with two blocks."""
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, sample_size=sample_size,
+        down_block_types=("DownEncoderBlock2D",) * len(widths), up_block_types=("UpDecoderBlock2D",) * len(widths),
+        block_out_channels=tuple(widths), layers_per_block=1, norm_num_groups=16,
+    )
+
+
+def tiny_scheduler_config() -> dict[str, Any]:
+    """The DDPM training schedule of the tiny base (cosine betas suit small images)."""
+    return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+                clip_sample=False)
+
+
+def sd_miniature_configs() -> dict[str, dict[str, Any]]:
+    """Configs with miniSD's (SD 1.x) block types at tiny widths, for offline tests of the real-scale path."""
+    unet = dict(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+    )
+    vae = dict(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+        block_out_channels=(16, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
+    )
+    scheduler = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                     prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return {"unet": unet, "vae": vae, "scheduler": scheduler}
+
+
+class DiffusionBase(nn.Module):
+    """A frozen diffusion prior with an SD-style interface.
+
+    Args:
+        unet: ``UNet2DConditionModel`` predicting noise; its cross-attention receives the prompt embedding.
+        scheduler_config: a diffusers scheduler config (``DDPMScheduler`` for training; samplers are built from it).
+        prompt_embeds: ``Tensor[1, L, D]`` the fixed prompt embedding.
+        null_embeds: ``Tensor[1, L, D]`` the null-prompt embedding (classifier-free guidance, condition dropout).
+        vae: ``AutoencoderKL`` for latent bases, ``None`` for a pixel-space base.
+        image_size: side of the images in pixels.
+        name: the name or path it was loaded from (recorded in inverter configs).
+    """
+
+    def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], prompt_embeds: torch.Tensor,
+                 null_embeds: torch.Tensor, vae: nn.Module | None = None, *, image_size: int, name: str = "custom"):
+        super().__init__()
+        self.unet = unet
+        self.vae = vae
+        self.scheduler_config = dict(scheduler_config)
+        self.register_buffer("prompt_embeds", prompt_embeds.detach().float().clone())
+        self.register_buffer("null_embeds", null_embeds.detach().float().clone())
+        self.image_size = int(image_size)
+        self.name = name
+        self.requires_grad_(False)
+        self.eval()
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of what the UNet denoises (latents, or pixels for a pixel base)."""
+        c = self.unet.config.in_channels
+        if self.vae is None:
+            return (c, self.image_size, self.image_size)
+        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (c, self.image_size // f, self.image_size // f)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor) if self.vae is not None else 1.0
+
+    # ------------------------------------------------------------------ codec
+    def encode(self, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] -> scaled latents ``[B, C, h, w]`` (pixels in [-1, 1] for a pixel base)."""
+        x = images * 2 - 1
+        if self.vae is None:
+            return x
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        return z.float() * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` clamped to [0, 1]."""
+        if self.vae is None:
+            x = latents
+        else:
+            x = self.vae.decode((latents / self.scaling_factor).to(self.vae.dtype)).sample.float()
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def embeds(self, batch: int, *, null: torch.Tensor | bool = False) -> torch.Tensor:
+        """Prompt embeddings for a batch: ``[B, L, D]``. ``null`` is a bool or a ``Tensor[B]`` bool mask
+        selecting the null prompt per item (condition dropout)."""
+        p = self.prompt_embeds.expand(batch, -1, -1)
+        if isinstance(null, bool):
+            return self.null_embeds.expand(batch, -1, -1) if null else p
+        return torch.where(null.view(-1, 1, 1), self.null_embeds.expand(batch, -1, -1), p)
+
+    def make_scheduler(self, kind: str = "ddpm"):
+        """A fresh diffusers scheduler from this base's config: ``"ddpm"`` (training), ``"ddim"`` or ``"dpm++"``."""
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+        if kind == "ddpm":
+            return DDPMScheduler.from_config(self.scheduler_config)
+        if kind == "ddim":
+            return DDIMScheduler.from_config(self.scheduler_config)
+        if kind in ("dpm++", "dpmsolver++", "dpm"):
+            return DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++",
+                                                           solver_order=2)
+        raise ValueError(f"unknown scheduler {kind!r}; expected 'ddpm', 'ddim' or 'dpm++'")
+
+    # ------------------------------------------------------------------ sampling (unconditional)
+    @torch.no_grad()
+    def sample(self, n: int, *, steps: int = 20, scheduler: str = "dpm++", seed: int = 0, batch_size: int = 256,
+               progress: bool = True) -> torch.Tensor:
+        """Unconditional samples from the base: ``Tensor[n, 3, H, W]`` in [0, 1]."""
+        from tqdm.auto import tqdm
+
+        device = self.prompt_embeds.device
+        g = torch.Generator("cpu").manual_seed(seed)
+        out = []
+        for start in tqdm(range(0, n, batch_size), desc="base samples", disable=not progress):
+            b = min(batch_size, n - start)
+            sched = self.make_scheduler(scheduler)
+            sched.set_timesteps(steps, device=device)
+            z = torch.randn((b, *self.latent_shape), generator=g).to(device) * sched.init_noise_sigma
+            emb = self.embeds(b)
+            for t in sched.timesteps:
+                eps = self.unet(sched.scale_model_input(z, t), t, encoder_hidden_states=emb).sample
+                z = sched.step(eps, t, z).prev_sample
+            out.append(self.decode(z).cpu())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
+        """Write a diffusers-style folder: ``unet/``, ``vae/`` (latent bases), ``scheduler/``,
+        ``prompt_embeds.safetensors`` and ``card.json``."""
+        from .zoo import save_state
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        dtype = torch.float16 if fp16 else torch.float32
+        for part in ("unet", "vae"):
+            mod = getattr(self, part)
+            if mod is None:
+                continue
+            orig = next(mod.parameters()).dtype
+            mod.to(dtype).save_pretrained(path / part)
+            mod.to(orig)
+        (path / "scheduler").mkdir(exist_ok=True)
+        (path / "scheduler" / "scheduler_config.json").write_text(
+            json.dumps({"_class_name": "DDPMScheduler", **self.scheduler_config}, indent=2))
+        save_state({"prompt_embeds": self.prompt_embeds, "null_embeds": self.null_embeds},
+                   path / "prompt_embeds.safetensors", fp16=False)
+        meta = {"image_size": self.image_size, **(card or {})}
+        (path / "card.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, prompt: str = DEFAULT_PROMPT,
+                        image_size: int | None = None) -> "DiffusionBase":
+        """Load a base from a shipped name (``"tinyworld-base"``), a local folder or a hub id.
+
+        A folder must hold ``unet/`` and ``scheduler/`` (and ``vae/`` for a latent base). The prompt
+        embedding is read from ``prompt_embeds.safetensors`` when present; otherwise it is computed once
+        with the folder's CLIP ``text_encoder/`` and ``tokenizer/`` from ``prompt`` (and ``""`` for the
+        null prompt), which needs ``transformers``.
+
+        Raises:
+            WeightsUnavailableError: the hub cannot be reached or a file is missing. The message names the
+                local-folder alternative.
+        """
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        name = str(name_or_path)
+        if name in SHIPPED_BASES:
+            path = data_dir() / name
+            if not (path / "unet").is_dir():
+                raise WeightsUnavailableError(
+                    f"the shipped base {name!r} is missing from {path}. Run `make weights` to train it, or restore "
+                    f"it with `git checkout data/`.")
+        elif Path(name).expanduser().is_dir():
+            path = Path(name).expanduser()
+        else:
+            path = _snapshot(name)
+        if not (path / "unet").is_dir():
+            raise WeightsUnavailableError(f"{path} has no unet/ folder; a base folder needs unet/, scheduler/ "
+                                          f"(and vae/ for a latent base), as diffusers writes them.")
+        try:
+            unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype) if (path / "vae").is_dir() else None
+        except (OSError, ValueError) as e:
+            raise WeightsUnavailableError(f"could not read the base in {path}: {e}. Restore it with "
+                                          f"`git checkout data/` or retrain with `make weights`.") from e
+        sched_file = path / "scheduler" / "scheduler_config.json"
+        sched = json.loads(sched_file.read_text()) if sched_file.is_file() else tiny_scheduler_config()
+        sched = {k: v for k, v in sched.items() if not k.startswith("_")}
+        card = json.loads((path / "card.json").read_text()) if (path / "card.json").is_file() else {}
+        if (path / "prompt_embeds.safetensors").is_file():
+            from .zoo import load_state
+
+            emb = load_state(path / "prompt_embeds.safetensors")
+            prompt_embeds, null_embeds = emb["prompt_embeds"], emb["null_embeds"]
+        else:
+            prompt_embeds, null_embeds = _encode_prompts(path, [prompt, ""])
+        if image_size is None:
+            image_size = card.get("image_size") or (
+                vae.config.sample_size if vae is not None else unet.config.sample_size)
+        base = cls(unet, sched, prompt_embeds, null_embeds, vae, image_size=int(image_size), name=name)
+        return base.to(device)
+
+
+def _snapshot(repo_id: str) -> Path:
+    """Download (or find in the HF cache) the parts of an SD-style repo; a clear error when offline."""
+    from huggingface_hub import snapshot_download
+
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    patterns = ["unet/*", "vae/*", "scheduler/*", "text_encoder/*", "tokenizer/*", "model_index.json"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
+        raise WeightsUnavailableError(
+            f"could not load the diffusion base {repo_id!r} from the Hugging Face hub ({type(e).__name__}). "
+            f"Either pass a local folder (DiffusionBase.from_pretrained('/path/to/{repo_id.split('/')[-1]}'), "
+            f"a diffusers layout with unet/, vae/, scheduler/, text_encoder/, tokenizer/), or pre-fill the HF "
+            f"cache on a connected machine (`huggingface-cli download {repo_id}`) and set HF_HUB_OFFLINE=1.") from e
+
+
+@torch.no_grad()
+def _encode_prompts(path: Path, prompts: list[str]) -> list[torch.Tensor]:
+    """CLIP text embeddings ``[1, 77, D]`` for each prompt, computed once at load time."""
+    try:
+        from transformers import CLIPTextModel, CLIPTokenizer
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("computing an SD prompt embedding needs `transformers`: pip install transformers") from e
+    if not (path / "text_encoder").is_dir():
+        raise WeightsUnavailableError(f"{path} has neither prompt_embeds.safetensors nor a text_encoder/ folder; "
+                                      f"one of them is needed for the fixed prompt embedding.")
+    tok = CLIPTokenizer.from_pretrained(path / "tokenizer")
+    enc = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
+    out = []
+    for p in prompts:
+        ids = tok([p], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        out.append(enc(ids.input_ids)[0].float())
+    return out

@@ -1,0 +1,64 @@
+"""Inverters: from a classifier's feature map back to images.
+
+Every inverter has the same call, ``invert(features, num_samples=..., seed=...) -> Tensor[B, S, 3, H, W]``,
+and the same attributes: ``classifier_name``, ``layer``, ``feature_shape``, ``pooling``, ``image_size``.
+
+Shipped inverters live in ``data/inverters/<classifier>/<layer>[-pooled|-decoder]/`` and are named
+``<classifier>/<layer>[-pooled|-decoder]`` by :func:`list_inverters`.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import WeightsUnavailableError
+from ..paths import data_dir
+
+
+def list_inverters() -> list[str]:
+    """Names of the shipped inverters, e.g. ``["tinyworld-cnn/stages.3", "tinyworld-cnn/stages.3-pooled", ...]``."""
+    root = data_dir() / "inverters"
+    if not root.is_dir():
+        return []
+    return sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in root.glob("*/*/config.json"))
+
+
+def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, layer: str | None = None,
+                  feature_shape: Sequence[int] | None = None, image_size: int | None = None, base=None,
+                  device: str | torch.device = "cpu"):
+    """Load a shipped inverter by name (see :func:`list_inverters`) or from a folder written by ``save_pretrained``.
+
+    The optional ``classifier``, ``layer``, ``feature_shape`` and ``image_size`` are checked against what the
+    inverter was trained for; a mismatch (say, ViT features for a CNN inverter) is refused with a clear error.
+    """
+    from .featinv import FeatInv, InverterMismatchError
+
+    path = Path(name_or_path)
+    if not (path / "config.json").is_file():
+        shipped = list_inverters()
+        if str(name_or_path) not in shipped:
+            close = difflib.get_close_matches(str(name_or_path), shipped, n=3, cutoff=0.3)
+            raise WeightsUnavailableError(
+                f"no inverter {str(name_or_path)!r}: it is neither a shipped name nor a folder with config.json. "
+                f"Closest shipped: {close or shipped}. Train one with `workbench train-inverter` or run `make weights`.")
+        path = data_dir() / "inverters" / str(name_or_path)
+    cfg = json.loads((path / "config.json").read_text())
+    expected = {"classifier_name": classifier, "layer": layer,
+                "feature_shape": list(feature_shape) if feature_shape is not None else None, "image_size": image_size}
+    for key, want in expected.items():
+        if want is not None and cfg.get(key) != want:
+            raise InverterMismatchError(f"the inverter {str(name_or_path)!r} was trained for {key}={cfg.get(key)!r}, "
+                                        f"not {want!r}; pick the inverter of your classifier and layer from "
+                                        f"wb.list_inverters()")
+    kind = cfg.get("class", "FeatInv")
+    if kind == "FeatInv":
+        return FeatInv.from_pretrained(path, base=base, device=device)
+    if kind == "DecoderInverter":
+        from .decoder import DecoderInverter
+
+        return DecoderInverter.from_pretrained(path, device=device)
+    raise ValueError(f"{path / 'config.json'} names an unknown inverter class {kind!r}")

@@ -1,0 +1,315 @@
+"""FeatInv: a ControlNet that inverts a classifier's spatial feature map into images.
+
+Following Neukirch, Vielhaben and Strodthoff, "FeatInv" (arXiv 2505.21032): a frozen, pretrained
+diffusion base gets a ControlNet (diffusers' ``ControlNetModel.from_unet``) whose image-hint
+embedding is replaced by :class:`FeatureConditioning`. The map ``Tensor[B, C_f, h, w]`` is
+normalised per channel, upsampled bilinearly to the base's latent resolution, passed through a
+shallow conv encoder with SiLU, and enters the ControlNet through a zero-initialised conv. Sampling
+from the result draws images whose features at ``layer`` match the given map.
+
+Classifier-free guidance has two meanings here (``guidance_mode``):
+
+* ``"features"`` (default): the unconditional branch drops the features (and uses the null prompt),
+  exactly the condition dropout seen in training; guidance then amplifies what the features say.
+  This is our default because the features are the only condition that carries information about
+  the image; the fixed prompt carries none.
+* ``"prompt"`` (the official code's behaviour): both branches see the features, and guidance only
+  contrasts the fixed prompt with the null prompt.
+
+Example:
+    >>> inv = load_inverter("tinyworld-cnn/stages.3")
+    >>> samples = inv.invert_images(images, num_samples=4)        # Tensor[B, 4, 3, 32, 32] in [0, 1]
+    >>> spread = invariance_map(samples)                          # Tensor[B, 1, 32, 32]
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import WorkbenchError
+
+#: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md).
+DEFAULT_STEPS = 20
+DEFAULT_SCHEDULER = "dpm++"
+DEFAULT_GUIDANCE = 2.0
+DEFAULT_GUIDANCE_MODE = "features"
+
+
+class InverterMismatchError(WorkbenchError, ValueError):
+    """An inverter was given features, a classifier or a base it was not trained for."""
+
+
+class FeatureConditioning(nn.Module):
+    """Embeds a feature map as a ControlNet condition, replacing diffusers' image-hint embedding.
+
+    Args:
+        feature_channels: ``C_f`` of the incoming map.
+        out_channels: the ControlNet's first-block channels (``block_out_channels[0]``).
+        latent_size: ``(h_lat, w_lat)`` the map is upsampled to.
+        hidden_channels: width of the shallow encoder.
+        pooling: ``"none"`` (spatial, FeatInv) or ``"mean"`` (the paper's pooled ablation: the map is averaged
+            over space and broadcast back, so only *what*, not *where*, reaches the ControlNet).
+
+    Shapes:
+        ``forward(features: [B, C_f, h, w]) -> [B, out_channels, h_lat, w_lat]``; all zeros at initialisation.
+    """
+
+    def __init__(self, feature_channels: int, out_channels: int, latent_size: Sequence[int], *,
+                 hidden_channels: int = 64, pooling: str = "none"):
+        super().__init__()
+        if pooling not in ("none", "mean"):
+            raise ValueError(f"pooling={pooling!r}; expected 'none' (spatial) or 'mean' (pooled ablation)")
+        self.pooling = pooling
+        self.latent_size = tuple(int(s) for s in latent_size)
+        self.register_buffer("feature_mean", torch.zeros(feature_channels))
+        self.register_buffer("feature_std", torch.ones(feature_channels))
+        self.encoder = nn.Sequential(
+            nn.Conv2d(feature_channels, hidden_channels, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1), nn.SiLU(),
+        )
+        self.zero_out = nn.Conv2d(hidden_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.zero_out.weight)
+        nn.init.zeros_(self.zero_out.bias)
+
+    @torch.no_grad()
+    def set_feature_stats(self, features: torch.Tensor) -> None:
+        """Fix the per-channel normalisation from a sample of maps ``[N, C_f, h, w]`` (done once before training)."""
+        self.feature_mean.copy_(features.float().mean((0, 2, 3)))
+        self.feature_std.copy_(features.float().std((0, 2, 3)).clamp_min(1e-4))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+        if self.pooling == "mean":
+            x = x.mean((2, 3), keepdim=True)
+        x = F.interpolate(x, size=self.latent_size, mode="bilinear", align_corners=False) \
+            if self.pooling == "none" else x.expand(-1, -1, *self.latent_size)
+        return self.zero_out(self.encoder(x))
+
+
+class FeatInv(nn.Module):
+    """A ControlNet inverter of one classifier layer on a frozen :class:`~workbench.DiffusionBase`.
+
+    Args:
+        base: the frozen diffusion base (its UNet and VAE are never trained).
+        classifier_name: the classifier the features come from (``"tinyworld-cnn"``, ``"resnet50"``...).
+        layer: the layer name, as in ``layer_table`` (``"stages.3"``, ``"blocks.5"``, ``"layer4"``).
+        feature_shape: ``(C, h, w)`` of the map at that layer.
+        pooling: ``"none"`` (spatial conditioning) or ``"mean"`` (pooled ablation).
+        hidden_channels: width of the conditioning encoder.
+
+    The constructor arguments are the config: they are kept as attributes (``inv.classifier_name``,
+    ``inv.layer``, ``inv.feature_shape``, ``inv.pooling``, ``inv.image_size``) and saved as JSON by
+    :meth:`save_pretrained`.
+    """
+
+    kind = "featinv"
+
+    def __init__(self, base, classifier_name: str, layer: str, feature_shape: Sequence[int], pooling: str = "none",
+                 *, hidden_channels: int = 64):
+        super().__init__()
+        from diffusers import ControlNetModel
+
+        if len(feature_shape) != 3:
+            raise ValueError(f"feature_shape must be (C, h, w), got {tuple(feature_shape)}")
+        self.classifier_name = classifier_name
+        self.layer = layer
+        self.feature_shape = tuple(int(s) for s in feature_shape)
+        self.pooling = pooling
+        self.hidden_channels = hidden_channels
+        self.image_size = base.image_size
+        self.base = base
+        self.base.requires_grad_(False)
+        self.controlnet = ControlNetModel.from_unet(base.unet, load_weights_from_unet=True)
+        self.controlnet.controlnet_cond_embedding = FeatureConditioning(
+            self.feature_shape[0], self.controlnet.config.block_out_channels[0], base.latent_shape[1:],
+            hidden_channels=hidden_channels, pooling=pooling)
+
+    # ------------------------------------------------------------------ config
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"class": "FeatInv", "base": self.base.name, "classifier_name": self.classifier_name,
+                "layer": self.layer, "feature_shape": list(self.feature_shape), "pooling": self.pooling,
+                "hidden_channels": self.hidden_channels, "image_size": self.image_size,
+                "latent_shape": list(self.base.latent_shape)}
+
+    @property
+    def conditioning(self) -> FeatureConditioning:
+        return self.controlnet.controlnet_cond_embedding
+
+    def extra_repr(self) -> str:
+        return (f"classifier={self.classifier_name!r}, layer={self.layer!r}, feature_shape={self.feature_shape}, "
+                f"pooling={self.pooling!r}, image_size={self.image_size}")
+
+    def check_features(self, features: torch.Tensor) -> None:
+        if features.ndim != 4 or tuple(features.shape[1:]) != self.feature_shape:
+            raise InverterMismatchError(
+                f"this inverter was trained on {self.classifier_name!r} at {self.layer!r} with maps of shape "
+                f"{self.feature_shape}, but got features of shape {tuple(features.shape)}. Capture the features "
+                f"with wb.run_with_cache(classifier, images, {self.layer!r}) from {self.classifier_name!r}, or load "
+                f"the inverter trained for your classifier and layer (wb.list_inverters()).")
+        if not torch.isfinite(features).all():
+            raise ValueError("features contain NaN or Inf; inverting them would give NaN images")
+
+    # ------------------------------------------------------------------ the network
+    def predict_noise(self, z: torch.Tensor, t: torch.Tensor, features: torch.Tensor, embeds: torch.Tensor,
+                      conditioning_scale: float = 1.0) -> torch.Tensor:
+        """One denoiser evaluation: latents ``[B, C, h, w]``, timesteps, maps ``[B, C_f, h_f, w_f]``,
+        prompt embeddings ``[B, L, D]`` -> predicted noise ``[B, C, h, w]``."""
+        down, mid = self.controlnet(z, t, encoder_hidden_states=embeds, controlnet_cond=features,
+                                    conditioning_scale=conditioning_scale, return_dict=False)
+        return self.base.unet(z, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
+                              mid_block_additional_residual=mid).sample
+
+    def training_loss(self, latents: torch.Tensor, features: torch.Tensor, *, noise_scheduler,
+                      generator: torch.Generator | None = None, drop_prob: float = 0.15) -> torch.Tensor:
+        """The noise-prediction loss on a batch, with condition dropout: with probability ``drop_prob`` an
+        item's features are zeroed and the null prompt is used (so classifier-free guidance is defined)."""
+        b = latents.shape[0]
+        dev = latents.device
+        noise = torch.randn(latents.shape, generator=generator, device=dev)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator, device=dev)
+        zt = noise_scheduler.add_noise(latents, noise, t)
+        drop = torch.rand(b, generator=generator, device=dev) < drop_prob
+        feats = features * (~drop).view(-1, 1, 1, 1).to(features.dtype)
+        pred = self.predict_noise(zt, t, feats, self.base.embeds(b, null=drop))
+        return F.mse_loss(pred.float(), noise.float())
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def invert(self, features: torch.Tensor, *, num_samples: int = 4, steps: int | None = None,
+               guidance: float | None = None, scheduler: str | None = None, seed: int = 0, progress: bool = True,
+               guidance_mode: str = DEFAULT_GUIDANCE_MODE, batch_size: int = 64) -> torch.Tensor:
+        """Sample images whose features at ``self.layer`` match ``features``.
+
+        Args:
+            features: ``Tensor[B, C, h, w]`` maps from ``self.classifier_name`` at ``self.layer``.
+            num_samples: ``S`` samples per map.
+            steps: denoising steps (default :data:`DEFAULT_STEPS`).
+            guidance: classifier-free guidance scale; 1 disables guidance (default :data:`DEFAULT_GUIDANCE`).
+            scheduler: ``"dpm++"`` (DPM-Solver++ 2M) or ``"ddim"`` (default :data:`DEFAULT_SCHEDULER`).
+            seed: the same seed gives the same images, whatever ``batch_size``.
+            progress: show a progress bar.
+            guidance_mode: ``"features"`` or ``"prompt"``, see the module docstring.
+            batch_size: images denoised at once; bounds the memory, not the input size.
+
+        Returns:
+            ``Tensor[B, S, 3, H, W]`` in [0, 1], on the CPU.
+        """
+        from tqdm.auto import tqdm
+
+        steps = DEFAULT_STEPS if steps is None else int(steps)
+        guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
+        scheduler = DEFAULT_SCHEDULER if scheduler is None else scheduler
+        if guidance_mode not in ("features", "prompt"):
+            raise ValueError(f"guidance_mode={guidance_mode!r}; expected 'features' or 'prompt'")
+        if num_samples < 1 or steps < 1 or batch_size < 1:
+            raise ValueError(f"num_samples, steps and batch_size must be >= 1 (got {num_samples}, {steps}, {batch_size})")
+        self.check_features(features)
+        device = self.base.prompt_embeds.device
+        B, S = features.shape[0], num_samples
+        # all noise up front on the CPU, so results do not depend on batch_size or device
+        g = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn((B * S, *self.base.latent_shape), generator=g)
+        feats = features.detach().float().repeat_interleave(S, 0)
+        out = torch.empty(B * S, 3, self.image_size, self.image_size)
+        chunks = list(range(0, B * S, batch_size))
+        bar = tqdm(total=len(chunks) * steps, desc="FeatInv", disable=not progress)
+        for s in chunks:
+            e = min(s + batch_size, B * S)
+            f = feats[s:e].to(device)
+            sched = self.base.make_scheduler(scheduler)
+            sched.set_timesteps(steps, device=device)
+            z = noise[s:e].to(device) * sched.init_noise_sigma
+            n = e - s
+            cond_emb = self.base.embeds(n)
+            null_emb = self.base.embeds(n, null=True)
+            uncond_feats = torch.zeros_like(f) if guidance_mode == "features" else f
+            for t in sched.timesteps:
+                zin = sched.scale_model_input(z, t)
+                if guidance == 1.0:
+                    eps = self.predict_noise(zin, t, f, cond_emb)
+                else:
+                    eps_c, eps_u = self.predict_noise(torch.cat([zin, zin]), t, torch.cat([f, uncond_feats]),
+                                                      torch.cat([cond_emb, null_emb])).chunk(2)
+                    eps = eps_u + guidance * (eps_c - eps_u)
+                z = sched.step(eps, t, z).prev_sample
+                bar.update(1)
+            out[s:e] = self.base.decode(z).float().cpu()
+        bar.close()
+        return out.view(B, S, 3, self.image_size, self.image_size)
+
+    @torch.no_grad()
+    def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
+        """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` in [0, 1] with ``classifier`` (default: the
+        shipped or timm model named ``self.classifier_name``), then :meth:`invert` them -> ``[B, S, 3, H, W]``."""
+        from ..metrics import extract_features
+
+        if classifier is None:
+            from ..models import load_classifier
+
+            classifier = load_classifier(self.classifier_name, device=self.base.prompt_embeds.device)
+        return self.invert(extract_features(classifier, images, self.layer), **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
+        """Write ``config.json`` + ``controlnet.safetensors`` (+ ``card.json``). The base is referenced by
+        name or path, never copied."""
+        from ..zoo import save_state
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_state(self.controlnet, path / "controlnet.safetensors", fp16=fp16)
+        (path / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        if card is not None:
+            (path / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, base=None, device: str | torch.device = "cpu") -> "FeatInv":
+        """Rebuild from :meth:`save_pretrained`'s folder; the base is loaded by its recorded name unless given."""
+        from ..diffusion import DiffusionBase
+        from ..zoo import load_state
+
+        path = Path(path)
+        cfg = json.loads((path / "config.json").read_text())
+        if base is None:
+            base = DiffusionBase.from_pretrained(cfg["base"], device=device)
+        if list(base.latent_shape) != list(cfg["latent_shape"]) or base.image_size != cfg["image_size"]:
+            raise InverterMismatchError(
+                f"the inverter in {path} was trained on a base with latents {tuple(cfg['latent_shape'])} at "
+                f"{cfg['image_size']} px, but the given base has {base.latent_shape} at {base.image_size} px")
+        inv = cls(base, cfg["classifier_name"], cfg["layer"], cfg["feature_shape"], cfg["pooling"],
+                  hidden_channels=cfg.get("hidden_channels", 64))
+        state = load_state(path / "controlnet.safetensors")
+        missing, unexpected = inv.controlnet.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise InverterMismatchError(f"{path / 'controlnet.safetensors'} does not match its config.json "
+                                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        card = path / "card.json"
+        inv.card = json.loads(card.read_text()) if card.is_file() else {}
+        return inv.to(device).eval()
+
+
+def invariance_map(samples: torch.Tensor) -> torch.Tensor:
+    """Per-pixel spread across samples of the same map: what the features leave undetermined.
+
+    Args:
+        samples: ``Tensor[B, S, 3, H, W]`` with ``S >= 2``.
+
+    Returns:
+        ``Tensor[B, 1, H, W]``: the standard deviation over samples, averaged over colour channels.
+    """
+    if samples.ndim != 5 or samples.shape[1] < 2:
+        raise ValueError(f"invariance_map needs samples shaped [B, S, 3, H, W] with S >= 2, got {tuple(samples.shape)}")
+    return samples.float().std(1).mean(1, keepdim=True)
+
+
+def sampler_description(steps: int | None = None, guidance: float | None = None, scheduler: str | None = None,
+                        guidance_mode: str = DEFAULT_GUIDANCE_MODE, **_) -> str:
+    """How a metric's samples were drawn, for cards: e.g. ``"dpm++ 20 steps, guidance 2.0 (features)"``."""
+    return (f"{scheduler or DEFAULT_SCHEDULER} {steps or DEFAULT_STEPS} steps, "
+            f"guidance {DEFAULT_GUIDANCE if guidance is None else guidance} ({guidance_mode})")

@@ -1,0 +1,163 @@
+"""Retrain every tiny-world artefact from scratch, resumably (``make weights``).
+
+    python -m workbench.training.all [--device cpu|cuda] [--jobs N] [--profile cpu|gpu] [--runs runs/weights] [--ship data]
+
+Stages run in dependency order; independent stages run side by side with ``--jobs``. Each stage
+trains into ``RUNS/<stage>/`` with ``--resume`` and leaves a ``DONE`` marker, so a stopped run picks
+up where it left off. Finished weights are written (fp16) with their cards into ``--ship``.
+
+| stage       | command                                   | needs          |
+|-------------|-------------------------------------------|----------------|
+| cnn, vit    | ``train-classifier``                      |                |
+| vae         | ``train-vae``                             |                |
+| base        | ``train-base`` on cached VAE latents      | vae            |
+| base-card   | sample quality of the base for its card   | base, cnn, vit |
+| inv-*       | ``train-inverter`` (5 inverters)          | base, cnn/vit  |
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# stage -> (command, args, dependencies). Steps and batch sizes come from the profile below.
+STAGES: dict[str, tuple[str, list[str], list[str]]] = {
+    "cnn": ("train-classifier", ["--name", "tinyworld-cnn"], []),
+    "vit": ("train-classifier", ["--name", "tinyworld-vit"], []),
+    "vae": ("train-vae", [], []),
+    "base": ("train-base", ["--vae", "{runs}/vae/vae"], ["vae"]),
+    "base-card": ("train-base", ["--vae", "{runs}/vae/vae", "--eval-only", "{ship}/tinyworld-base",
+                                 "--eval-classifiers", "{ship}"], ["base", "cnn", "vit"]),
+    "inv-cnn-last": ("train-inverter", ["--classifier", "tinyworld-cnn", "--layer", "stages.3"], ["base", "cnn"]),
+    "inv-vit-last": ("train-inverter", ["--classifier", "tinyworld-vit", "--layer", "blocks.5"], ["base", "vit"]),
+    "inv-cnn-mid": ("train-inverter", ["--classifier", "tinyworld-cnn", "--layer", "stages.2"], ["base", "cnn"]),
+    "inv-vit-mid": ("train-inverter", ["--classifier", "tinyworld-vit", "--layer", "blocks.2"], ["base", "vit"]),
+    "inv-cnn-pooled": ("train-inverter", ["--classifier", "tinyworld-cnn", "--layer", "stages.3", "--pooling", "mean"],
+                       ["base", "cnn"]),
+}
+
+# profile -> stage -> extra arguments. "gpu" fits one H100 in about 9 minutes with --jobs 5.
+PROFILES: dict[str, dict[str, list[str]]] = {
+    "cpu": {
+        "cnn": ["--steps", "3000", "--batch-size", "128"],
+        "vit": ["--steps", "4000", "--batch-size", "128"],
+        "vae": ["--steps", "3000", "--batch-size", "64"],
+        "base": ["--steps", "8000", "--batch-size", "128"],
+        "inv": ["--steps", "6000", "--batch-size", "64"],
+    },
+    "gpu": {
+        "cnn": ["--steps", "4000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "1.5"],
+        "vit": ["--steps", "5000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "1.5"],
+        "vae": ["--steps", "5000", "--batch-size", "128", "--train-size", "100000", "--max-minutes", "1.0"],
+        "base": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "2.1"],
+        "inv": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "2.9",
+                "--save-every", "100000"],
+    },
+    "smoke": {  # a few steps of everything, for tests of this orchestration
+        "cnn": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--test-size", "32", "--arch",
+                '{"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}'],
+        "vit": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--test-size", "32", "--arch",
+                '{"embed_dim": 16, "depth": 6, "num_heads": 2}'],
+        "vae": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--widths", "16,16"],
+        "base": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--widths", "16,32,32", "--eval-samples", "8"],
+        "inv": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--hidden-channels", "8", "--eval-n", "4"],
+    },
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="make weights", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs/weights", help="run folders (checkpoints), resumable")
+    p.add_argument("--ship", default=None, help="where finished fp16 weights and cards go (default: data/)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--profile", default=None, choices=sorted(PROFILES), help="default: gpu on cuda, else cpu")
+    p.add_argument("--jobs", type=int, default=1, help="stages run side by side")
+    p.add_argument("--only", nargs="*", default=None, help="run only these stages (and nothing they need)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p.parse_args(argv)
+
+
+def stage_command(stage: str, args, profile: dict[str, list[str]]) -> list[str]:
+    cmd, extra, _ = STAGES[stage]
+    fill = {"runs": args.runs, "ship": args.ship}
+    out = [sys.executable, "-m", "workbench.cli", cmd, *[e.format(**fill) for e in extra],
+           "--out", f"{args.runs}/{stage}", "--device", args.device, "--resume"]
+    key = "inv" if stage.startswith("inv-") else "base" if stage.startswith("base") else stage
+    out += profile.get(key, [])
+    if stage != "base-card":
+        out += ["--ship", args.ship]
+    if not args.progress:
+        out.append("--no-progress")
+    return out
+
+
+def main(args) -> int:
+    from ..paths import data_dir
+
+    args.ship = str(Path(args.ship or data_dir()).resolve())
+    args.runs = str(Path(args.runs).resolve())
+    device = args.device
+    if args.profile is None:
+        import torch
+
+        args.profile = "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    profile = PROFILES[args.profile]
+    env = {**os.environ, "WORKBENCH_DATA": args.ship}  # later stages load what earlier ones shipped
+    todo = [s for s in STAGES if args.only is None or s in args.only]
+    done = {s for s in STAGES if (Path(args.runs) / s / "DONE").is_file()}
+    if args.only is not None:
+        done |= {s for s in STAGES if s not in args.only}
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    failed = []
+
+    def stop(signum, frame):  # a timeout or Ctrl-C stops the children too; their checkpoints stay resumable
+        for s, (proc, _) in running.items():
+            proc.terminate()
+        for s, (proc, _) in running.items():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        print(f"[weights] stopped by signal {signum}; unfinished: {sorted(running)}", flush=True)
+        sys.exit(1)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        for s, (proc, t0) in list(running.items()):
+            if proc.poll() is not None:
+                del running[s]
+                if proc.returncode == 0:
+                    (Path(args.runs) / s).mkdir(parents=True, exist_ok=True)
+                    (Path(args.runs) / s / "DONE").write_text(f"{time.time() - t0:.1f} s\n")
+                    done.add(s)
+                    print(f"[weights] {s} finished in {time.time() - t0:.0f} s", flush=True)
+                else:
+                    failed.append(s)
+                    print(f"[weights] {s} FAILED (exit {proc.returncode}); see {args.runs}/{s}/log.txt", flush=True)
+        ready = [s for s in todo if s not in done and s not in running and s not in failed
+                 and all(d in done for d in STAGES[s][2])]
+        while ready and len(running) < args.jobs:
+            s = ready.pop(0)
+            cmd = stage_command(s, args, profile)
+            (Path(args.runs) / s).mkdir(parents=True, exist_ok=True)
+            log = open(Path(args.runs) / s / "log.txt", "a")
+            print(f"[weights] start {s}: {' '.join(cmd[2:])}", flush=True)
+            running[s] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.time())
+        if not running:
+            break
+        time.sleep(1)
+    missing = [s for s in todo if s not in done]
+    if missing:
+        print(f"[weights] not finished: {missing} (failed: {failed}); rerun to resume", flush=True)
+        return 1
+    print(f"[weights] all stages done; weights in {args.ship}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
