@@ -50,11 +50,11 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "inv": ["--steps", "6000", "--batch-size", "64"],
     },
     "gpu": {
-        "cnn": ["--steps", "4000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "1.5"],
-        "vit": ["--steps", "5000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "1.5"],
-        "vae": ["--steps", "5000", "--batch-size", "128", "--train-size", "100000", "--max-minutes", "1.0"],
-        "base": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "2.1"],
-        "inv": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "2.9",
+        "cnn": ["--steps", "4000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "1.3"],
+        "vit": ["--steps", "5000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "1.3"],
+        "vae": ["--steps", "5000", "--batch-size", "128", "--train-size", "100000", "--max-minutes", "0.9"],
+        "base": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "1.8", "--ema", "0.995"],
+        "inv": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "2.2", "--ema", "0.995",
                 "--save-every", "100000"],
     },
     "smoke": {  # a few steps of everything, for tests of this orchestration

@@ -127,7 +127,7 @@ def main(args) -> dict:
     del images
     stream = TensorStream(latents, batch_size=args.batch_size, seed=args.seed)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = cosine_lr(opt, warmup=min(500, args.steps // 10), total=args.steps)
+    sched = cosine_lr(opt, warmup=min(200, args.steps // 10), total=args.steps)
     start = 0
     if args.resume and (st := load_checkpoint(args.out, modules={"unet": unet, "ema": ema}, optimizer=opt,
                                               lr_scheduler=sched)):

@@ -107,7 +107,7 @@ def main(args):
     cnet.requires_grad_(True).train()
     ema = copy.deepcopy(cnet).requires_grad_(False).eval()
     opt = torch.optim.AdamW(cnet.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = cosine_lr(opt, warmup=min(500, args.steps // 10), total=args.steps)
+    sched = cosine_lr(opt, warmup=min(200, args.steps // 10), total=args.steps)
     start = 0
     if args.resume and (st := load_checkpoint(args.out, modules={"controlnet": cnet, "ema": ema}, optimizer=opt,
                                               lr_scheduler=sched)):

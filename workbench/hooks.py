@@ -1,0 +1,652 @@
+"""Named activations: list a model's layers, capture their feature maps, edit them with hooks.
+
+Layers are addressed by the names ``model.named_modules()`` prints (``"layer3"``, ``"stages.2"``,
+``"blocks.5"``). Given a :class:`~workbench.models.Classifier`, names resolve inside
+``Classifier.model``, so they match timm's names; given any other ``nn.Module`` (a torchvision
+model, say) they resolve in the module itself.
+
+Every activation handed to you is a spatial map ``Tensor[B, C, H, W]`` where the architecture has
+one. The translation from each architecture's native layout lives in one place, :class:`_Adapter`:
+
+==================================  ==========================================================
+native output                        what you get
+==================================  ==========================================================
+``[B, C, H, W]`` (CNNs, ConvNeXt)    unchanged
+ViT tokens ``[B, P + h*w, D]``       ``[B, D, h, w]`` through the patch grid; the ``P`` prefix
+                                     tokens (class, registers) go to ``cache.prefix[name]``
+Swin / SwinV2 ``[B, H, W, C]``       permuted to ``[B, C, H, W]``
+anything else                        unchanged (e.g. pooled ``[B, D]``, attention maps)
+==================================  ==========================================================
+
+A hook is ``fn(act, *, name) -> Tensor | None`` in the TransformerLens style. A returned tensor
+replaces the activation; it is converted back to the native layout before the forward pass goes on.
+All hooks live inside a context manager and are removed in ``finally``.
+
+Example:
+    >>> clf = wb.load_classifier("resnet18", pretrained=False)
+    >>> x = torch.rand(2, 3, 224, 224)
+    >>> logits, cache = wb.run_with_cache(clf, x, ["layer2", "layer3"])
+    >>> cache["layer3"].shape               # torch.Size([2, 256, 14, 14])
+    >>> ablated = wb.run_with_hooks(clf, x, {"layer3": wb.ablate_channels([3, 7])})
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import operator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from .errors import BadInputError, HookError, LayerNotFoundError
+
+Names = Union[str, Sequence[str], Callable[[str], bool]]
+"""A layer name, a list of names, or a predicate ``name -> bool`` over ``named_modules()`` names."""
+
+Hook = Callable[..., Union[Tensor, None]]
+"""``fn(act: Tensor[B, C, H, W], *, name: str) -> Tensor[B, C, H, W] | None``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter: the one place that knows how architectures lay out their activations.
+# ---------------------------------------------------------------------------------------------
+
+def _conv_only(name: str, module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d)
+
+
+def _swinv2_cr_nchw(name: str, module: nn.Module) -> bool:
+    # SwinTransformerV2Cr works NHWC inside its stages but hands NCHW between them.
+    parts = name.split(".")
+    return (isinstance(module, nn.Conv2d) or name in ("patch_embed", "stages")
+            or (len(parts) == 2 and parts[0] == "stages" and parts[1].isdigit()))
+
+
+# Channels-last families: model class name -> which of its modules emit NCHW (the rest emit NHWC).
+_CHANNELS_LAST_FAMILIES: dict[str, Callable[[str, nn.Module], bool]] = {
+    "SwinTransformer": _conv_only,        # timm swin_*: stages, blocks, norms are [B, H, W, C]
+    "SwinTransformerV2": _conv_only,      # timm swinv2_*
+    "SwinTransformerV2Cr": _swinv2_cr_nchw,  # timm swinv2_cr_*
+}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one module's output maps to NCHW.
+
+    ``kind`` is ``"nchw"`` (spatial, as is), ``"nhwc"`` (spatial, channels last), ``"tokens"``
+    (``[B, prefix + h*w, D]``) or ``"raw"`` (not spatial, passed through).
+    """
+
+    kind: str
+    prefix: int = 0
+    grid: tuple[int, int] = (0, 0)
+
+    @property
+    def spatial(self) -> bool:
+        return self.kind != "raw"
+
+    def to_nchw(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Native output -> ``(act, prefix)``; ``act`` is ``Tensor[B, C, H, W]`` when spatial,
+        ``prefix`` is ``Tensor[B, P, D]`` for token layouts with prefix tokens, else ``None``."""
+        if self.kind == "nhwc":
+            return out.permute(0, 3, 1, 2), None
+        if self.kind == "tokens":
+            b, _, d = out.shape
+            grid = out[:, self.prefix:].transpose(1, 2).reshape(b, d, *self.grid)
+            return grid, (out[:, :self.prefix] if self.prefix else None)
+        return out, None
+
+    def from_nchw(self, new: Tensor, out: Tensor) -> Tensor:
+        """A replacement ``Tensor[B, C, H, W]`` -> the module's native layout (``out`` is the original)."""
+        if self.kind == "nhwc":
+            back = new.permute(0, 2, 3, 1)
+            return back.contiguous() if out.is_contiguous() else back
+        if self.kind == "tokens":
+            tokens = new.flatten(2).transpose(1, 2)
+            return torch.cat([out[:, :self.prefix], tokens], dim=1) if self.prefix else tokens.contiguous()
+        return new
+
+
+class _Adapter:
+    """Decides, per module output, which :class:`_Layout` applies. Rules, in order:
+
+    1. a 4-D output in a channels-last family (``_CHANNELS_LAST_FAMILIES``) is NHWC unless the
+       family's rule says NCHW;
+    2. a 4-D output of a module with ``output_fmt == "NHWC"`` (timm's ``PatchEmbed``) is NHWC;
+    3. in a ViT-like model (``num_prefix_tokens`` and ``patch_embed.grid_size``), a ``[B, N, D]``
+       output with ``N == prefix + h*w`` (or ``N == h*w``) is tokens; other 4-D outputs except
+       convolutions are not spatial (attention maps);
+    4. any other 4-D output is NCHW; everything else is raw.
+    """
+
+    def __init__(self, root: nn.Module):
+        classes = [c.__name__ for c in type(root).__mro__]
+        self.nchw_rule = next((_CHANNELS_LAST_FAMILIES[c] for c in classes if c in _CHANNELS_LAST_FAMILIES), None)
+        patch_embed = getattr(root, "patch_embed", None)
+        self.tokens = hasattr(root, "num_prefix_tokens") and hasattr(patch_embed, "grid_size")
+        self.root = root
+
+    def grid(self, input_hw: tuple[int, int] | None) -> tuple[int, int]:
+        patch_embed = self.root.patch_embed
+        if input_hw is not None and getattr(self.root, "dynamic_img_size", False) and hasattr(patch_embed, "dynamic_feat_size"):
+            return tuple(int(v) for v in patch_embed.dynamic_feat_size(tuple(input_hw)))
+        return tuple(int(v) for v in patch_embed.grid_size)
+
+    def layout(self, name: str, module: nn.Module, out: Tensor, input_hw: tuple[int, int] | None) -> _Layout:
+        if out.ndim == 4:
+            if self.nchw_rule is not None:
+                return _Layout("nchw" if self.nchw_rule(name, module) else "nhwc")
+            if getattr(module, "output_fmt", None) == "NHWC":
+                return _Layout("nhwc")
+            if self.tokens and not isinstance(module, nn.Conv2d):
+                return _Layout("raw")
+            return _Layout("nchw")
+        if out.ndim == 3 and self.tokens:
+            gh, gw = self.grid(input_hw)
+            prefix = int(self.root.num_prefix_tokens)
+            if out.shape[1] == prefix + gh * gw:
+                return _Layout("tokens", prefix, (gh, gw))
+            if out.shape[1] == gh * gw:
+                return _Layout("tokens", 0, (gh, gw))
+        return _Layout("raw")
+
+
+# ---------------------------------------------------------------------------------------------
+# Name resolution and input checks
+# ---------------------------------------------------------------------------------------------
+
+def _root(model: nn.Module) -> nn.Module:
+    """The module whose ``named_modules()`` names the layers: ``Classifier.model`` or the module itself."""
+    from .models import Classifier
+    return model.model if isinstance(model, Classifier) else model
+
+
+def _unknown(name: str, candidates: Sequence[str], where: str) -> LayerNotFoundError:
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+    hint = f" Closest names: {close}." if close else ""
+    return LayerNotFoundError(f"{where} has no layer {name!r}.{hint} "
+                              "Call wb.layer_table(model) to list every layer.")
+
+
+def _resolve(root: nn.Module, names: Names) -> dict[str, tuple[nn.Module, bool]]:
+    """Names -> ``{name: (module, explicit)}``. Predicates pick among ``named_modules()`` (not the root)."""
+    modules = dict(root.named_modules())
+    modules.pop("", None)
+    if callable(names):
+        picked = {n: (m, False) for n, m in modules.items() if names(n)}
+        if not picked:
+            raise LayerNotFoundError(f"the predicate {names!r} matched no layer of {type(root).__name__}. "
+                                     "Call wb.layer_table(model) to list every layer.")
+        return picked
+    if isinstance(names, str):
+        names = [names]
+    picked = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"layer names are strings, got {name!r} ({type(name).__name__})")
+        if name not in modules:
+            raise _unknown(name, list(modules), type(root).__name__)
+        picked[name] = (modules[name], True)
+    return picked
+
+
+def _expected_channels(model: nn.Module, root: nn.Module) -> int | None:
+    from .models import Classifier
+    if isinstance(model, Classifier):
+        return model.input_size[0]
+    if isinstance(getattr(root, "in_chans", None), int):
+        return root.in_chans
+    first_conv = next((m for m in root.modules() if isinstance(m, nn.Conv2d)), None)
+    return first_conv.in_channels if first_conv is not None else None
+
+
+def check_image_batch(x: Any, channels: int | None = 3) -> Tensor:
+    """Raise :class:`BadInputError` unless ``x`` is a finite float ``Tensor[B, channels, H, W]``.
+
+    Args:
+        x: the candidate batch.
+        channels: the channel count expected, or ``None`` to skip that check.
+
+    Returns:
+        ``x`` itself.
+
+    Example:
+        >>> check_image_batch(torch.rand(2, 3, 32, 32))       # fine
+        >>> check_image_batch(torch.rand(3, 32, 32))          # BadInputError: add a batch dimension
+    """
+    if not isinstance(x, Tensor):
+        raise BadInputError(f"expected an image batch Tensor[B, 3, H, W] in [0, 1], got {type(x).__name__}")
+    if x.ndim != 4:
+        hint = " It looks like one image: add a batch dimension with x[None]." if x.ndim == 3 else ""
+        raise BadInputError(f"expected an image batch Tensor[B, 3, H, W], got shape {list(x.shape)}.{hint}")
+    if not x.is_floating_point():
+        raise BadInputError(f"expected float images in [0, 1], got dtype {x.dtype}. "
+                            "Convert 8-bit images with x.float() / 255.")
+    if channels is not None and x.shape[1] != channels:
+        raise BadInputError(f"expected {channels} channels (RGB) in Tensor[B, {channels}, H, W], "
+                            f"got shape {list(x.shape)}. Channels go in dimension 1 (NCHW).")
+    if not bool(torch.isfinite(x).all()):
+        raise BadInputError(f"the input holds NaN or Inf values ({int((~torch.isfinite(x)).sum())} of {x.numel()}).")
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------------
+
+class FeatureCache(Mapping):
+    """A plain mapping from layer name to activation ``Tensor[B, C, H, W]`` (see the module docstring
+    for non-spatial layers), filled by :func:`capture` / :func:`run_with_cache`.
+
+    Attributes:
+        prefix: ``{name: Tensor[B, P, D]}``, the prefix tokens (class, registers) of ViT-like layers.
+
+    Example:
+        >>> logits, cache = wb.run_with_cache(vit, x, "blocks.5")
+        >>> cache                      # FeatureCache(blocks.5: [2, 192, 8, 8] + prefix [2, 1, 192])
+        >>> cache["blocks.5"].shape, cache.prefix["blocks.5"].shape
+    """
+
+    def __init__(self) -> None:
+        self._acts: dict[str, Tensor] = {}
+        self.prefix: dict[str, Tensor] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._acts:
+            raise _unknown(name, list(self._acts), "this FeatureCache") if self._acts else \
+                LayerNotFoundError(f"layer {name!r} was not captured: the cache is empty (did the forward pass run?)")
+        return self._acts[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._acts)
+
+    def __len__(self) -> int:
+        return len(self._acts)
+
+    def _store(self, name: str, act: Tensor, prefix: Tensor | None) -> None:
+        self._acts[name] = act
+        if prefix is not None:
+            self.prefix[name] = prefix
+        else:
+            self.prefix.pop(name, None)
+
+    def __repr__(self) -> str:
+        rows = []
+        for name, act in self._acts.items():
+            row = f"  {name}: {list(act.shape)}"
+            if name in self.prefix:
+                row += f" + prefix {list(self.prefix[name].shape)}"
+            rows.append(row)
+        return "FeatureCache(\n" + ",\n".join(rows) + "\n)" if rows else "FeatureCache()"
+
+
+# ---------------------------------------------------------------------------------------------
+# The one implementation behind capture, run_with_cache and run_with_hooks
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _hooked(model: nn.Module, names: Names | None, hooks: Mapping[str, Hook] | None,
+            cache: FeatureCache | None, detach: bool) -> Iterator[None]:
+    root = _root(model)
+    adapter = _Adapter(root)
+    selected = _resolve(root, names) if names is not None else {}
+    edits = dict(hooks or {})
+    for name, fn in edits.items():
+        if not callable(fn):
+            raise TypeError(f"the hook for {name!r} is not callable: {fn!r}")
+    targets = dict(_resolve(root, list(edits))) if edits else {}
+    for name, entry in selected.items():
+        targets.setdefault(name, entry)
+    channels = _expected_channels(model, root)
+    state: dict[str, Any] = {"input_hw": None}
+
+    def check_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        check_image_batch(x, channels)
+        state["input_hw"] = tuple(x.shape[-2:])
+
+    def make_hook(name: str, explicit: bool) -> Callable:
+        fn = edits.get(name)
+        keep = cache is not None and name in selected
+
+        def forward_hook(module: nn.Module, args: tuple, out: Any) -> Tensor | None:
+            if not isinstance(out, Tensor):
+                if explicit:
+                    raise HookError(f"layer {name!r} ({type(module).__name__}) returns {type(out).__name__}, "
+                                    "not a tensor, so it cannot be captured or edited; pick one of its children.")
+                return None
+            layout = adapter.layout(name, module, out, state["input_hw"])
+            act, prefix = layout.to_nchw(out)
+            replaced = None
+            if fn is not None:
+                new = fn(act, name=name)
+                if new is not None and new is not act:
+                    if not isinstance(new, Tensor):
+                        raise HookError(f"the hook on {name!r} returned {type(new).__name__}; return a Tensor or None")
+                    if new.shape != act.shape:
+                        raise HookError(f"the hook on {name!r} returned shape {list(new.shape)}, but the layer's "
+                                        f"activation is {list(act.shape)}; a replacement must keep the shape")
+                    new = new.to(dtype=act.dtype, device=act.device)
+                    replaced = layout.from_nchw(new, out)
+                    act = new
+            if keep:
+                cache._store(name, act.detach() if detach else act,
+                             None if prefix is None else (prefix.detach() if detach else prefix))
+            return replaced
+
+        return forward_hook
+
+    handles = []
+    try:
+        handles.append(model.register_forward_pre_hook(check_input, with_kwargs=True))
+        for name, (module, explicit) in targets.items():
+            handles.append(module.register_forward_hook(make_hook(name, explicit)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, names: Names, *, detach: bool = True) -> Iterator[FeatureCache]:
+    """Capture activations of the named layers during every forward pass inside the block.
+
+    A later forward pass overwrites what an earlier one stored; a module called several times in
+    one pass (torchvision's shared ``relu``) keeps its last call.
+
+    Args:
+        model: a :class:`~workbench.models.Classifier` or any ``nn.Module`` taking ``[B, 3, H, W]``.
+        names: a layer name, a list of names, or a predicate ``name -> bool``.
+        detach: store detached tensors (default); ``False`` keeps the graph for gradients.
+
+    Yields:
+        FeatureCache: name -> ``Tensor[B, C, H, W]``, filled as the forward passes run.
+
+    Raises:
+        LayerNotFoundError: a name the model does not have (the message lists the closest names).
+        BadInputError: a forward pass inside the block got an input that is not ``[B, 3, H, W]`` finite floats.
+
+    Example:
+        >>> with wb.capture(clf, ["layer2", "layer3"]) as cache:
+        ...     clf(x)
+        >>> cache["layer2"].shape       # [B, 128, 28, 28]
+    """
+    cache = FeatureCache()
+    with _hooked(model, names, None, cache, detach):
+        yield cache
+
+
+def run_with_cache(model: nn.Module, x: Tensor, names: Names, *, detach: bool = True) -> tuple[Tensor, FeatureCache]:
+    """One forward pass that also returns the named layers' activations.
+
+    Args:
+        model: a :class:`~workbench.models.Classifier` or any ``nn.Module``.
+        x: ``Tensor[B, 3, H, W]`` float in [0, 1] (for a Classifier; a bare module gets ``x`` as is).
+        names: a layer name, a list of names, or a predicate ``name -> bool``.
+        detach: store detached tensors (default).
+
+    Returns:
+        ``(logits, cache)``: the model output and a :class:`FeatureCache` of ``Tensor[B, C, H, W]``.
+
+    Raises:
+        LayerNotFoundError: unknown layer name. HookError: a named layer did not run.
+        BadInputError: ``x`` is not a finite float ``Tensor[B, 3, H, W]``.
+
+    Example:
+        >>> logits, cache = wb.run_with_cache(clf, torch.rand(2, 3, 32, 32), "stages.1")
+    """
+    with capture(model, names, detach=detach) as cache:
+        logits = model(x)
+    if not callable(names):
+        missing = [n for n in ([names] if isinstance(names, str) else names) if n not in cache]
+        if missing:
+            raise HookError(f"layers {missing} did not run during the forward pass, so nothing was captured")
+    return logits, cache
+
+
+def run_with_hooks(model: nn.Module, x: Tensor, hooks: Mapping[str, Hook]) -> Tensor:
+    """One forward pass with hooks that may replace activations.
+
+    Each hook is ``fn(act, *, name) -> Tensor | None`` and sees ``act`` as ``Tensor[B, C, H, W]``
+    (see the module docstring). A returned tensor of the same shape replaces the activation and is
+    converted back to the module's native layout (ViT: prefix tokens re-attached; Swin: NHWC).
+    Edit by returning a new tensor, not in place.
+
+    Args:
+        model: a :class:`~workbench.models.Classifier` or any ``nn.Module``.
+        x: ``Tensor[B, 3, H, W]`` float in [0, 1].
+        hooks: ``{layer name: hook}``.
+
+    Returns:
+        logits ``Tensor[B, num_classes]``.
+
+    Raises:
+        LayerNotFoundError: unknown layer name. HookError: a replacement of the wrong shape or type.
+
+    Example:
+        >>> logits = wb.run_with_hooks(clf, x, {"layer3": wb.ablate_channels(range(10))})
+    """
+    with _hooked(model, None, hooks, None, True):
+        return model(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer table
+# ---------------------------------------------------------------------------------------------
+
+def _default_input_size(model: nn.Module, root: nn.Module) -> tuple[int, int, int]:
+    from .models import Classifier
+    if isinstance(model, Classifier):
+        return model.input_size
+    img_size = getattr(getattr(root, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        return (_expected_channels(model, root) or 3, *tuple(img_size))
+    cfg = getattr(root, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        return tuple(cfg["input_size"])
+    raise BadInputError(f"cannot tell the input size of {type(root).__name__}; pass input_size=(3, H, W)")
+
+
+def layer_table(model: nn.Module, input_size: Sequence[int] | None = None):
+    """Every hookable layer with its class, NCHW shape and stride, from one dry forward pass.
+
+    A layer is hookable when it runs in the forward pass and returns a tensor. The dry pass feeds one
+    batch of zeros in eval mode under ``no_grad``; training flags are restored afterwards and every
+    hook is removed in ``finally``.
+
+    Args:
+        model: a :class:`~workbench.models.Classifier` or any ``nn.Module``.
+        input_size: ``(C, H, W)``; defaults to the Classifier's ``input_size`` or the timm config.
+
+    Returns:
+        pandas.DataFrame with columns ``name``, ``module`` (class name), ``shape`` (``(C, H, W)`` for
+        spatial layers, the per-sample shape otherwise) and ``stride`` (input H / map H, an int when
+        integral, ``None`` for non-spatial layers), in ``named_modules()`` order.
+
+    Example:
+        >>> wb.layer_table(clf).query("stride == 16")
+    """
+    import pandas as pd
+
+    root = _root(model)
+    size = tuple(int(v) for v in (input_size or _default_input_size(model, root)))
+    if len(size) != 3:
+        raise BadInputError(f"input_size is (C, H, W), got {size}")
+    adapter = _Adapter(root)
+    param = next(iter(model.parameters()), None)
+    x = torch.zeros(1, *size, device=param.device if param is not None else "cpu",
+                    dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32)
+    seen: dict[str, tuple[str, tuple, Any]] = {}
+
+    def make_hook(name: str) -> Callable:
+        def forward_hook(module: nn.Module, args: tuple, out: Any) -> None:
+            if not isinstance(out, Tensor):
+                return
+            layout = adapter.layout(name, module, out, size[1:])
+            act, _ = layout.to_nchw(out)
+            stride = None
+            if layout.spatial and act.shape[-2] > 0:
+                ratio = size[1] / act.shape[-2]
+                stride = int(ratio) if float(ratio).is_integer() else ratio
+            seen[name] = (type(module).__name__, tuple(int(v) for v in act.shape[1:]), stride)
+        return forward_hook
+
+    training = {m: m.training for m in model.modules()}
+    handles = []
+    try:
+        for name, module in root.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in training.items():
+            module.training = flag
+    rows = [(name, *seen[name]) for name, _ in root.named_modules() if name in seen]
+    table = pd.DataFrame(rows, columns=["name", "module", "shape", "stride"])
+    table["stride"] = pd.Series([row[3] for row in rows], dtype=object)  # ints and None, not NaN floats
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Interventions: hook factories with readable reprs
+# ---------------------------------------------------------------------------------------------
+
+def _shape_str(t: Tensor) -> str:
+    return f"Tensor{list(t.shape)}"
+
+
+class ChannelAblation:
+    """Hook that sets channels to zero or to their mean. Build it with :func:`ablate_channels`."""
+
+    def __init__(self, channels: Sequence[int], mode: str, means: Tensor | None):
+        self.channels, self.mode, self.means = list(channels), mode, means
+
+    def __call__(self, act: Tensor, *, name: str = "?") -> Tensor:
+        if act.ndim < 2:
+            raise HookError(f"ablate_channels needs a channel dimension; layer {name!r} gives shape {list(act.shape)}")
+        num = act.shape[1]
+        bad = [c for c in self.channels if c >= num]
+        if bad:
+            raise HookError(f"channels {bad} do not exist in layer {name!r}, which has {num} channels (0..{num - 1})")
+        out = act.clone()
+        idx = torch.tensor(self.channels, device=act.device)
+        if self.mode == "zero":
+            out[:, idx] = 0
+            return out
+        view = (1, len(self.channels)) + (1,) * (act.ndim - 2)
+        if self.means is None:
+            dims = [0] + list(range(2, act.ndim))
+            fill = act[:, idx].mean(dim=dims).view(view)
+        else:
+            if self.means.shape != (num,):
+                raise HookError(f"means has shape {list(self.means.shape)}, but layer {name!r} has {num} channels; "
+                                f"pass means as Tensor[{num}]")
+            fill = self.means.to(act.device, act.dtype)[idx].view(view)
+        out[:, idx] = fill.expand_as(out[:, idx])
+        return out
+
+    def __repr__(self) -> str:
+        means = "" if self.means is None else f", means={_shape_str(self.means)}"
+        return f"ablate_channels({self.channels}, mode={self.mode!r}{means})"
+
+
+def ablate_channels(channels: int | Sequence[int], mode: str = "zero", means: Tensor | None = None) -> ChannelAblation:
+    """A hook that replaces some channels by zero (``mode="zero"``) or by their mean (``mode="mean"``).
+
+    Args:
+        channels: channel indices (non-negative), an int or any iterable of ints.
+        mode: ``"zero"`` or ``"mean"``.
+        means: ``Tensor[C]`` per-channel means over a dataset, indexed by channel (``mode="mean"``
+            only). Without it, the mean over the current batch and space is used.
+
+    Returns:
+        ChannelAblation: ``fn(act: Tensor[B, C, H, W], *, name) -> Tensor[B, C, H, W]``.
+
+    Raises:
+        HookError: a bad mode or index here, or (when it runs) an index beyond the layer's channels.
+
+    Example:
+        >>> wb.run_with_hooks(clf, x, {"layer3": wb.ablate_channels([3, 7], mode="mean")})
+    """
+    if isinstance(channels, (int, Tensor)) and not isinstance(channels, bool):
+        channels = [int(c) for c in torch.as_tensor(channels).reshape(-1)]
+    channels = list(channels)
+    if not channels:
+        raise HookError("ablate_channels got no channels")
+    for i, c in enumerate(channels):
+        try:
+            channels[i] = operator.index(c)
+        except TypeError:
+            raise HookError(f"channel indices are non-negative ints, got {c!r} in {channels}") from None
+        if isinstance(c, bool) or channels[i] < 0:
+            raise HookError(f"channel indices are non-negative ints, got {c!r} in {channels}")
+    if mode not in ("zero", "mean"):
+        raise HookError(f"mode is 'zero' or 'mean', got {mode!r}")
+    if means is not None and mode != "mean":
+        raise HookError("means is only used with mode='mean'")
+    if means is not None and (not isinstance(means, Tensor) or means.ndim != 1):
+        raise HookError(f"means is Tensor[C], got {means!r}")
+    return ChannelAblation(channels, mode, means)
+
+
+class DirectionAddition:
+    """Hook that adds ``alpha * direction`` at every (masked) position. Build it with :func:`add_direction`."""
+
+    def __init__(self, direction: Tensor, alpha: float, mask: Tensor | None):
+        self.direction, self.alpha, self.mask = direction, alpha, mask
+
+    def __call__(self, act: Tensor, *, name: str = "?") -> Tensor:
+        num = self.direction.shape[0]
+        if act.ndim < 2 or act.shape[1] != num:
+            raise HookError(f"direction has {num} entries, but layer {name!r} gives shape {list(act.shape)} "
+                            f"(channels in dimension 1)")
+        step = (self.alpha * self.direction.to(act.device, act.dtype)).view((1, num) + (1,) * (act.ndim - 2))
+        if self.mask is None:
+            return act + step
+        if act.ndim != 4:
+            raise HookError(f"a mask needs a spatial layer; {name!r} gives shape {list(act.shape)}")
+        mask = self.mask.to(act.device, act.dtype)
+        mask = mask.view(1, 1, *mask.shape) if mask.ndim == 2 else mask
+        if tuple(mask.shape[-2:]) != tuple(act.shape[-2:]) or mask.shape[0] not in (1, act.shape[0]):
+            raise HookError(f"mask {list(self.mask.shape)} does not fit layer {name!r} of shape {list(act.shape)}; "
+                            f"use Tensor[{act.shape[-2]}, {act.shape[-1]}] or Tensor[B, 1, {act.shape[-2]}, {act.shape[-1]}]")
+        return act + step * mask
+
+    def __repr__(self) -> str:
+        mask = "" if self.mask is None else f", mask={_shape_str(self.mask)}"
+        return f"add_direction(direction={_shape_str(self.direction)}, alpha={self.alpha}{mask})"
+
+
+def add_direction(direction: Tensor, alpha: float, mask: Tensor | None = None) -> DirectionAddition:
+    """A hook that moves activations along a channel direction: ``act + alpha * direction * mask``.
+
+    Args:
+        direction: ``Tensor[C]``.
+        alpha: step size.
+        mask: optional ``Tensor[H, W]`` or ``Tensor[B, 1, H, W]`` weighting positions (1 = full step).
+
+    Returns:
+        DirectionAddition: ``fn(act: Tensor[B, C, H, W], *, name) -> Tensor[B, C, H, W]``.
+
+    Raises:
+        HookError: a direction that is not 1-D or a mask that is not 2-D / 4-D here; a channel count
+        or mask size that does not fit the layer when it runs.
+
+    Example:
+        >>> wb.run_with_hooks(clf, x, {"stages.1": wb.add_direction(d, alpha=3.0)})
+    """
+    if not isinstance(direction, Tensor) or direction.ndim != 1:
+        raise HookError(f"direction is Tensor[C], got {direction if not isinstance(direction, Tensor) else _shape_str(direction)}")
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.ndim not in (2, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
+            raise HookError(f"mask is Tensor[H, W] or Tensor[B, 1, H, W], got "
+                            f"{_shape_str(mask) if isinstance(mask, Tensor) else repr(mask)}")
+    return DirectionAddition(direction.detach(), float(alpha), None if mask is None else mask.detach())

@@ -1,0 +1,377 @@
+"""Classifiers under one image convention: float RGB in [0, 1], shaped ``[B, 3, H, W]``.
+
+A :class:`Classifier` wraps any image model (timm or torchvision) together with its input
+normalisation, so users never normalise by hand. Layer names are those of the wrapped model
+(``model.layer3`` is addressed as ``"layer3"``); :mod:`workbench.hooks` resolves names inside
+``Classifier.model``.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ImageReadError, UnknownModelError, WeightsUnavailableError
+
+PathLike = Union[str, Path]
+
+_HUB_PROBE_S = 5.0       # one HEAD request to the hub endpoint decides whether it is reachable
+
+
+class Classifier(nn.Module):
+    """An image classifier that takes ``[B, 3, H, W]`` floats in [0, 1] and returns logits.
+
+    Args:
+        model: the underlying network (a timm model, a torchvision model, any ``nn.Module``).
+        mean: per-channel mean used to normalise the input, length 3.
+        std: per-channel standard deviation, length 3.
+        input_size: ``(3, H, W)`` the model expects.
+        name: the name it was loaded under (a timm name or a shipped name such as ``tinyworld-cnn``).
+
+    Example:
+        >>> clf = Classifier(timm.create_model("resnet18"), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, 224, 224))
+        >>> logits = clf(torch.rand(2, 3, 224, 224))   # [2, 1000]
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 input_size: Sequence[int], name: str = "custom"):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.input_size = tuple(int(v) for v in input_size)
+        self.name = name
+
+    @property
+    def num_classes(self) -> int:
+        n = getattr(self.model, "num_classes", None)
+        if n is None:
+            raise AttributeError(f"{type(self.model).__name__} does not record num_classes")
+        return int(n)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> the model's normalised input."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x: ``Tensor[B, 3, H, W]`` float in [0, 1]. Returns: logits ``Tensor[B, num_classes]``."""
+        return self.model(self.normalize(x))
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, input_size={self.input_size}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+def _shipped_names() -> set[str]:
+    try:
+        from . import zoo
+    except ImportError:  # zoo.py not written yet: no shipped models
+        return set()
+    return set(zoo.SHIPPED_CLASSIFIERS)
+
+
+def _remedies(name: str, reason: str) -> str:
+    return (f"could not load pretrained weights for {name!r}: {reason}\n"
+            "Two ways to fix it:\n"
+            f"  1. a local file: wb.load_classifier({name!r}, checkpoint_path='weights.safetensors') "
+            "(.safetensors, or .pth read with weights_only=True);\n"
+            f"  2. a pre-filled Hugging Face cache: on a machine with network run "
+            f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`, copy the cache "
+            "(HF_HOME) over, and set HF_HUB_OFFLINE=1.")
+
+
+def _hub_reachable() -> bool:
+    """One HEAD request to the hub endpoint, bounded by :data:`_HUB_PROBE_S` (DNS included, via a
+    daemon thread). False in offline mode (``HF_HUB_OFFLINE=1``) or on any error."""
+    from huggingface_hub import constants, get_session
+    if constants.is_offline_mode():
+        return False
+    answer: dict[str, bool] = {}
+
+    def probe() -> None:
+        try:
+            get_session().head(constants.ENDPOINT, timeout=_HUB_PROBE_S)
+            answer["ok"] = True
+        except Exception:
+            answer["ok"] = False
+
+    worker = threading.Thread(target=probe, name="workbench-hub-probe", daemon=True)
+    worker.start()
+    worker.join(_HUB_PROBE_S + 1.0)
+    return answer.get("ok", False)
+
+
+def _cached_weights(cfg: Any) -> Path | None:
+    """The local copy of a pretrained config's weights (Hugging Face cache or torch hub cache), if any."""
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+        repo_id, _, revision = hub_id.partition("@")
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+            if isinstance(found, str):
+                return Path(found)
+    url = getattr(cfg, "url", None)
+    if url:
+        found = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if found.is_file():
+            return found
+    return None
+
+
+def _read_state_dict(path: Path) -> dict:
+    """``.safetensors`` via safetensors, anything else via ``torch.load(..., weights_only=True)``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path), device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _create_pretrained(name: str, model_kwargs: dict) -> nn.Module:
+    """``timm.create_model(name, pretrained=True)``, raising :class:`WeightsUnavailableError` instead of
+    hanging on an unreachable hub or silently keeping random weights.
+
+    One short HEAD request (:data:`_HUB_PROBE_S`) tells whether the hub answers. If it does, timm
+    downloads as usual (big weights may take minutes). If it does not (no network, ``HF_HUB_OFFLINE=1``),
+    the weights come from the local cache without touching the network, or the error is raised at once.
+    """
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError as err:  # an unknown pretrained tag
+        raise UnknownModelError(f"{name!r}: {err}") from err
+    if cfg is None or not any(getattr(cfg, key, None) for key in ("hf_hub_id", "url", "file")):
+        raise WeightsUnavailableError(_remedies(name, "timm knows no pretrained weights for it "
+                                                      "(pass pretrained=False for random weights)"))
+    overlay = None
+    if not _hub_reachable():
+        cached = _cached_weights(cfg)
+        if cached is None:
+            raise WeightsUnavailableError(_remedies(
+                name, "the Hugging Face hub cannot be reached (no network, or HF_HUB_OFFLINE=1) and the "
+                      "weights are not in the local cache"))
+        try:
+            overlay = {"state_dict": _read_state_dict(cached)}
+        except Exception as err:
+            raise WeightsUnavailableError(_remedies(name, f"the cached file {str(cached)!r} is unreadable: {err}")) from err
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
+    except Exception as err:
+        raise WeightsUnavailableError(_remedies(name, f"{type(err).__name__}: {err}")) from err
+
+
+def _load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
+    """Load a state dict from ``.safetensors`` (preferred) or ``.pth`` (``weights_only=True``) into ``model``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint_path {str(path)!r} does not exist")
+    try:
+        state = _read_state_dict(path)
+    except Exception as err:
+        raise WeightsUnavailableError(f"could not read checkpoint {str(path)!r} for {name!r}: "
+                                      f"{type(err).__name__}: {err}") from err
+    for key in ("state_dict", "model"):  # common wrappers: {"state_dict": ...}, {"model": ...}
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise WeightsUnavailableError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
+    own = set(model.state_dict())
+    for prefix in ("model.", "module."):  # a saved Classifier, a DistributedDataParallel wrapper
+        if state and all(k.startswith(prefix) for k in state) and not own & set(state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsUnavailableError(f"{str(path)!r} does not fit {name!r}: missing keys {missing[:5]}"
+                                      f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+                                      f"{'...' if len(unexpected) > 5 else ''}")
+
+
+def load_classifier(name: str, *, pretrained: bool = True, checkpoint_path: PathLike | None = None,
+                    device: str | torch.device = "cpu", **model_kwargs: Any) -> Classifier:
+    """Load a classifier that takes ``Tensor[B, 3, H, W]`` floats in [0, 1], in eval mode.
+
+    Args:
+        name: a timm model name (``"resnet50"``, ``"vit_small_patch16_224.augreg_in21k"``) or a shipped
+            workbench model (``"tinyworld-cnn"``, ``"tinyworld-vit"``, read from ``data/``).
+        pretrained: download (or read from the Hugging Face cache) timm's pretrained weights;
+            ``False`` gives random weights.
+        checkpoint_path: local weights to load instead (``.safetensors`` preferred; ``.pth`` is read
+            with ``torch.load(..., weights_only=True)``). A saved ``Classifier`` state dict works too.
+        device: where the model lives.
+        **model_kwargs: passed to ``timm.create_model`` (``num_classes``, ``img_size``, ...).
+
+    Returns:
+        Classifier: the model with its input normalisation; mean, std and input size come from
+        timm's pretrained config.
+
+    Raises:
+        WeightsUnavailableError: the weights cannot be had (hub unreachable within 30 s and no
+            cache, no pretrained weights in timm, a missing, corrupted or mismatched checkpoint).
+        UnknownModelError: ``name`` is neither a timm model nor a shipped one.
+
+    Example:
+        >>> clf = wb.load_classifier("resnet18", pretrained=False, num_classes=10)
+        >>> clf(torch.rand(2, 3, 224, 224)).shape      # torch.Size([2, 10])
+    """
+    import timm
+    from timm.data import resolve_data_config
+
+    shipped = _shipped_names()
+    if name in shipped:
+        if checkpoint_path is not None or model_kwargs or not pretrained:
+            raise ValueError(f"{name!r} is a shipped model and always loads its shipped weights; "
+                             "checkpoint_path, pretrained=False and model kwargs do not apply")
+        from . import zoo
+        return zoo.load_shipped_classifier(name, device=device)
+    if not timm.is_model(name):
+        candidates = sorted(shipped) + timm.list_models()
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+        raise UnknownModelError(f"{name!r} is not a timm model or a shipped model."
+                                + (f" Closest names: {close}." if close else "")
+                                + " See timm.list_models('pattern*').")
+    if checkpoint_path is not None:
+        model = timm.create_model(name, pretrained=False, **model_kwargs)
+        _load_checkpoint(model, Path(checkpoint_path), name)
+    elif pretrained:
+        model = _create_pretrained(name, model_kwargs)
+    else:
+        model = timm.create_model(name, pretrained=False, **model_kwargs)
+    cfg = resolve_data_config({}, model=model)
+    input_size = tuple(cfg["input_size"])
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None) or model_kwargs.get("img_size")
+    if img_size is not None:  # an img_size override is not reflected in pretrained_cfg
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        input_size = (input_size[0], *img_size)
+    return Classifier(model, cfg["mean"], cfg["std"], input_size, name=name).to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+class ToFloatRGB:
+    """PIL image of any mode -> ``Tensor[3, H, W]`` float in [0, 1]; tensors pass through.
+
+    RGBA, LA and transparent palette images are composited on white; grayscale is repeated to RGB;
+    16-bit images (``I;16``, ``I``) are divided by 65535.
+    """
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):
+            return img
+        from PIL import Image
+        if img.mode.startswith("I"):  # 16-bit (I;16, I;16B, ...) or 32-bit int holding 16-bit values
+            array = np.asarray(img).astype(np.float32) / 65535.0
+        elif img.mode == "F":
+            array = np.asarray(img, dtype=np.float32)
+        else:
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).clamp(0, 1).contiguous()
+
+    def __repr__(self) -> str:
+        return "ToFloatRGB()"
+
+
+class Clamp01:
+    """Clamp to [0, 1] (bicubic resizing overshoots)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0, 1)
+
+    def __repr__(self) -> str:
+        return "Clamp01()"
+
+
+def _input_size(model: nn.Module) -> tuple[int, int, int]:
+    if isinstance(model, Classifier):
+        return model.input_size
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        return tuple(cfg["input_size"])
+    raise TypeError(f"cannot tell the input size of {type(model).__name__}; wrap it in a Classifier")
+
+
+def preprocess(model: nn.Module):
+    """The model's input transform: PIL image (any mode) -> ``Tensor[3, H, W]`` float in [0, 1].
+
+    Not normalised: normalisation lives in :class:`Classifier`. For timm models it follows timm's
+    data config (resize the shorter side to ``H / crop_pct``, centre crop, timm's interpolation);
+    shipped tiny models are plainly resized to their input size.
+
+    Args:
+        model: a :class:`Classifier` (or a timm model).
+
+    Returns:
+        torchvision.transforms.Compose
+
+    Example:
+        >>> x = wb.preprocess(clf)(PIL.Image.open("cat.jpg"))[None]     # [1, 3, H, W]
+    """
+    from torchvision import transforms as T
+
+    _, height, width = _input_size(model)
+    root = model.model if isinstance(model, Classifier) else model
+    if getattr(model, "name", None) in _shipped_names():
+        resize = [T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR, antialias=True)]
+    else:
+        crop_pct, interpolation = 0.875, "bicubic"
+        if hasattr(root, "pretrained_cfg"):
+            from timm.data import resolve_data_config
+            cfg = resolve_data_config({}, model=root)
+            crop_pct = cfg.get("crop_pct") or crop_pct
+            interpolation = cfg.get("interpolation") or interpolation
+        modes = {m.value: m for m in T.InterpolationMode}
+        mode = modes.get(interpolation, T.InterpolationMode.BICUBIC)
+        resize = [T.Resize(math.floor(min(height, width) / crop_pct), interpolation=mode, antialias=True),
+                  T.CenterCrop((height, width))]
+    return T.Compose([ToFloatRGB(), *resize, Clamp01()])
+
+
+def load_image(path: PathLike, model: nn.Module) -> torch.Tensor:
+    """Read any image file and return it ready for ``model``.
+
+    Args:
+        path: an image file PIL can read (RGB, RGBA, grayscale, 16-bit, palette, ...). EXIF rotation is applied.
+        model: the :class:`Classifier` it is for (sets the size and crop, see :func:`preprocess`).
+
+    Returns:
+        ``Tensor[1, 3, H, W]`` float in [0, 1] at the model's input size, on the model's device.
+
+    Raises:
+        ImageReadError: the file is not an image. FileNotFoundError: there is no such file.
+
+    Example:
+        >>> x = wb.load_image("cat.png", clf)
+        >>> clf(x).softmax(-1)
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {str(path)!r}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{str(path)!r} is not an image file PIL can read ({type(err).__name__}: {err})") from err
+    x = preprocess(model)(img)[None]
+    param = next(iter(model.parameters()), None)
+    return x.to(param.device) if param is not None else x
