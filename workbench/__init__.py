@@ -24,6 +24,9 @@ _EXPORTS = {
     "load_inverter": "inverters", "list_inverters": "inverters",
     "train_featinv": "training.featinv",
     "presets": "presets",
+    # evaluation
+    "evaluate": "evaluate", "OptimizationInverter": "inverters.optimization",
+    "DecoderInverter": "inverters.decoder",
     "data_dir": "paths", "fast_mode": "paths",
 }
 

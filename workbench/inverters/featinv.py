@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import WorkbenchError
 
 #: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md).
-DEFAULT_STEPS = 20
+DEFAULT_STEPS = 12
 DEFAULT_SCHEDULER = "dpm++"
 DEFAULT_GUIDANCE = 2.0
 DEFAULT_GUIDANCE_MODE = "features"
@@ -253,7 +253,7 @@ class FeatInv(nn.Module):
             from ..models import load_classifier
 
             classifier = load_classifier(self.classifier_name, device=self.base.prompt_embeds.device)
-        return self.invert(extract_features(classifier, images, self.layer), **kwargs)
+        return self.invert(extract_features(classifier, classifier_view(images, classifier), self.layer), **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
@@ -292,6 +292,15 @@ class FeatInv(nn.Module):
         card = path / "card.json"
         inv.card = json.loads(card.read_text()) if card.is_file() else {}
         return inv.to(device).eval()
+
+
+def classifier_view(images: torch.Tensor, classifier: nn.Module) -> torch.Tensor:
+    """Images ``[B, 3, H, W]`` resized (bilinear, antialiased) to the classifier's input size when it differs
+    from theirs: miniSD draws 256 px images, a ViT-B reads 224 px."""
+    size = getattr(classifier, "input_size", None)
+    if size is None or tuple(images.shape[-2:]) == tuple(size[-2:]):
+        return images
+    return F.interpolate(images, size=tuple(size[-2:]), mode="bilinear", antialias=True, align_corners=False)
 
 
 def invariance_map(samples: torch.Tensor) -> torch.Tensor:

@@ -132,6 +132,7 @@ def main(args) -> dict:
     if args.resume and (st := load_checkpoint(args.out, modules={"unet": unet, "ema": ema}, optimizer=opt,
                                               lr_scheduler=sched)):
         start = st["step"]
+        print(f"resumed from step {start} of {args.out}", flush=True)
         stream.load_state_dict(st["extra"]["stream"])
     unet_p, opt = acc.prepare(unet, opt)
     it = iter(stream)

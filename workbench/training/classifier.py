@@ -61,6 +61,7 @@ def main(args) -> dict:
         st = load_checkpoint(args.out, modules={"model": clf}, optimizer=opt, lr_scheduler=sched)
         if st is not None:
             start = st["step"]
+            print(f"resumed from step {start} of {args.out}", flush=True)
             stream.load_state_dict(st["extra"]["stream"])
     clf, opt = acc.prepare(clf, opt)
     it = iter(stream)

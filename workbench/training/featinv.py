@@ -65,7 +65,7 @@ def train_featinv(*, classifier: str, layer: str, base: str = "tinyworld-base", 
 
 def main(args):
     from ..diffusion import DiffusionBase
-    from ..inverters.featinv import FeatInv
+    from ..inverters.featinv import FeatInv, classifier_view
     from ..metrics import extract_features
     from ..models import load_classifier
     from .base import ema_update, encode_all
@@ -99,7 +99,7 @@ def main(args):
 
     # ---- 2. the inverter, with feature normalisation fixed from a first batch
     probe = to_float(next(batches)[0].to(acc.device))
-    feats = extract_features(clf, probe, args.layer)
+    feats = extract_features(clf, classifier_view(probe, clf), args.layer)
     inv = FeatInv(base, args.classifier, args.layer, tuple(feats.shape[1:]), args.pooling,
                   hidden_channels=args.hidden_channels).to(acc.device)
     inv.conditioning.set_feature_stats(feats)
@@ -112,6 +112,7 @@ def main(args):
     if args.resume and (st := load_checkpoint(args.out, modules={"controlnet": cnet, "ema": ema}, optimizer=opt,
                                               lr_scheduler=sched)):
         start = st["step"]
+        print(f"resumed from step {start} of {args.out}", flush=True)
         if stream is not None:
             stream.load_state_dict(st["extra"]["stream"])
     cnet_p, opt = acc.prepare(cnet, opt)
@@ -124,7 +125,7 @@ def main(args):
         x, z0 = next(batches)
         x = to_float(x.to(acc.device))
         with torch.no_grad():  # 3. features and latents, batched, frozen models
-            f = extract_features(clf, x, args.layer, batch_size=len(x))
+            f = extract_features(clf, classifier_view(x, clf), args.layer, batch_size=len(x))
             z0 = base.encode(x) if z0 is None else z0
         with acc.accumulate(cnet_p), acc.autocast():
             loss = inv.training_loss(z0, f, noise_scheduler=noise_sched, generator=g, drop_prob=args.drop_prob)

@@ -59,6 +59,7 @@ def main(args) -> dict:
     start = 0
     if args.resume and (st := load_checkpoint(args.out, modules={"vae": vae}, optimizer=opt, lr_scheduler=sched)):
         start = st["step"]
+        print(f"resumed from step {start} of {args.out}", flush=True)
         stream.load_state_dict(st["extra"]["stream"])
     vae, opt = acc.prepare(vae, opt)
     it = iter(stream)

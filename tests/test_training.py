@@ -1,0 +1,101 @@
+"""Every training command runs a few steps on tiny components in a temporary folder, and a killed run
+resumes from its last checkpoint to the same weights as an uninterrupted one."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from workbench.training import all as all_stages
+from workbench.training import base, classifier, featinv, vae
+
+TINY_CNN = ["--arch", '{"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}']
+SMALL = ["--batch-size", "8", "--train-size", "64", "--device", "cpu", "--no-progress"]
+
+
+def test_train_classifier_five_steps(tmp_path):
+    card = classifier.main(classifier.parse_args(
+        ["--name", "tinyworld-cnn", "--out", str(tmp_path), "--steps", "5", "--test-size", "16", *SMALL, *TINY_CNN]))
+    assert card["training"]["steps"] == 5
+    assert 0 <= card["metrics"]["test_accuracy"] <= 1
+    assert (tmp_path / "tinyworld-cnn.safetensors").is_file()
+    assert (tmp_path / "checkpoint" / "state.pt").is_file()
+
+
+def test_train_vae_and_base_five_steps(tmp_path):
+    card = vae.main(vae.parse_args(["--out", str(tmp_path / "vae"), "--steps", "5", "--widths", "16,16", *SMALL]))
+    assert card["metrics"]["val_psnr_db"] > 0
+    card = base.main(base.parse_args(["--out", str(tmp_path / "base"), "--steps", "5", "--vae", str(tmp_path / "vae" / "vae"),
+                                      "--widths", "16,32,32", *SMALL]))
+    assert card["space"] == "latent" and card["latent_shape"] == [4, 16, 16]
+    assert (tmp_path / "base" / "tinyworld-base" / "unet" / "config.json").is_file()
+
+
+def test_train_pixel_base_five_steps(tmp_path):
+    card = base.main(base.parse_args(["--out", str(tmp_path), "--steps", "5", "--widths", "16,32,32", *SMALL]))
+    assert card["space"] == "pixel" and card["latent_shape"] == [3, 32, 32]
+
+
+def test_train_inverter_five_steps_and_ship(tmp_path):
+    inv = featinv.train_featinv(classifier="tinyworld-cnn", layer="stages.3", steps=5, batch_size=8, out=tmp_path,
+                                device="cpu", train_size=64, eval_n=4, progress=False, ship=str(tmp_path / "ship"))
+    assert inv.feature_shape == (192, 4, 4)
+    shipped = tmp_path / "ship" / "inverters" / "tinyworld-cnn" / "stages.3"
+    card = json.loads((shipped / "card.json").read_text())
+    assert card["training"]["steps"] == 5 and "feature_cosine" in card["metrics"]
+    assert load_file(str(shipped / "controlnet.safetensors"))["conv_in.weight"].dtype == torch.float16
+
+
+def _run(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_kill_and_resume_gives_the_uninterrupted_weights(tmp_path):
+    common = ["train-classifier", "--name", "tinyworld-cnn", "--steps", "40", "--save-every", "4", "--test-size", "8",
+              "--batch-size", "32", "--train-size", "64", "--device", "cpu", "--no-progress", *TINY_CNN]
+    ref = _run([*common, "--out", str(tmp_path / "ref")])
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()
+    run = _run([*common, "--out", str(tmp_path / "run")])
+    step_file = tmp_path / "run" / "checkpoint" / "step.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and run.poll() is None:
+        if step_file.is_file() and json.loads(step_file.read_text())["step"] >= 8:
+            break
+        time.sleep(0.05)
+    if run.poll() is not None:
+        pytest.skip("the run finished before it could be killed (machine too fast for this test)")
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    killed_at = json.loads(step_file.read_text())["step"]
+    assert 8 <= killed_at < 40
+    resumed = _run([*common, "--out", str(tmp_path / "run"), "--resume"])
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert f"resumed from step {killed_at}" in out
+    a = load_file(str(tmp_path / "ref" / "tinyworld-cnn.safetensors"))
+    b = load_file(str(tmp_path / "run" / "tinyworld-cnn.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_make_weights_orchestrates_every_stage(tmp_path):
+    rc = all_stages.main(all_stages.parse_args(["--profile", "smoke", "--runs", str(tmp_path / "runs"), "--ship",
+                                                str(tmp_path / "data"), "--device", "cpu", "--jobs", "2", "--no-progress",
+                                                "--only", "cnn", "vae", "base"]))
+    assert rc == 0
+    assert (tmp_path / "data" / "tinyworld-cnn.safetensors").is_file()
+    assert (tmp_path / "data" / "tinyworld-base" / "vae").is_dir()
+    assert all((tmp_path / "runs" / s / "DONE").is_file() for s in ("cnn", "vae", "base"))
+    # a second call finds everything done and does nothing
+    assert all_stages.main(all_stages.parse_args(["--profile", "smoke", "--runs", str(tmp_path / "runs"), "--ship",
+                                                  str(tmp_path / "data"), "--device", "cpu", "--no-progress",
+                                                  "--only", "cnn", "vae", "base"])) == 0

@@ -1,0 +1,181 @@
+"""The decoder baseline: a deterministic conv net from a feature map to an image.
+
+Following Dosovitskiy and Brox, "Inverting visual representations with convolutional networks" (CVPR 2016)
+and "Generating images with perceptual similarity metrics based on deep networks" (NeurIPS 2016): an
+up-convolutional decoder is trained to map a classifier's features at one layer back to the image, with a
+pixel loss plus a feature loss (the classifier's features of the output should match the input features).
+It gives one answer per map (the mean of what the features allow), so its samples are all the same image.
+
+The map ``Tensor[B, C, h, w]`` is normalised per channel (statistics fixed before training), lifted to
+``hidden_channels`` by a 3x3 conv, then doubled in size ``log2(image_size / h)`` times by
+nearest-neighbour upsampling and two 3x3 convs with GELU, and mapped to RGB in [0, 1] by a sigmoid.
+
+Example:
+    >>> dec = load_inverter("tinyworld-cnn/stages.3-decoder")
+    >>> images = dec.invert(features, num_samples=1)          # Tensor[B, 1, 3, 32, 32] in [0, 1]
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .featinv import InverterMismatchError
+
+
+class _UpBlock(nn.Sequential):
+    """``[B, c_in, s, s] -> [B, c_out, 2s, 2s]``: nearest upsampling, then two 3x3 convs with GELU."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"),
+                         nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.GELU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.GELU())
+
+
+class DecoderInverter(nn.Module):
+    """A conv decoder that inverts one classifier layer: ``[B, C, h, w] -> [B, 3, H, W]``.
+
+    Args:
+        classifier_name: the classifier the features come from (``"tinyworld-cnn"``...).
+        layer: the layer name, as in ``layer_table`` (``"stages.3"``, ``"blocks.5"``).
+        feature_shape: ``(C, h, w)`` of the map at that layer; ``h == w`` and ``image_size / h`` a power of 2.
+        image_size: ``H == W`` of the output images.
+        hidden_channels: width of the first block; each upsampling block halves it, down to ``min_channels``.
+        min_channels: narrowest block width.
+
+    The constructor arguments are the config (:attr:`config`), saved as JSON by :meth:`save_pretrained`.
+
+    Example:
+        >>> dec = DecoderInverter("tinyworld-cnn", "stages.3", (192, 4, 4), image_size=32)
+        >>> dec(torch.randn(2, 192, 4, 4)).shape           # torch.Size([2, 3, 32, 32])
+    """
+
+    kind = "decoder"
+    pooling = "none"
+
+    def __init__(self, classifier_name: str, layer: str, feature_shape: Sequence[int], image_size: int = 32, *,
+                 hidden_channels: int = 128, min_channels: int = 16):
+        super().__init__()
+        if len(feature_shape) != 3:
+            raise ValueError(f"feature_shape must be (C, h, w), got {tuple(feature_shape)}")
+        c, h, w = (int(s) for s in feature_shape)
+        ups = math.log2(image_size / h) if h > 0 else -1
+        if h != w or ups < 0 or not float(ups).is_integer():
+            raise ValueError(f"DecoderInverter needs a square map whose side divides image_size={image_size} by a "
+                             f"power of 2; got feature_shape={tuple(feature_shape)}")
+        self.classifier_name, self.layer = classifier_name, layer
+        self.feature_shape, self.image_size = (c, h, w), int(image_size)
+        self.hidden_channels, self.min_channels = int(hidden_channels), int(min_channels)
+        self.register_buffer("feature_mean", torch.zeros(c))
+        self.register_buffer("feature_std", torch.ones(c))
+        widths = [max(self.min_channels, self.hidden_channels // 2 ** i) for i in range(int(ups) + 1)]
+        self.stem = nn.Sequential(nn.Conv2d(c, widths[0], 3, padding=1), nn.GELU())
+        self.blocks = nn.Sequential(*[_UpBlock(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1)
+
+    # ------------------------------------------------------------------ config
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"class": "DecoderInverter", "classifier_name": self.classifier_name, "layer": self.layer,
+                "feature_shape": list(self.feature_shape), "image_size": self.image_size,
+                "hidden_channels": self.hidden_channels, "min_channels": self.min_channels, "pooling": self.pooling}
+
+    def extra_repr(self) -> str:
+        return f"classifier={self.classifier_name!r}, layer={self.layer!r}, feature_shape={self.feature_shape}"
+
+    def check_features(self, features: torch.Tensor) -> None:
+        if features.ndim != 4 or tuple(features.shape[1:]) != self.feature_shape:
+            raise InverterMismatchError(
+                f"this decoder was trained on {self.classifier_name!r} at {self.layer!r} with maps of shape "
+                f"{self.feature_shape}, but got features of shape {tuple(features.shape)}. Capture them with "
+                f"wb.run_with_cache(classifier, images, {self.layer!r}), or pick the decoder of your layer from "
+                f"wb.list_inverters().")
+        if not torch.isfinite(features).all():
+            raise ValueError("features contain NaN or Inf; decoding them would give NaN images")
+
+    @torch.no_grad()
+    def set_feature_stats(self, features: torch.Tensor) -> None:
+        """Fix the per-channel normalisation from a sample of maps ``[N, C, h, w]`` (once, before training)."""
+        self.feature_mean.copy_(features.float().mean((0, 2, 3)))
+        self.feature_std.copy_(features.float().std((0, 2, 3)).clamp_min(1e-4))
+
+    # ------------------------------------------------------------------ the network
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``features: Tensor[B, C, h, w]`` -> images ``Tensor[B, 3, H, W]`` in [0, 1] (differentiable)."""
+        x = (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+        return torch.sigmoid(self.to_rgb(self.blocks(self.stem(x))))
+
+    @torch.no_grad()
+    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = False,
+               batch_size: int = 256) -> torch.Tensor:
+        """Decode maps into images; the decoder is deterministic, so the ``S`` samples are identical.
+
+        Args:
+            features: ``Tensor[B, C, h, w]`` maps from ``self.classifier_name`` at ``self.layer``.
+            num_samples: ``S`` copies per map (for the shared inverter call).
+            seed: unused (deterministic); accepted so one harness drives every inverter.
+            progress: show a progress bar over batches.
+            batch_size: maps decoded at once.
+
+        Returns:
+            ``Tensor[B, S, 3, H, W]`` in [0, 1], on the CPU.
+        """
+        from tqdm.auto import tqdm
+
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
+        self.check_features(features)
+        dev = self.feature_mean.device
+        out = [self(features[s:s + batch_size].to(dev).float()).float().cpu()
+               for s in tqdm(range(0, len(features), batch_size), desc="decoder", disable=not progress)]
+        images = torch.cat(out) if out else torch.empty(0, 3, self.image_size, self.image_size)
+        return images[:, None].expand(-1, num_samples, -1, -1, -1).contiguous()
+
+    @torch.no_grad()
+    def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
+        """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` with ``classifier`` (default: the shipped or
+        timm model named ``self.classifier_name``), then :meth:`invert` -> ``[B, S, 3, H, W]``."""
+        from ..metrics import extract_features
+
+        if classifier is None:
+            from ..models import load_classifier
+
+            classifier = load_classifier(self.classifier_name, device=self.feature_mean.device)
+        return self.invert(extract_features(classifier, images, self.layer), **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
+        """Write ``config.json`` + ``decoder.safetensors`` (+ ``card.json``) into ``path``."""
+        from ..zoo import save_state
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_state(self, path / "decoder.safetensors", fp16=fp16)
+        (path / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        if card is not None:
+            (path / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "DecoderInverter":
+        """Rebuild from :meth:`save_pretrained`'s folder, in eval mode on ``device``."""
+        from ..zoo import load_state
+
+        path = Path(path)
+        cfg = json.loads((path / "config.json").read_text())
+        if cfg.get("class") != "DecoderInverter":
+            raise InverterMismatchError(f"{path / 'config.json'} holds a {cfg.get('class')!r}, not a DecoderInverter; "
+                                        f"load it with wb.load_inverter({str(path)!r})")
+        dec = cls(cfg["classifier_name"], cfg["layer"], cfg["feature_shape"], cfg["image_size"],
+                  hidden_channels=cfg["hidden_channels"], min_channels=cfg["min_channels"])
+        state = load_state(path / "decoder.safetensors")
+        missing, unexpected = dec.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise InverterMismatchError(f"{path / 'decoder.safetensors'} does not match its config.json "
+                                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        card = path / "card.json"
+        dec.card = json.loads(card.read_text()) if card.is_file() else {}
+        return dec.to(device).eval()

@@ -1,0 +1,289 @@
+"""Figures. Every function takes tensors or DataFrames and returns a ``matplotlib.figure.Figure``;
+none of them shows or saves anything (the caller does, e.g. ``fig.savefig(path)``).
+
+Sections are owned by topic: core (grids), evaluation, analysis. Images follow the one convention,
+``[..., 3, H, W]`` floats in [0, 1].
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def _hwc(img: torch.Tensor):
+    return img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------- core
+def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_labels: Sequence[str] | None = None,
+               col_labels: Sequence[str] | None = None, cell: float = 1.2, title: str | None = None):
+    """A grid of images: ``rows[i][j]`` is ``Tensor[3, H, W]`` in [0, 1] or ``Tensor[1, H, W]`` (shown with a
+    colour map, e.g. an invariance map); a ``Tensor[R, C, 3, H, W]`` works too.
+
+    Returns:
+        the ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    if isinstance(rows, torch.Tensor):
+        rows = [list(r) for r in rows]
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j >= len(row) or row[j] is None:
+                ax.axis("off")
+                continue
+            img = row[j]
+            if img.shape[0] == 1:
+                ax.imshow(img[0].detach().float().cpu().numpy(), cmap="magma")
+            else:
+                ax.imshow(_hwc(img))
+            if col_labels is not None and i == 0 and j < len(col_labels):
+                ax.set_title(col_labels[j], fontsize=8)
+            if row_labels is not None and j == 0 and i < len(row_labels):
+                ax.set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def inversion_figure(originals: torch.Tensor, samples: torch.Tensor, *, row_labels: Sequence[str] | None = None,
+                     invariance: torch.Tensor | None = None, title: str | None = None):
+    """original | samples | invariance map, one row per image.
+
+    Args:
+        originals: ``Tensor[B, 3, H, W]``.
+        samples: ``Tensor[B, S, 3, H, W]`` from an inverter.
+        invariance: ``Tensor[B, 1, H, W]`` (default: computed from ``samples`` when ``S >= 2``).
+    """
+    from .inverters.featinv import invariance_map
+
+    if invariance is None and samples.shape[1] >= 2:
+        invariance = invariance_map(samples)
+    rows = []
+    for b in range(originals.shape[0]):
+        row = [originals[b], *samples[b]]
+        if invariance is not None:
+            row.append(invariance[b] / invariance.max().clamp_min(1e-8))
+        rows.append(row)
+    cols = ["original"] + [f"sample {s + 1}" for s in range(samples.shape[1])] + (
+        ["invariance"] if invariance is not None else [])
+    return image_grid(rows, row_labels=row_labels, col_labels=cols, title=title)
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def method_grid(originals: torch.Tensor, reconstructions: "dict[str, torch.Tensor]", *, sample: int = 0,
+                row_labels: Sequence[str] | None = None, title: str | None = None):
+    """Methods side by side: one row per image, columns ``original | method 1 | method 2 | ...``.
+
+    Args:
+        originals: ``Tensor[B, 3, H, W]``.
+        reconstructions: method name -> ``Tensor[B, S, 3, H, W]`` (an inverter's output) or ``Tensor[B, 3, H, W]``.
+        sample: which sample to show when ``S > 1``.
+
+    Example:
+        >>> fig = method_grid(x[:6], {"FeatInv": rec1, "decoder": rec2})
+    """
+    cols = ["original", *reconstructions]
+    recs = [r[:, sample] if r.ndim == 5 else r for r in reconstructions.values()]
+    rows = [[originals[b], *[r[b] for r in recs]] for b in range(originals.shape[0])]
+    return image_grid(rows, row_labels=row_labels, col_labels=cols, title=title)
+
+
+def metric_bars(table, metrics: Sequence[str] = ("feature_cosine", "cross_cosine", "top1", "frechet_distance"), *,
+                title: str | None = None):
+    """One bar panel per metric, one bar per row of a comparison table (``workbench.evaluate.compare``).
+
+    Example:
+        >>> fig = metric_bars(compare({"FeatInv": t1, "decoder": t2}))
+    """
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in metrics if m in table.columns]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 0.4 * len(table) + 1.2), squeeze=False)
+    labels = [str(i) for i in table.index]
+    for ax, m in zip(axes[0], metrics):
+        ax.barh(range(len(table)), table[m].astype(float).values, color="tab:blue")
+        ax.set_yticks(range(len(table)))
+        ax.set_yticklabels(labels if ax is axes[0][0] else [], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(m + (" (lower is better)" if m in ("frechet_distance", "seconds_per_image") else ""), fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def condition_grid(inputs: "dict[str, torch.Tensor]", reconstructions: "dict[str, torch.Tensor]", *, n: int = 3,
+                   sample: int = 0, title: str | None = None):
+    """One row per condition: ``input 1 | reconstruction 1 | input 2 | reconstruction 2 | ...`` for ``n`` images.
+
+    Args:
+        inputs: condition -> ``Tensor[N, 3, H, W]`` (what the classifier saw).
+        reconstructions: condition -> ``Tensor[N, S, 3, H, W]``.
+
+    Example:
+        >>> fig = condition_grid(result.inputs, result.reconstructions, n=3)
+    """
+    keys = [k for k in inputs if k in reconstructions]
+    rows = []
+    for k in keys:
+        m = min(n, len(inputs[k]))
+        rows.append([img for i in range(m) for img in (inputs[k][i], reconstructions[k][i, sample])])
+    cols = [c for i in range(n) for c in (f"input {i + 1}", f"recon {i + 1}")]
+    return image_grid(rows, row_labels=keys, col_labels=cols, title=title)
+
+
+def robustness_curves(summary, metrics: Sequence[str] = ("feature_cosine", "top1"), *, title: str | None = None):
+    """Metric against corruption severity, one line per corruption, clean level dashed (severity 0).
+
+    Args:
+        summary: ``RobustnessResult.summary`` (columns ``family``, ``name``, ``severity`` and the metrics).
+
+    Example:
+        >>> fig = robustness_curves(result.summary)
+    """
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in metrics if m in summary.columns]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 2.8), squeeze=False)
+    corr = summary[summary["family"] == "corruption"]
+    clean = summary[summary["family"] == "clean"]
+    for ax, m in zip(axes[0], metrics):
+        for name, part in corr.groupby("name", sort=False):
+            ax.plot(part["severity"], part[m].astype(float), marker="o", label=name)
+        if len(clean):
+            ax.axhline(float(clean[m].iloc[0]), color="k", ls="--", lw=1, label="clean")
+        ax.set_xlabel("severity")
+        ax.set_title(m, fontsize=9)
+        ax.set_xticks([1, 2, 3])
+    axes[0][-1].legend(fontsize=6, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+
+
+# ------------------------------------------------------------------------------------------- analysis
+
+
+def pca_rgb_figure(images: torch.Tensor, rgb: torch.Tensor, *, alpha: float = 0.5, title: str | None = None):
+    """image | top-3 PCA components as RGB | overlay, one row per image.
+
+    Args:
+        images: ``Tensor[B, 3, H, W]`` in [0, 1].
+        rgb: ``Tensor[B, 3, H, W]`` from ``FeaturePCA.rgb(features, size=H)``.
+        alpha: weight of the PCA colours in the overlay.
+    """
+    overlay = (1 - alpha) * images.float().cpu() + alpha * rgb.float().cpu()
+    rows = [[images[b], rgb[b], overlay[b]] for b in range(images.shape[0])]
+    return image_grid(rows, col_labels=["image", "PCA 1-3", "overlay"], title=title)
+
+
+def explained_variance_figure(ratio: torch.Tensor, *, title: str | None = None):
+    """Cumulative explained variance against the number of components (``ratio``: ``Tensor[K]``)."""
+    import matplotlib.pyplot as plt
+
+    ratio = torch.as_tensor(ratio).float().cpu()
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ks = torch.arange(1, len(ratio) + 1)
+    ax.plot(ks, ratio.cumsum(0), marker=".", label="cumulative")
+    ax.bar(ks, ratio, alpha=0.4, label="per component")
+    ax.set_xscale("log")
+    ax.set_xlabel("components")
+    ax.set_ylabel("explained variance")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(table, x: str, ys: Sequence[str], *, logx: bool = False, hline: float | None = None,
+                  xlabel: str | None = None, ylabel: str | None = None, title: str | None = None):
+    """Lines of several columns of a DataFrame against one column (e.g. accuracy vs ablated channels).
+
+    Rows that share an ``x`` value are averaged; ``hline`` draws a dashed reference (e.g. chance).
+    """
+    import matplotlib.pyplot as plt
+
+    means = table.groupby(x)[list(ys)].mean()
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for col in ys:
+        ax.plot(means.index, means[col], marker="o", label=col)
+    if hline is not None:
+        ax.axhline(hline, ls="--", c="gray", lw=1, label="chance")
+    if logx:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel(xlabel or x)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def table_heatmap(table, *, fmt: str = "{:.2f}", vmin: float = 0.0, vmax: float = 1.0, title: str | None = None):
+    """A DataFrame of scores (e.g. layers x factors) as an annotated heat map."""
+    import matplotlib.pyplot as plt
+
+    values = table.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(0.9 * values.shape[1] + 1.5, 0.45 * values.shape[0] + 1.2))
+    ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(values.shape[1]), [str(c) for c in table.columns], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(values.shape[0]), [str(i) for i in table.index], fontsize=8)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if values[i, j] < (vmin + vmax) / 2 else "black")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def sequence_figure(images: torch.Tensor, probs: torch.Tensor, *, class_names: Sequence[str],
+                    steps: Sequence[float] | None = None, title: str | None = None):
+    """An image sequence (top) over the class probabilities along it (bottom).
+
+    Args:
+        images: ``Tensor[T, 3, H, W]``, one image per step.
+        probs: ``Tensor[T, K]`` probabilities of the ``K`` classes named in ``class_names``.
+        steps: the x value of each step (default ``0..T-1``), e.g. ``t`` or ``alpha``.
+    """
+    import matplotlib.pyplot as plt
+
+    t = len(images)
+    xs = list(range(t)) if steps is None else list(steps)
+    fig = plt.figure(figsize=(max(1.1 * t, 4), 3.4))
+    grid = fig.add_gridspec(2, t, height_ratios=[1, 1.3])
+    for i in range(t):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(_hwc(images[i]))
+        ax.set_title(f"{xs[i]:.2g}", fontsize=8)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    probs = torch.as_tensor(probs).float().cpu()
+    for k, name in enumerate(class_names):
+        ax.plot(xs, probs[:, k], marker="o", label=name)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("probability")
+    ax.legend(fontsize=7, ncol=min(len(class_names), 4))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
