@@ -51,7 +51,9 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
                 ax.set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * n_rows)))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -119,7 +121,9 @@ def metric_bars(table, metrics: Sequence[str] = ("feature_cosine", "cross_cosine
         ax.tick_params(axis="x", labelsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * n_rows)))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -169,7 +173,9 @@ def robustness_curves(summary, metrics: Sequence[str] = ("feature_cosine", "top1
     axes[0][-1].legend(fontsize=6, loc="best")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * n_rows)))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -285,5 +291,7 @@ def sequence_figure(images: torch.Tensor, probs: torch.Tensor, *, class_names: S
     ax.legend(fontsize=7, ncol=min(len(class_names), 4))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * n_rows)))
+    else:
+        fig.tight_layout()
     return fig

@@ -121,6 +121,7 @@ def main(args):
     g = torch.Generator(acc.device).manual_seed(args.seed + start)
     loop = Steps(start, args.steps, desc=f"FeatInv {args.classifier}/{args.layer}", max_minutes=args.max_minutes, lr_scheduler=sched,
                  progress=args.progress)
+    losses = []
     for step in loop:
         x, z0 = next(batches)
         x = to_float(x.to(acc.device))
@@ -135,6 +136,7 @@ def main(args):
             sched.step()
             opt.zero_grad(set_to_none=True)
         ema_update(ema, acc.unwrap_model(cnet_p), args.ema if step > 200 else 0.0)
+        losses.append(loss.item())
         loop.log(loss=loss.item())
         if loop.should_save(step, args.save_every):
             if acc.is_main_process:
@@ -146,7 +148,9 @@ def main(args):
     card = {"config": inv.config,
             "training": {"command": command_line(), "seed": args.seed, "steps": loop.total,
                          "batch_size": args.batch_size, "lr": args.lr, "drop_prob": args.drop_prob, "ema": args.ema,
-                         "data": args.data, "wall_time_s": timer.seconds, "device": str(acc.device)}}
+                         "data": args.data, "wall_time_s": timer.seconds, "device": str(acc.device),
+                         "loss_curve": _curve(losses)}}
+    inv.card = card
     if args.data == "tinyworld" and args.eval_n > 0:
         card["metrics"] = evaluate_card(inv, clf, n=args.eval_n, seed=args.seed)
     if acc.is_main_process:
@@ -157,6 +161,14 @@ def main(args):
     print(f"FeatInv {args.classifier}/{args.layer} pooling={args.pooling}: {json.dumps(card.get('metrics', {}))} "
           f"{timer.seconds} s")
     return inv, card
+
+
+def _curve(losses: list[float], points: int = 50) -> list[list[float]]:
+    """``[[step, mean loss of the window]]``: the loss of this run (resumed runs: since the resume), thinned."""
+    if not losses:
+        return []
+    w = max(1, len(losses) // points)
+    return [[i + w, round(sum(losses[i:i + w]) / len(losses[i:i + w]), 5)] for i in range(0, len(losses), w)]
 
 
 @torch.no_grad()
