@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Train every tiny-world artefact on one GPU in about 9 minutes and pack the fp16 weights.
+# Train every tiny-world artefact on one GPU in under 10 minutes and pack the fp16 weights.
 #   bash scripts/train_on_gpu.sh OUTDIR
 # Runs `python -m workbench.training.all --profile gpu --jobs 5` from this checkout (PYTHONPATH=.),
 # then writes OUTDIR/weights.tar.part-* (<= 15 MB each) and OUTDIR/log.txt. Unpack with
 #   cat OUTDIR/weights.tar.part-* | tar -x -C data/
 set -uo pipefail
 out=${1:?usage: train_on_gpu.sh OUTDIR}
-budget=${BUDGET_S:-500}
+budget=${BUDGET_S:-570}
 mkdir -p "$out"
 if ! python3 -c "import diffusers" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -18,7 +18,7 @@ rm -rf "$stage" "$runs"; mkdir -p "$stage"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/log.txt"
 python3 -c "import torch, timm, diffusers, accelerate; print('torch', torch.__version__, 'timm', timm.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$out/log.txt"
 start=$(date +%s)
-timeout "$budget" python3 -m workbench.training.all --profile gpu --device cuda --jobs 5 --runs "$runs" \
+timeout "$budget" python3 -m workbench.training.all --profile gpu --device cuda --jobs 6 --runs "$runs" \
   --ship "$stage" --no-progress 2>&1 | tee -a "$out/log.txt"
 echo "[gpu] all.py exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
 for f in "$runs"/*/log.txt; do echo "=== $f"; tail -n 4 "$f"; done >> "$out/log.txt" 2>&1
