@@ -25,13 +25,13 @@ _EXPORTS = {
     "train_featinv": "training.featinv",
     "presets": "presets",
     # evaluation
-    "evaluate": "evaluate", "OptimizationInverter": "inverters.optimization",
+    "evaluate": "evaluation", "OptimizationInverter": "inverters.optimization",
     "DecoderInverter": "inverters.decoder",
     "data_dir": "paths", "fast_mode": "paths",
 }
 
 _SUBMODULES = {"tinyworld", "hooks", "models", "zoo", "diffusion", "inverters", "training", "plot", "metrics",
-               "analysis", "presets", "paths", "errors", "cli", "demo", "robustness", "widgets"}
+               "analysis", "evaluation", "presets", "paths", "errors", "cli", "demo", "robustness", "widgets"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -102,7 +102,7 @@ def method_grid(originals: torch.Tensor, reconstructions: "dict[str, torch.Tenso
 
 def metric_bars(table, metrics: Sequence[str] = ("feature_cosine", "cross_cosine", "top1", "frechet_distance"), *,
                 title: str | None = None):
-    """One bar panel per metric, one bar per row of a comparison table (``workbench.evaluate.compare``).
+    """One bar panel per metric, one bar per row of a comparison table (``workbench.evaluation.compare``).
 
     Example:
         >>> fig = metric_bars(compare({"FeatInv": t1, "decoder": t2}))

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,9 +35,9 @@ from torch import nn
 from ..errors import WorkbenchError
 
 #: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md).
-DEFAULT_STEPS = 12
-DEFAULT_SCHEDULER = "dpm++"
-DEFAULT_GUIDANCE = 2.0
+DEFAULT_STEPS = 8
+DEFAULT_SCHEDULER = "ddim"
+DEFAULT_GUIDANCE = 3.0
 DEFAULT_GUIDANCE_MODE = "features"
 
 
@@ -199,6 +200,9 @@ class FeatInv(nn.Module):
 
         Returns:
             ``Tensor[B, S, 3, H, W]`` in [0, 1], on the CPU.
+
+        Example:
+            >>> inv.invert(features, num_samples=2, seed=0).shape      # [B, 2, 3, 32, 32]
         """
         from tqdm.auto import tqdm
 
@@ -215,31 +219,41 @@ class FeatInv(nn.Module):
         # all noise up front on the CPU, so results do not depend on batch_size or device
         g = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn((B * S, *self.base.latent_shape), generator=g)
-        feats = features.detach().float().repeat_interleave(S, 0)
+        maps = features.detach().float()
         out = torch.empty(B * S, 3, self.image_size, self.image_size)
         chunks = list(range(0, B * S, batch_size))
         bar = tqdm(total=len(chunks) * steps, desc="FeatInv", disable=not progress)
-        for s in chunks:
-            e = min(s + batch_size, B * S)
-            f = feats[s:e].to(device)
-            sched = self.base.make_scheduler(scheduler)
-            sched.set_timesteps(steps, device=device)
-            z = noise[s:e].to(device) * sched.init_noise_sigma
-            n = e - s
-            cond_emb = self.base.embeds(n)
-            null_emb = self.base.embeds(n, null=True)
-            uncond_feats = torch.zeros_like(f) if guidance_mode == "features" else f
-            for t in sched.timesteps:
-                zin = sched.scale_model_input(z, t)
-                if guidance == 1.0:
-                    eps = self.predict_noise(zin, t, f, cond_emb)
+        with torch.inference_mode(), _embedded_condition(self.controlnet) as embed:
+            for s in chunks:
+                e = min(s + batch_size, B * S)
+                n = e - s
+                # 1. the condition, embedded once per chunk (not at every step), each map once for its S samples:
+                #    rows s..e-1 are samples of maps s // S .. (e - 1) // S
+                first, last = s // S, (e - 1) // S
+                cond = embed(maps[first:last + 1].to(device)).repeat_interleave(S, 0)[s - first * S:e - first * S]
+                if guidance_mode == "features":  # the dropped condition (zero features) is the same for every row
+                    uncond = embed(torch.zeros_like(maps[:1], device=device)).expand_as(cond)
                 else:
-                    eps_c, eps_u = self.predict_noise(torch.cat([zin, zin]), t, torch.cat([f, uncond_feats]),
-                                                      torch.cat([cond_emb, null_emb])).chunk(2)
-                    eps = eps_u + guidance * (eps_c - eps_u)
-                z = sched.step(eps, t, z).prev_sample
-                bar.update(1)
-            out[s:e] = self.base.decode(z).float().cpu()
+                    uncond = cond
+                cond_emb, null_emb = self.base.embeds(n), self.base.embeds(n, null=True)
+                if guidance != 1.0:
+                    both_cond, both_emb = torch.cat([cond, uncond]), torch.cat([cond_emb, null_emb])
+                # 2. a fresh scheduler and this chunk's share of the noise
+                sched = self.base.make_scheduler(scheduler)
+                sched.set_timesteps(steps, device=device)
+                z = noise[s:e].to(device) * sched.init_noise_sigma
+                # 3. the denoising loop, with classifier-free guidance
+                for t in sched.timesteps:
+                    zin = sched.scale_model_input(z, t)
+                    if guidance == 1.0:
+                        eps = self.predict_noise(zin, t, cond, cond_emb)
+                    else:
+                        eps_c, eps_u = self.predict_noise(torch.cat([zin, zin]), t, both_cond, both_emb).chunk(2)
+                        eps = eps_u + guidance * (eps_c - eps_u)
+                    z = sched.step(eps, t, z).prev_sample
+                    bar.update(1)
+                # 4. decode into the output
+                out[s:e] = self.base.decode(z).float().cpu()
         bar.close()
         return out.view(B, S, 3, self.image_size, self.image_size)
 
@@ -301,6 +315,19 @@ def classifier_view(images: torch.Tensor, classifier: nn.Module) -> torch.Tensor
     if size is None or tuple(images.shape[-2:]) == tuple(size[-2:]):
         return images
     return F.interpolate(images, size=tuple(size[-2:]), mode="bilinear", antialias=True, align_corners=False)
+
+
+@contextmanager
+def _embedded_condition(controlnet: nn.Module):
+    """Within the block, the ControlNet takes its condition already embedded: it yields the
+    :class:`FeatureConditioning` (call it once per batch) and puts an identity in its place, so that the
+    denoising loop does not re-embed the same maps at every step. The module is restored in ``finally``."""
+    embedding = controlnet.controlnet_cond_embedding
+    controlnet.controlnet_cond_embedding = nn.Identity()
+    try:
+        yield embedding
+    finally:
+        controlnet.controlnet_cond_embedding = embedding
 
 
 def invariance_map(samples: torch.Tensor) -> torch.Tensor:

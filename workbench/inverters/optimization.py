@@ -60,7 +60,7 @@ class OptimizationInverter(nn.Module):
     kind = "optimization"
     pooling = "none"
 
-    def __init__(self, classifier: nn.Module, layer: str, steps: int = 200, tv_weight: float = 0.5, *,
+    def __init__(self, classifier: nn.Module, layer: str, steps: int = 200, tv_weight: float = 10.0, *,
                  lr: float = 0.1, norm_weight: float = 0.1, jitter: int = 0, alpha: float = 6.0, beta: float = 2.0):
         super().__init__()
         from ..metrics import extract_features
@@ -113,7 +113,7 @@ class OptimizationInverter(nn.Module):
         """Optimise one batch of images ``[b, 3, H, W]`` against ``target [b, C, h, w]``."""
         dev = target.device
         b = target.shape[0]
-        p = (torch.randn((b, 3, self.image_size, self.image_size), generator=generator) * 0.5).to(dev)
+        p = (torch.randn((b, 3, self.image_size, self.image_size), generator=generator) * 0.1).to(dev)  # near grey
         p.requires_grad_(True)
         opt = torch.optim.Adam([p], lr=self.lr)
         with torch.enable_grad():  # also under a caller's no_grad

@@ -79,11 +79,11 @@ def main(args):
     dec.train()
     opt = torch.optim.AdamW(dec.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = cosine_lr(opt, warmup=min(100, args.steps // 10), total=args.steps)
-    start = 0
+    start, earlier_s = 0, 0.0
     if args.resume and (st := load_checkpoint(args.out, modules={"decoder": dec}, optimizer=opt, lr_scheduler=sched)):
-        start = st["step"]
+        start, earlier_s = st["step"], st["extra"].get("wall_time_s", 0.0)
         stream.load_state_dict(st["extra"]["stream"])
-        sched.horizon["total"] = st["extra"].get("total", args.steps)
+        sched.horizon["total"] = min(args.steps, st["extra"].get("total", args.steps))  # a budget cut is kept
     dec_p, opt = acc.prepare(dec, opt)
 
     # ---- 3. the loop
@@ -105,7 +105,8 @@ def main(args):
         loop.log(loss=loss.item(), pixel=pixel.item(), feature=feature.item())
         if loop.should_save(step, args.save_every) and acc.is_main_process:
             save_checkpoint(args.out, step=step + 1, modules={"decoder": acc.unwrap_model(dec_p)}, optimizer=opt,
-                            lr_scheduler=sched, extra={"stream": stream.state_dict(), "total": loop.total})
+                            lr_scheduler=sched, extra={"stream": stream.state_dict(), "total": loop.total,
+                                   "wall_time_s": earlier_s + timer.seconds})
     dec = acc.unwrap_model(dec_p).eval()
 
     # ---- 4. card and weights
@@ -114,7 +115,8 @@ def main(args):
                          "batch_size": args.batch_size, "lr": args.lr, "feature_weight": args.feature_weight,
                          "feature_batch": args.feature_batch,
                          "train_size": args.train_size, "final_loss": round(loss.item(), 5) if loop.total > start else None,
-                         "wall_time_s": timer.seconds, "device": str(acc.device)}}
+                         "wall_time_s": round(earlier_s + timer.seconds, 1),  # over all resumed runs
+                         "device": str(acc.device)}}
     if args.eval_n > 0:
         card["metrics"] = evaluate_card(dec, clf, n=args.eval_n, seed=args.seed)
     if acc.is_main_process:

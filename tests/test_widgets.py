@@ -1,0 +1,65 @@
+"""The explorer builds without a browser, and its callbacks update images, logits and progress."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench.analysis import AnalysisError
+from workbench.analysis.concepts import mean_difference
+from workbench.metrics import extract_features
+from workbench.widgets import Explorer, parse_channels
+
+
+def test_parse_channels():
+    assert parse_channels("0-2, 5", 192) == [0, 1, 2, 5]
+    assert parse_channels("", 192) == []
+    with pytest.raises(AnalysisError, match="out of range"):
+        parse_channels("190-193", 192)
+    with pytest.raises(AnalysisError, match="cannot read channels"):
+        parse_channels("a, b", 192)
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    cnn = wb.load_classifier("tinyworld-cnn")
+    ds = wb.TinyWorld("val", size=24, seed=0)
+    x, y = ds.images(), ds.labels()
+    star = mean_difference(extract_features(cnn, x, "stages.3"), y == 3, name="star", layer="stages.3",
+                           classifier_name="tinyworld-cnn")
+    inv = wb.load_inverter("tinyworld-cnn/stages.3")
+    return Explorer(cnn, {"stages.3": inv}, x[:4], labels=y[:4], concepts={"star": star}, num_samples=2, steps=2)
+
+
+def test_explorer_builds_and_runs(explorer):
+    import ipywidgets
+
+    assert isinstance(explorer.widget, ipywidgets.VBox)
+    assert list(explorer.concept.options) == ["(none)", "star"]
+    first_png = explorer.picture.value
+    explorer.image.value = 1                                  # callback: shows the new original
+    assert explorer.picture.value != first_png
+    explorer.channels.value = "0-191"
+    explorer.run.click()                                      # fires update()
+    result = explorer.result
+    assert result["samples"].shape == (1, 2, 3, 32, 32)
+    assert result["edited"].abs().max() == 0                  # every channel ablated
+    assert explorer.progress.value == explorer.progress.max == 2
+    assert "<table>" in explorer.logits.value
+
+
+def test_explorer_steering_and_errors(explorer):
+    explorer.channels.value = ""
+    explorer.concept.value = "star"
+    explorer.alpha.value = 2.0
+    explorer.samples.value = 1
+    result = explorer.update()
+    assert result["logits_after"][3] > result["logits_before"][3]   # steering towards star raises its logit
+    explorer.channels.value = "999"
+    explorer.update()
+    assert "out of range" in explorer.status.value                   # shown, not raised
+    explorer.mode.value = "mean"
+    explorer.channels.value = "0-3"
+    explorer.concept.value = "(none)"
+    out = explorer.update()
+    assert torch.allclose(out["edited"][0, :4, 0, 0], explorer._means()[:4])

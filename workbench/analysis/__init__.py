@@ -1,0 +1,204 @@
+"""Analyses of feature maps, one module per family; every function returns tensors, dataclasses or DataFrames.
+
+==================  ========================================================================
+module              what it answers
+==================  ========================================================================
+``pca``             which directions of a layer's map carry its variance, and what they encode
+``ablation``        which channels matter, and what disappears from the image without them
+``composition``     is the map spatially composite: splices, interpolations, factor probes
+``concepts``        concept directions and subspaces, and steering a map along them
+==================  ========================================================================
+
+The helpers here are shared by the families: :func:`map_logits` runs the classifier with a layer's map
+replaced, :func:`class_probabilities` and :func:`score_inversions` score images and their inversions.
+Figures live in :mod:`workbench.plot` (section "analysis").
+
+Example:
+    >>> from workbench import analysis
+    >>> pca = analysis.pca.fit_pca(features, layer="stages.3")       # features: Tensor[N, C, h, w]
+    >>> rgb = pca.rgb(features[:4], size=32)                          # Tensor[4, 3, 32, 32]
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import WorkbenchError
+
+_SUBMODULES = ("pca", "ablation", "composition", "concepts")
+
+
+class AnalysisError(WorkbenchError, ValueError):
+    """An analysis was given arguments that do not fit together (a concept from another layer, a mask
+    of the wrong size, channel indices out of range, more components than channels)."""
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'workbench.analysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES))
+
+
+# ------------------------------------------------------------------------------------------ checks
+def check_channels(channels: int | Sequence[int] | Tensor, num_channels: int) -> list[int]:
+    """Channel indices as a list of ints in ``[0, num_channels)``; raises :class:`AnalysisError` otherwise.
+
+    Example:
+        >>> check_channels([3, 7], 192)
+        [3, 7]
+    """
+    if isinstance(channels, (int, Tensor)) and not isinstance(channels, bool):
+        channels = torch.as_tensor(channels).reshape(-1).tolist()
+    out = []
+    for c in channels:
+        if isinstance(c, bool) or int(c) != c:
+            raise AnalysisError(f"channel indices are ints, got {c!r}")
+        out.append(int(c))
+    bad = [c for c in out if not 0 <= c < num_channels]
+    if bad:
+        raise AnalysisError(f"channel indices {bad[:5]} are out of range: this map has {num_channels} channels, "
+                            f"so indices run 0..{num_channels - 1}")
+    return out
+
+
+def check_mask(mask: Tensor, spatial: Sequence[int], batch: int | None = None) -> Tensor:
+    """A spatial mask as float ``Tensor[B or 1, 1, h, w]``, checked against the map's ``(h, w)``.
+
+    Args:
+        mask: ``Tensor[h, w]`` or ``Tensor[B, 1, h, w]``, bool or float (1 = inside).
+        spatial: the map's ``(h, w)``.
+        batch: the map's batch size, if a per-image mask is allowed.
+
+    Raises:
+        AnalysisError: another spatial size or layout. Resize a pixel mask with :func:`downsample_mask`.
+    """
+    h, w = int(spatial[0]), int(spatial[1])
+    if not isinstance(mask, Tensor) or mask.ndim not in (2, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
+        got = list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise AnalysisError(f"mask is Tensor[{h}, {w}] or Tensor[B, 1, {h}, {w}], got {got}")
+    m = mask.float().view(1, 1, *mask.shape) if mask.ndim == 2 else mask.float()
+    if tuple(m.shape[-2:]) != (h, w):
+        raise AnalysisError(f"mask is {tuple(mask.shape[-2:])} but the map is {h}x{w}; pass a Tensor[{h}, {w}] "
+                            f"(resize an image mask with workbench.analysis.downsample_mask(mask, ({h}, {w})))")
+    if batch is not None and m.shape[0] not in (1, batch):
+        raise AnalysisError(f"mask has batch {m.shape[0]} but the map has {batch}; use 1 or {batch}")
+    return m
+
+
+def downsample_mask(mask: Tensor, size: Sequence[int], threshold: float = 0.5) -> Tensor:
+    """A pixel mask ``Tensor[H, W]`` -> a map mask ``Tensor[h, w]`` (area average, then ``>= threshold``).
+
+    Example:
+        >>> left = torch.zeros(32, 32); left[:, :16] = 1
+        >>> downsample_mask(left, (4, 4))[0]           # tensor([1., 1., 0., 0.])
+    """
+    m = torch.nn.functional.adaptive_avg_pool2d(mask.float().view(1, 1, *mask.shape[-2:]), tuple(size))[0, 0]
+    return (m >= threshold).float()
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def class_probabilities(classifier: nn.Module, images: Tensor, *, batch_size: int = 256) -> Tensor:
+    """Softmax over the classifier's logits: ``Tensor[N, 3, H, W]`` in [0, 1] -> ``Tensor[N, K]`` on the CPU.
+
+    Example:
+        >>> p = class_probabilities(cnn, x)      # rows sum to 1
+    """
+    dev = _device(classifier)
+    return torch.cat([classifier(images[s:s + batch_size].to(dev)).float().softmax(-1).cpu()
+                      for s in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def map_logits(classifier: nn.Module, images: Tensor, layer: str, features: Tensor, *,
+               batch_size: int = 256) -> Tensor:
+    """Logits with the map at ``layer`` replaced by ``features``: what the rest of the network makes of an edit.
+
+    The forward pass runs on ``images`` up to ``layer``, where the map is swapped for ``features``. For a
+    ViT, prefix tokens (class token) keep their original values, so editing the last block's patch map
+    does not reach a class-token head; compare inversions there instead.
+
+    Args:
+        classifier: a :class:`~workbench.models.Classifier`.
+        images: ``Tensor[N, 3, H, W]`` in [0, 1], the images the maps came from.
+        layer: the layer name, e.g. ``"stages.3"``.
+        features: ``Tensor[N, C, h, w]``, the edited maps.
+
+    Returns:
+        ``Tensor[N, K]`` logits on the CPU.
+
+    Example:
+        >>> f = wb.metrics.extract_features(cnn, x, "stages.3")
+        >>> map_logits(cnn, x, "stages.3", f).allclose(cnn(x), atol=1e-4)   # True
+    """
+    from ..hooks import run_with_hooks
+
+    if len(images) != len(features):
+        raise AnalysisError(f"images ({len(images)}) and features ({len(features)}) differ in number; "
+                            f"pass one map per image")
+    dev = _device(classifier)
+    out = []
+    for s in range(0, len(images), batch_size):
+        f = features[s:s + batch_size].to(dev)
+
+        def replace(act: Tensor, *, name: str, f: Tensor = f) -> Tensor:
+            if act.shape != f.shape:
+                raise AnalysisError(f"features {list(f.shape)} do not fit layer {name!r} of shape {list(act.shape)}")
+            return f.to(act.dtype)
+
+        out.append(run_with_hooks(classifier, images[s:s + batch_size].to(dev), {layer: replace}).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def score_inversions(classifier: nn.Module, layer: str, targets: Tensor, samples: Tensor, *,
+                     reference_logits: Tensor | None = None, batch_size: int = 256):
+    """How faithful each inverted sample is to the map it was inverted from.
+
+    Args:
+        classifier: the classifier whose layer was inverted.
+        layer: its layer name.
+        targets: ``Tensor[B, C, h, w]``, the maps that were inverted (possibly edited).
+        samples: ``Tensor[B, S, 3, H, W]``, the inverter's output for ``targets``.
+        reference_logits: ``Tensor[B, K]`` the sample's predicted class is compared against (default: the
+            logits of the unedited image are unknown here, so agreement is left out).
+
+    Returns:
+        pandas.DataFrame, one row per (image, sample): ``image``, ``sample``, ``feature_cosine`` (between the
+        sample's map and the target map), ``predicted`` (class index), ``confidence`` and, with
+        ``reference_logits``, ``agrees`` (predicted == reference argmax).
+
+    Example:
+        >>> samples = inverter.invert(f, num_samples=2)
+        >>> score_inversions(cnn, "stages.3", f, samples).feature_cosine.mean()
+    """
+    import pandas as pd
+
+    from ..metrics import extract_features
+
+    if samples.ndim != 5 or samples.shape[0] != targets.shape[0]:
+        raise AnalysisError(f"samples are [B, S, 3, H, W] with B = {targets.shape[0]} (one row per target map), "
+                            f"got {list(samples.shape)}")
+    b, s = samples.shape[:2]
+    flat = samples.reshape(b * s, *samples.shape[2:])
+    feats = extract_features(classifier, flat, layer, batch_size=batch_size).float().cpu().flatten(1)
+    tgt = targets.float().cpu().flatten(1).repeat_interleave(s, 0)
+    cos = torch.nn.functional.cosine_similarity(feats, tgt, dim=1)
+    probs = class_probabilities(classifier, flat, batch_size=batch_size)
+    table = pd.DataFrame({"image": torch.arange(b).repeat_interleave(s).numpy(), "sample": torch.arange(s).repeat(b).numpy(),
+                          "feature_cosine": cos.numpy(), "predicted": probs.argmax(1).numpy(),
+                          "confidence": probs.max(1).values.numpy()})
+    if reference_logits is not None:
+        table["agrees"] = (probs.argmax(1) == reference_logits.argmax(1).repeat_interleave(s)).numpy()
+    return table
