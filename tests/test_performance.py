@@ -118,6 +118,103 @@ def test_gpu_scale_runs_tiny_on_cpu(tmp_path):
 
 def test_train_throughput_designs_run(tmp_path):
     bench = load_benchmark("train_throughput")
-    res = bench.main(bench.parse_args(["--batch", "2", "--images", "8", "--repeats", "1", "--warmup", "0",
-                                       "--classifiers", "tinyworld-cnn"]))
-    assert all(v > 0 for v in res["tinyworld-cnn"].values()) and len(res["tinyworld-cnn"]) == 4
+    res = bench.main(bench.parse_args(["--batch", "4", "--official-batch", "2", "--images", "8", "--repeats", "1",
+                                       "--warmup", "0", "--classifiers", "tinyworld-cnn", "--no-compile",
+                                       "--threads", "1", "--json", str(tmp_path / "r.json")]))
+    r = res["tinyworld-cnn"]
+    assert set(r["images_per_s"]) == {"official", "ours_b8_fp32", "ours"}
+    assert all(v > 0 for v in r["images_per_s"].values()) and r["cache_s_per_1k_images"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["tinyworld-cnn"]["ratio"] == pytest.approx(r["ratio"])
+
+
+# ---------------------------------------------------------------- the optimised training path
+def test_cached_features_train_to_the_weights_of_in_step_features(tmp_path):
+    """--feature-cache (features of the fixed training set computed once, kept as fp16) against features computed
+    in every step: the same batches, and the same ControlNet after a few steps."""
+    from workbench.training import featinv
+
+    weights = {}
+    for cache in (True, False):
+        inv = featinv.train_featinv(classifier="tinyworld-cnn", layer="stages.3", steps=3, batch_size=4,
+                                    out=tmp_path / str(cache), device="cpu", train_size=16, eval_n=0, progress=False,
+                                    feature_cache=cache, mixed_precision="no")
+        weights[cache] = inv.controlnet.state_dict()
+    for k, v in weights[True].items():
+        torch.testing.assert_close(v, weights[False][k], rtol=0, atol=1e-5, msg=k)
+    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "True" / "cache").iterdir())
+    assert cached == ["features", "latents"]
+    assert not (tmp_path / "False" / "cache").joinpath("features").exists()
+
+
+def test_cached_tensor_is_computed_once_and_keyed(tmp_path):
+    from workbench.training.common import cached_tensor, state_fingerprint
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(6.0).view(2, 3)
+
+    a = cached_tensor(tmp_path, "x", "k1", compute, half=True)
+    b = cached_tensor(tmp_path, "x", "k1", compute, half=True)
+    assert len(calls) == 1 and a.dtype == torch.float16 and torch.equal(a, b)
+    cached_tensor(tmp_path, "x", "k2", compute)  # another key: computed again
+    assert len(calls) == 2
+    (tmp_path / "x-k1.safetensors").write_bytes(b"truncated")  # a killed run's file is recomputed, not trusted
+    assert torch.equal(cached_tensor(tmp_path, "x", "k1", compute, half=True), a) and len(calls) == 3
+    big = cached_tensor(None, "y", "k", lambda: torch.tensor([1e5]), half=True)  # beyond fp16: stays fp32
+    assert big.dtype == torch.float32 and not (tmp_path / "y-k.safetensors").exists()
+    m = torch.nn.Linear(2, 2)
+    key = state_fingerprint(m, extra="a")
+    assert key == state_fingerprint(m, extra="a") != state_fingerprint(m, extra="b")
+    with torch.no_grad():
+        m.weight.add_(1e-3)
+    assert state_fingerprint(m, extra="a") != key
+
+
+def _loss_and_grads(inv, z0, f, **autocast):
+    g = torch.Generator().manual_seed(0)
+    with torch.autocast("cpu", **autocast):
+        loss = inv.training_loss(z0, f, noise_scheduler=inv.base.make_scheduler("ddpm"), generator=g, drop_prob=0.0)
+    loss.backward()
+    grads = [p.grad.clone() for p in inv.controlnet.parameters() if p.grad is not None]
+    inv.controlnet.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+@pytest.fixture(scope="module")
+def shipped_step():
+    inv = wb.load_inverter("tinyworld-cnn/stages.3")
+    clf = wb.load_classifier("tinyworld-cnn")
+    ds = wb.TinyWorld("train", size=8, seed=3)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    z0 = inv.base.encode(x)
+    f = wb.metrics.extract_features(clf, x, "stages.3")
+    inv.controlnet.requires_grad_(True).train()
+    return inv, z0, f
+
+
+def test_bf16_autocast_training_loss_is_close_to_fp32(shipped_step):
+    """--mixed-precision auto/bf16: the loss and the gradient direction of a step stay those of fp32."""
+    inv, z0, f = shipped_step
+    l32, g32 = _loss_and_grads(inv, z0, f, enabled=False)
+    l16, g16 = _loss_and_grads(inv, z0, f, dtype=torch.bfloat16, enabled=True)
+    assert abs(l16 - l32) / l32 < 0.03
+    flat32, flat16 = torch.cat([g.flatten() for g in g32]), torch.cat([g.flatten() for g in g16])
+    assert torch.nn.functional.cosine_similarity(flat32, flat16, dim=0) > 0.98
+
+
+def test_compiled_training_step_matches_eager(shipped_step):
+    """--compile: torch.compile of the ControlNet and the UNet gives eager's loss and gradients."""
+    inv, z0, f = shipped_step
+    l_eager, g_eager = _loss_and_grads(inv, z0, f, enabled=False)
+    cnet, unet = inv.controlnet, inv.base.unet
+    try:
+        inv.controlnet, inv.base.unet = torch.compile(cnet), torch.compile(unet)
+        l_comp, g_comp = _loss_and_grads(inv, z0, f, enabled=False)
+    finally:
+        inv.controlnet, inv.base.unet = cnet, unet
+    torch.testing.assert_close(l_comp, l_eager, rtol=1e-4, atol=1e-6)
+    assert len(g_comp) == len(g_eager)
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

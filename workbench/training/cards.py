@@ -1,6 +1,8 @@
 """Re-measure the metrics on the cards of shipped artefacts (after a sampler default changes, say).
 
-    python -m workbench.training.cards [--inverters] [--base] [--n 256]
+    python -m workbench.training.cards [--inverters [NAME ...]] [--base [--base-sampler ddpm:250]] [--n 256]
+
+(``--inverters`` with no names and ``--base``: only the base card.)
 
 Inverter cards get feature cosine and top-1 agreement on ``n`` held-out test images at the current
 sampler defaults; the base card gets its unconditional sample quality. Only ``metrics`` changes.
@@ -19,6 +21,7 @@ def parse_args(argv=None):
     p.add_argument("--base", action="store_true", help="re-measure the base's sample quality")
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--base-samples", type=int, default=512)
+    p.add_argument("--base-sampler", default="dpm++:20", help="scheduler:steps of the base's unconditional samples")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
 
@@ -35,7 +38,8 @@ def main(args) -> int:
         base = DiffusionBase.from_pretrained("tinyworld-base", device=args.device)
         cnn = load_classifier("tinyworld-cnn", device=args.device)
         vit = load_classifier("tinyworld-vit", device=args.device)
-        m = sample_quality(base, cnn, vit, n=args.base_samples)
+        sched, steps = args.base_sampler.split(":")
+        m = sample_quality(base, cnn, vit, n=args.base_samples, scheduler=sched, steps=int(steps), progress=True)
         path = data_dir() / "tinyworld-base" / "card.json"
         card = json.loads(path.read_text())
         card["metrics"] = m

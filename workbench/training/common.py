@@ -22,14 +22,17 @@ from torch import nn
 CKPT = "checkpoint"
 
 
-def add_common_args(p: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
+def add_common_args(p: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float,
+                    mixed_precision: str = "no") -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder for checkpoints and the final weights")
     p.add_argument("--steps", type=int, default=steps, help="optimiser steps in total (a resumed run continues to this)")
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (accelerate picks the GPU when 'auto')")
-    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--mixed-precision", default=mixed_precision, choices=["auto", "no", "fp16", "bf16"],
+                   help="autocast precision; 'auto' is bf16 where the device computes it natively (recent GPUs, CPUs "
+                        "with AVX512-BF16/AMX), else fp32 (default: %(default)s)")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
@@ -48,7 +51,21 @@ def make_accelerator(args):
     cpu = args.device == "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    args.mixed_precision = resolve_mixed_precision(args.mixed_precision, "cpu" if cpu or not torch.cuda.is_available()
+                                                   else "cuda")
     return Accelerator(cpu=cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
+
+
+def resolve_mixed_precision(mode: str, device_type: str) -> str:
+    """``'auto'`` -> ``'bf16'`` where ``device_type`` runs bf16 natively, else ``'no'``; other modes pass through."""
+    if mode != "auto":
+        return mode
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    except (AttributeError, RuntimeError):
+        return "no"
 
 
 def cosine_lr(optimizer, *, warmup: int, total: int):
@@ -82,9 +99,11 @@ class StepBudget:
 
     def update(self, step: int, total: int) -> int:
         self.seen += 1
+        if self.seen == 1:  # the first step may include compilation: the rate is measured after it
+            self.t1 = time.time()
         if self.limit is None or self.seen != self.probe:
             return total
-        per_step = (time.time() - self.t0) / self.seen
+        per_step = (time.time() - self.t1) / (self.seen - 1)
         fits = step + 1 + int((self.limit - (time.time() - self.t0)) / per_step)
         if fits < total:
             total = max(step + 2, fits)
@@ -160,6 +179,43 @@ def image_folder_stream(path: str | Path, *, image_size: int, batch_size: int, s
                                          num_workers=num_workers, persistent_workers=num_workers > 0)
     while True:
         yield from loader
+
+
+def state_fingerprint(*modules: nn.Module, extra: str = "") -> str:
+    """A short hash of modules' weights (and ``extra``): the key of a cache computed with them."""
+    import hashlib
+
+    h = hashlib.sha256(extra.encode())
+    for m in modules:
+        for k, v in sorted(m.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_tensor(cache_dir: str | Path | None, name: str, key: str, compute, *, half: bool = False) -> torch.Tensor:
+    """``compute()`` once, kept in ``cache_dir/{name}-{key}.safetensors`` for later runs (and ``--resume``).
+
+    ``key`` must change whenever the result would (see :func:`state_fingerprint`). With ``half`` the tensor is
+    stored and returned as fp16, unless its values leave fp16's range (then fp32). ``cache_dir=None`` computes
+    without writing anything."""
+    from safetensors.torch import load_file, save_file
+
+    path = None if cache_dir is None else Path(cache_dir) / f"{name}-{key}.safetensors"
+    if path is not None and path.is_file():
+        try:
+            return load_file(str(path))["value"]
+        except Exception as e:  # a truncated file from a killed run: recompute it
+            print(f"cache {path} is unreadable ({type(e).__name__}); recomputing it", flush=True)
+    value = compute()
+    if half and value.is_floating_point() and value.abs().max().item() < 6e4:
+        value = value.half()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"value": value.detach().contiguous().cpu()}, str(tmp))
+        tmp.replace(path)
+    return value
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -246,10 +302,12 @@ class Steps:
     """
 
     def __init__(self, start: int, total: int, *, desc: str, max_minutes: float | None = None, lr_scheduler=None,
-                 progress: bool = True):
+                 progress: bool = True, log_every: int = 100):
         from tqdm.auto import tqdm
 
         self.step, self.total = start, total
+        self.desc, self.progress, self.log_every = desc, progress, log_every
+        self.start, self.t0, self.values = start, time.time(), {}
         self.budget = StepBudget(max_minutes, lr_scheduler)
         self.bar = tqdm(initial=start, total=total, desc=desc, disable=not progress)
 
@@ -269,4 +327,10 @@ class Steps:
         return (step + 1) % every == 0 or step + 1 == self.total
 
     def log(self, **values: float) -> None:
+        """Show ``values`` on the bar; without a bar (``--no-progress``, e.g. under nohup) print a line every
+        ``log_every`` steps instead."""
         self.bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+        if not self.progress and self.log_every and (self.step + 1) % self.log_every == 0:
+            rate = (time.time() - self.t0) / max(1, self.step + 1 - self.start)
+            vals = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+            print(f"{self.desc}: step {self.step + 1}/{self.total} {vals} {rate:.2f} s/step", flush=True)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .common import (Steps, Timer, TensorStream, add_common_args, command_line, cosine_lr, image_folder_stream,
-                     load_checkpoint, make_accelerator, save_checkpoint, tinyworld_images)
+from .common import (Steps, Timer, TensorStream, add_common_args, cached_tensor, command_line, cosine_lr,
+                     image_folder_stream, load_checkpoint, make_accelerator, save_checkpoint, state_fingerprint,
+                     tinyworld_images)
 
 
 def parse_args(argv=None):
@@ -38,7 +39,18 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--eval-n", type=int, default=256, help="held-out test images for the card's metrics")
     p.add_argument("--num-workers", type=int, default=4)
-    return add_common_args(p, steps=6000, batch_size=128, lr=3e-4).parse_args(argv)
+    p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="tiny world: compute the classifier's features of the fixed training set once, batched, "
+                        "instead of in every step (default: on)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where cached latents and features are kept across runs and --resume (default: OUT/cache; "
+                        "'none': memory only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the ControlNet and the UNet (minutes of compile time; pays off on long runs)")
+    p.add_argument("--init-from", default=None,
+                   help="start from this saved inverter's ControlNet (e.g. after retraining the classifier); the "
+                        "feature normalisation is measured afresh")
+    return add_common_args(p, steps=6000, batch_size=128, lr=3e-4, mixed_precision="auto").parse_args(argv)
 
 
 def train_featinv(*, classifier: str, layer: str, base: str = "tinyworld-base", data: str = "tinyworld",
@@ -81,12 +93,22 @@ def main(args):
     base = DiffusionBase.from_pretrained(args.base, device=acc.device)
     size = base.image_size
 
-    # ---- 1. data: uint8 images (tiny world, latents cached once) or an image folder
+    # ---- 1. data: uint8 images (tiny world: latents and features computed once) or an image folder
     if args.data == "tinyworld":
         images, _ = tinyworld_images(args.train_size, split="train", seed=args.seed, device=acc.device,
                                      progress=args.progress)
-        latents = encode_all(base, images)
-        stream = TensorStream(images, latents, batch_size=args.batch_size, seed=args.seed)
+        cache_dir = None if args.cache_dir == "none" else Path(args.cache_dir or Path(args.out) / "cache")
+        data_key = f"tinyworld/{args.train_size}/{args.seed}"
+        latents = cached_tensor(cache_dir, "latents", state_fingerprint(base.vae or torch.nn.Identity(),
+                                                                          extra=f"{data_key}/{base.scaling_factor}"),
+                                lambda: encode_all(base, images)).to(acc.device)
+        tensors = [images, latents]
+        if args.feature_cache:
+            key = state_fingerprint(clf, extra=f"{data_key}/{args.layer}/{size}")
+            feats_all = cached_tensor(cache_dir, f"features-{args.layer}", key,
+                                      lambda: extract_all(clf, images, args.layer, progress=args.progress), half=True)
+            tensors.append(feats_all.to(acc.device))
+        stream = TensorStream(*tensors, batch_size=args.batch_size, seed=args.seed)
         batches = iter(stream)
     else:
         stream = None
@@ -102,6 +124,15 @@ def main(args):
     feats = extract_features(clf, classifier_view(probe, clf), args.layer)
     inv = FeatInv(base, args.classifier, args.layer, tuple(feats.shape[1:]), args.pooling,
                   hidden_channels=args.hidden_channels).to(acc.device)
+    if args.init_from:
+        from ..zoo import load_state
+
+        state = load_state(Path(args.init_from) / "controlnet.safetensors")
+        try:
+            inv.controlnet.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise SystemExit(f"--init-from {args.init_from} does not fit a {args.classifier}/{args.layer} inverter "
+                             f"with --hidden-channels {args.hidden_channels}: {str(e).splitlines()[0]}") from e
     inv.conditioning.set_feature_stats(feats)
     cnet = inv.controlnet
     cnet.requires_grad_(True).train()
@@ -117,16 +148,23 @@ def main(args):
             stream.load_state_dict(st["extra"]["stream"])
     cnet_p, opt = acc.prepare(cnet, opt)
     inv.controlnet = cnet_p
+    unet = base.unet
+    if args.compile:  # the same modules and weights; only the forward and backward are compiled
+        inv.controlnet = torch.compile(cnet_p)
+        base.unet = torch.compile(unet)
     noise_sched = base.make_scheduler("ddpm")
     g = torch.Generator(acc.device).manual_seed(args.seed + start)
     loop = Steps(start, args.steps, desc=f"FeatInv {args.classifier}/{args.layer}", max_minutes=args.max_minutes, lr_scheduler=sched,
                  progress=args.progress)
     losses = []
     for step in loop:
-        x, z0 = next(batches)
-        x = to_float(x.to(acc.device))
-        with torch.no_grad():  # 3. features and latents, batched, frozen models
-            f = extract_features(clf, classifier_view(x, clf), args.layer, batch_size=len(x))
+        x, z0, *cached = next(batches)
+        with torch.no_grad():  # 3. features and latents, batched, frozen models (or cached)
+            if cached:
+                f = cached[0].float()
+            else:
+                x = to_float(x.to(acc.device))
+                f = extract_features(clf, classifier_view(x, clf), args.layer, batch_size=len(x))
             z0 = base.encode(x) if z0 is None else z0
         with acc.accumulate(cnet_p), acc.autocast():
             loss = inv.training_loss(z0, f, noise_scheduler=noise_sched, generator=g, drop_prob=args.drop_prob)
@@ -144,11 +182,14 @@ def main(args):
                                 optimizer=opt, lr_scheduler=sched,
                                 extra={"stream": stream.state_dict()} if stream is not None else {})
     inv.controlnet = ema
+    base.unet = unet
     inv.eval()
     card = {"config": inv.config,
             "training": {"command": command_line(), "seed": args.seed, "steps": loop.total,
                          "batch_size": args.batch_size, "lr": args.lr, "drop_prob": args.drop_prob, "ema": args.ema,
-                         "data": args.data, "wall_time_s": timer.seconds, "device": str(acc.device),
+                         "data": args.data, "mixed_precision": args.mixed_precision, "compile": args.compile,
+                         "init_from": args.init_from,
+                         "wall_time_s": timer.seconds, "device": str(acc.device),
                          "loss_curve": _curve(losses)}}
     inv.card = card
     if args.data == "tinyworld" and args.eval_n > 0:
@@ -161,6 +202,22 @@ def main(args):
     print(f"FeatInv {args.classifier}/{args.layer} pooling={args.pooling}: {json.dumps(card.get('metrics', {}))} "
           f"{timer.seconds} s")
     return inv, card
+
+
+@torch.no_grad()
+def extract_all(clf, images_u8: torch.Tensor, layer: str, *, batch: int = 512, progress: bool = False) -> torch.Tensor:
+    """The classifier's maps at ``layer`` for every image, batched, exactly as a training step computes them:
+    ``uint8 [N, 3, H, W]`` -> ``float [N, C, h, w]``."""
+    from tqdm.auto import tqdm
+
+    from ..inverters.featinv import classifier_view
+    from ..metrics import extract_features
+
+    out = []
+    for s in tqdm(range(0, len(images_u8), batch), desc=f"features {layer}", disable=not progress):
+        x = images_u8[s:s + batch].float() / 255
+        out.append(extract_features(clf, classifier_view(x, clf), layer, batch_size=len(x)).cpu())
+    return torch.cat(out)
 
 
 def _curve(losses: list[float], points: int = 50) -> list[list[float]]:
