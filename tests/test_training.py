@@ -117,3 +117,12 @@ def test_train_inverter_on_an_image_folder(tmp_path):
     inv, card = featinv.main(args)
     assert card["training"]["steps"] == 3 and card["training"]["data"] == str(tmp_path / "imgs")
     assert "metrics" not in card  # held-out metrics are for the tiny world; an image folder has no test split here
+
+
+def test_runs_with_different_precisions_share_one_process(tmp_path):
+    """accelerate keeps one state per process; a notebook that trains in fp32 and then in bf16 must not fail."""
+    for i, mp in enumerate(["no", "bf16", "no"]):
+        card = classifier.main(classifier.parse_args(
+            ["--name", "tinyworld-cnn", "--out", str(tmp_path / str(i)), "--steps", "2", "--test-size", "8",
+             "--mixed-precision", mp, *SMALL, *TINY_CNN]))
+        assert card["training"]["mixed_precision"] == mp

@@ -51,6 +51,10 @@ def make_accelerator(args):
     cpu = args.device == "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state:  # an earlier run in this process (a notebook, tests): accelerate keeps one
+        AcceleratorState._reset_state()  # state per process and refuses a new precision; the process group stays
     args.mixed_precision = resolve_mixed_precision(args.mixed_precision, "cpu" if cpu or not torch.cuda.is_available()
                                                    else "cuda")
     return Accelerator(cpu=cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)

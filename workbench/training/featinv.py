@@ -191,6 +191,10 @@ def main(args):
                          "init_from": args.init_from,
                          "wall_time_s": timer.seconds, "device": str(acc.device),
                          "loss_curve": _curve(losses)}}
+    if args.init_from and (Path(args.init_from) / "card.json").is_file():  # provenance of the starting weights
+        prev = json.loads((Path(args.init_from) / "card.json").read_text())
+        prev_training = {k: v for k, v in prev.get("training", {}).items() if k != "loss_curve"}
+        card["training"]["init_card"] = {"training": prev_training, "metrics": prev.get("metrics")}
     inv.card = card
     if args.data == "tinyworld" and args.eval_n > 0:
         card["metrics"] = evaluate_card(inv, clf, n=args.eval_n, seed=args.seed)
