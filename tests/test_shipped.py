@@ -22,7 +22,7 @@ def test_classifier_accuracy_on_a_fresh_test_split(name):
         acc = (clf(ds.images()).argmax(1) == ds.labels()).float().mean().item()
     card = zoo.read_card(name)
     assert CARD_FIELDS <= set(card) and {"command", "seed", "steps", "wall_time_s"} <= set(card["training"])
-    assert acc > 0.9, acc
+    assert acc >= 0.97, acc  # the tiny world's target for both classifiers
     assert abs(acc - card["metrics"]["test_accuracy"]) < 0.03, (acc, card["metrics"])
 
 
@@ -46,6 +46,17 @@ def test_vae_reconstructs_held_out_images():
     card = json.loads((wb.data_dir() / "tinyworld-base" / "card.json").read_text())
     assert card["vae"]["metrics"]["val_psnr_db"] >= 28
     assert {"confident_fraction", "fd_samples_vs_real", "fd_real_vs_real"} <= set(card["metrics"])
+
+
+def test_base_sample_quality_matches_its_card():
+    """The card's 'CNN confident on X% of unconditional samples' holds on fresh samples (another seed, fewer)."""
+    from workbench.training.base import sample_quality
+
+    base = wb.DiffusionBase.from_pretrained("tinyworld-base")
+    card = json.loads((wb.data_dir() / "tinyworld-base" / "card.json").read_text())["metrics"]
+    m = sample_quality(base, wb.load_classifier("tinyworld-cnn"), wb.load_classifier("tinyworld-vit"), n=128, seed=7)
+    assert abs(m["confident_fraction"] - card["confident_fraction"]) < 0.12, (m, card)
+    assert m["fd_samples_vs_real"] > m["fd_real_vs_real"]  # samples are told apart from real images, as the card says
 
 
 def test_data_stays_small_and_fp16():
