@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from workbench.paths import data_dir
 from workbench.training import all as all_stages
 from workbench.training import base, classifier, featinv, vae
 
@@ -42,6 +43,30 @@ def test_train_vae_and_base_five_steps(tmp_path):
 def test_train_pixel_base_five_steps(tmp_path):
     card = base.main(base.parse_args(["--out", str(tmp_path), "--steps", "5", "--widths", "16,32,32", *SMALL]))
     assert card["space"] == "pixel" and card["latent_shape"] == [3, 32, 32]
+
+
+def test_train_base_init_from_continues_a_saved_base(tmp_path):
+    """--init-from starts from a saved base's UNet (its widths, not --widths) and records the starting card."""
+    base.main(base.parse_args(["--out", str(tmp_path / "a"), "--steps", "5", "--widths", "16,32,32", *SMALL]))
+    start = tmp_path / "a" / "tinyworld-base"
+    card = base.main(base.parse_args(["--out", str(tmp_path / "b"), "--steps", "2", "--lr", "0", "--init-from",
+                                      str(start), *SMALL]))
+    assert card["unet_config"]["block_out_channels"] == [16, 32, 32]  # the default --widths is 48,96,96
+    assert card["training"]["init_from"] == str(start)
+    assert card["training"]["init_card"]["training"]["steps"] == 5
+    a = load_file(str(start / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "tinyworld-base" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the start, unchanged
+
+
+def test_train_base_init_from_rejects_a_mismatched_base(tmp_path):
+    base.main(base.parse_args(["--out", str(tmp_path / "a"), "--steps", "2", "--widths", "16,32,32", *SMALL]))
+    with pytest.raises(SystemExit, match="--init-from .* this run trains on"):  # a pixel base under a VAE run
+        base.main(base.parse_args(["--out", str(tmp_path / "b"), "--steps", "2", "--vae", str(data_dir() / "tinyworld-base" / "vae"),
+                                   "--init-from", str(tmp_path / "a" / "tinyworld-base"), *SMALL]))
+    with pytest.raises(SystemExit, match="no UNet there"):
+        base.main(base.parse_args(["--out", str(tmp_path / "c"), "--steps", "2", "--init-from", str(tmp_path),
+                                   *SMALL]))
 
 
 def test_train_inverter_five_steps_and_ship(tmp_path):

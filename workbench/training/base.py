@@ -6,7 +6,9 @@ The base is trained unconditionally on the tiny world, with SD's interface: the 
 cross-attention always receives one fixed "prompt" embedding (a seeded random vector), and 10% of
 the time the null embedding (zeros), so that prompt-vs-null guidance is defined as in SD. The VAE
 latents of the whole training set are encoded once, batched, and cached in memory, so each step
-runs only the UNet. An EMA of the weights is what gets saved.
+runs only the UNet. An EMA of the weights is what gets saved. ``--init-from DIR`` continues from a
+saved base (``data/tinyworld-base``, say): its UNet config and weights are the start, and the card
+records the starting card.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def parse_args(argv=None):
                    help="data folder with tinyworld-cnn/vit to measure sample quality for the card")
     p.add_argument("--eval-samples", type=int, default=512)
     p.add_argument("--eval-only", default=None, help="a saved base folder: measure its samples and update its card")
+    p.add_argument("--init-from", default=None,
+                   help="a saved base folder (unet/ inside) to continue from; its UNet config replaces --widths")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (minutes of compile time; pays off on long runs)")
     return add_common_args(p, steps=8000, batch_size=128, lr=1e-3, mixed_precision="auto").parse_args(argv)
@@ -84,6 +88,23 @@ def sample_quality(base, cnn, vit, *, n: int = 512, steps: int = 20, scheduler: 
             "class_histogram": torch.bincount(probs.argmax(-1), minlength=probs.shape[1]).tolist()}
 
 
+def init_unet(path: str | Path, ucfg: dict, *, latent_ch: int, size: int):
+    """The fp32 UNet of a saved base folder, checked against the latent shape this run trains on."""
+    from diffusers import UNet2DConditionModel
+
+    folder = Path(path) / "unet"
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--init-from {path}: no UNet there ({folder / 'config.json'} is missing); pass a saved base "
+                         "folder such as data/tinyworld-base or RUN/tinyworld-base")
+    unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=torch.float32)
+    got = (unet.config.in_channels, unet.config.sample_size, unet.config.cross_attention_dim)
+    want = (latent_ch, size, ucfg["cross_attention_dim"])
+    if got != want:
+        raise SystemExit(f"--init-from {path}: its UNet takes (channels, size, cross-attention dim) {got}, this run "
+                         f"trains on {want}; pass the --vae the base was trained with (or none for a pixel base)")
+    return unet
+
+
 def evaluate_saved(args, device) -> dict:
     """Measure a saved base's sample quality with the classifiers in ``--eval-classifiers``; update its card."""
     from ..diffusion import DiffusionBase
@@ -117,7 +138,12 @@ def main(args) -> dict:
     latent_ch = vae.config.latent_channels if vae is not None else 3
     size = 32 // (2 ** (len(vae.config.block_out_channels) - 1)) if vae is not None else 32
     ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=widths)
-    unet = UNet2DConditionModel(**ucfg)
+    if args.init_from:
+        unet = init_unet(args.init_from, ucfg, latent_ch=latent_ch, size=size)
+        widths = tuple(unet.config.block_out_channels)
+        ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=widths)
+    else:
+        unet = UNet2DConditionModel(**ucfg)
     prompt, null = fixed_prompt_embeds(ucfg["cross_attention_dim"])
     base = DiffusionBase(unet, tiny_scheduler_config(), prompt, null, vae, image_size=32, name="tinyworld-base")
     base.unet.requires_grad_(True).train()
@@ -172,8 +198,12 @@ def main(args) -> dict:
             "parameters_unet": sum(p.numel() for p in ema.parameters()),
             "training": {"command": command_line(), "seed": args.seed, "steps": loop.total,
                          "batch_size": args.batch_size, "train_images": args.train_size, "ema": args.ema,
-                         "null_prob": args.null_prob, "mixed_precision": args.mixed_precision, "compile": args.compile,
+                         "null_prob": args.null_prob, "lr": args.lr, "init_from": args.init_from,
+                         "mixed_precision": args.mixed_precision, "compile": args.compile,
                          "wall_time_s": timer.seconds, "device": str(acc.device)}}
+    if args.init_from and (Path(args.init_from) / "card.json").is_file():  # provenance of the starting weights
+        prev = json.loads((Path(args.init_from) / "card.json").read_text())
+        card["training"]["init_card"] = {"training": prev.get("training"), "metrics": prev.get("metrics")}
     if vae is not None and (Path(args.vae) / "card.json").is_file():
         card["vae"] = json.loads((Path(args.vae) / "card.json").read_text())
     if args.eval_classifiers:
