@@ -126,6 +126,27 @@ def test_make_weights_orchestrates_every_stage(tmp_path):
                                                   "--only", "cnn", "vae", "base"])) == 0
 
 
+def test_make_weights_init_from_continues_shipped_artefacts(tmp_path):
+    """``all --init-from DATA --only base inv-...``: the base and inverters continue from DATA's weights (the base with
+    DATA's VAE, since the vae stage is skipped), and their cards say where they started."""
+    import shutil
+
+    first = ["--profile", "smoke", "--device", "cpu", "--jobs", "2", "--no-progress"]
+    assert all_stages.main(all_stages.parse_args([*first, "--runs", str(tmp_path / "r1"), "--ship", str(tmp_path / "a"),
+                                                  "--only", "cnn", "vae", "base", "inv-cnn-last"])) == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the classifiers stay; base and inverter are replaced
+    assert all_stages.main(all_stages.parse_args([*first, "--runs", str(tmp_path / "r2"), "--ship", str(tmp_path / "b"),
+                                                  "--init-from", str(tmp_path / "a"),
+                                                  "--only", "base", "inv-cnn-last"])) == 0
+    base_card = json.loads((tmp_path / "b" / "tinyworld-base" / "card.json").read_text())
+    assert base_card["training"]["init_from"] == str((tmp_path / "a" / "tinyworld-base").resolve())
+    assert "init_card" in base_card["training"]
+    inv_card = json.loads((tmp_path / "b" / "inverters" / "tinyworld-cnn" / "stages.3" / "card.json").read_text())
+    assert inv_card["training"]["init_from"].endswith("inverters/tinyworld-cnn/stages.3")
+    with pytest.raises(SystemExit, match="not a data folder"):
+        all_stages.main(all_stages.parse_args([*first, "--runs", str(tmp_path / "r3"), "--init-from", str(tmp_path)]))
+
+
 def test_train_inverter_on_an_image_folder(tmp_path):
     """--data PATH takes an ImageFolder layout (ImageNet's), resized and centre-cropped to the base's size."""
     import numpy as np

@@ -206,6 +206,10 @@ def main(args) -> dict:
         card["training"]["init_card"] = {"training": prev.get("training"), "metrics": prev.get("metrics")}
     if vae is not None and (Path(args.vae) / "card.json").is_file():
         card["vae"] = json.loads((Path(args.vae) / "card.json").read_text())
+    elif vae is not None and "init_card" in card["training"]:  # the VAE of a saved base: its card is the base's
+        prev = json.loads((Path(args.init_from) / "card.json").read_text())
+        if "vae" in prev and Path(args.vae).resolve() == (Path(args.init_from) / "vae").resolve():
+            card["vae"] = prev["vae"]
     if args.eval_classifiers:
         from ..zoo import load_shipped_classifier
 
