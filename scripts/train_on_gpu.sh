@@ -6,6 +6,7 @@
 # then writes OUTDIR/weights.tar.part-* (<= 15 MB each) and OUTDIR/log.txt. Unpack with
 #   cat OUTDIR/weights.tar.part-* | tar -x -C data/
 # refresh (profile gpu-refresh, about 8.5 minutes) starts from data/: the classifiers and VAE are kept as they are.
+# BASE_ARGS='--widths 64,128,192 --layers-per-block 2' passes a larger base to train-base (from scratch only).
 set -uo pipefail
 out=${1:?usage: train_on_gpu.sh OUTDIR}
 budget=${BUDGET_S:-570}
@@ -23,6 +24,7 @@ if [ "$mode" = refresh ]; then
   plan=(--profile gpu-refresh --init-from data --only base base-card inv-cnn-last inv-vit-last inv-cnn-mid inv-vit-mid inv-cnn-pooled)
 else
   plan=(--profile gpu)
+  [ -n "${BASE_ARGS:-}" ] && plan+=(--base-args "$BASE_ARGS")
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/log.txt"
 python3 -c "import torch, timm, diffusers, accelerate; print('torch', torch.__version__, 'timm', timm.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$out/log.txt"

@@ -40,6 +40,19 @@ def test_train_vae_and_base_five_steps(tmp_path):
     assert (tmp_path / "base" / "tinyworld-base" / "unet" / "config.json").is_file()
 
 
+def test_train_base_layers_per_block_and_make_weights_base_args(tmp_path):
+    card = base.main(base.parse_args(["--out", str(tmp_path), "--steps", "2", "--widths", "16,32,32",
+                                      "--layers-per-block", "2", *SMALL]))
+    assert card["unet_config"]["layers_per_block"] == 2
+    with pytest.raises(SystemExit, match="--layers-per-block 0"):
+        base.main(base.parse_args(["--out", str(tmp_path / "x"), "--steps", "2", "--layers-per-block", "0", *SMALL]))
+    args = all_stages.parse_args(["--profile", "smoke", "--base-args", "--widths 64,128,192 --layers-per-block 2"])
+    args.runs, args.ship = str(tmp_path / "r"), str(tmp_path / "s")
+    cmd = all_stages.stage_command("base", args, all_stages.PROFILES["smoke"])
+    assert cmd[-4:] == ["--widths", "64,128,192", "--layers-per-block", "2"]  # after the profile's, so they win
+    assert "--layers-per-block" not in all_stages.stage_command("inv-cnn-last", args, all_stages.PROFILES["smoke"])
+
+
 def test_train_pixel_base_five_steps(tmp_path):
     card = base.main(base.parse_args(["--out", str(tmp_path), "--steps", "5", "--widths", "16,32,32", *SMALL]))
     assert card["space"] == "pixel" and card["latent_shape"] == [3, 32, 32]

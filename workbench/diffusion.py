@@ -30,11 +30,11 @@ DEFAULT_PROMPT = "a high-quality, detailed photograph"
 
 
 def tiny_unet_config(*, sample_size: int = 16, in_channels: int = 4, widths=(64, 128, 128),
-                     cross_attention_dim: int = 64) -> dict[str, Any]:
+                     cross_attention_dim: int = 64, layers_per_block: int = 1) -> dict[str, Any]:
     """The ``UNet2DConditionModel`` config of the tiny-world base (SD 1.x block types, tiny widths)."""
     return dict(
         sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-        block_out_channels=tuple(widths), layers_per_block=1,
+        block_out_channels=tuple(widths), layers_per_block=int(layers_per_block),
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(widths) - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (len(widths) - 1) + ("UpBlock2D",),
         cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -88,6 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", default=None, choices=sorted(PROFILES), help="default: gpu on cuda, else cpu")
     p.add_argument("--jobs", type=int, default=1, help="stages run side by side")
     p.add_argument("--only", nargs="*", default=None, help="run only these stages (and nothing they need)")
+    p.add_argument("--base-args", default="",
+                   help="extra train-base arguments, after the profile's (e.g. '--widths 64,128,192 --layers-per-block 2')")
     p.add_argument("--init-from", default=None,
                    help="a data folder (data/, say) to continue from instead of training from scratch: classifiers, "
                         "base and inverters start from its weights (a skipped vae stage means its VAE is used)")
@@ -106,6 +109,8 @@ def stage_command(stage: str, args, profile: dict[str, list[str]]) -> list[str]:
         out += ["--ship", args.ship]
     if args.init_from and stage != "base-card":
         out += init_args(stage, args)
+    if stage == "base" and args.base_args:
+        out += shlex.split(args.base_args)
     if not args.progress:
         out.append("--no-progress")
     return out

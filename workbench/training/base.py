@@ -30,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--vae", default=None, help="folder of a trained AutoencoderKL; omit for a pixel-space base")
     p.add_argument("--train-size", type=int, default=50_000)
     p.add_argument("--widths", default="48,96,96", help="UNet block widths")
+    p.add_argument("--layers-per-block", type=int, default=1, help="ResNet (and attention) layers per UNet block")
     p.add_argument("--null-prob", type=float, default=0.1, help="fraction of steps with the null prompt")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
     p.add_argument("--eval-classifiers", default=None,
@@ -137,11 +138,14 @@ def main(args) -> dict:
     widths = tuple(int(w) for w in args.widths.split(","))
     latent_ch = vae.config.latent_channels if vae is not None else 3
     size = 32 // (2 ** (len(vae.config.block_out_channels) - 1)) if vae is not None else 32
-    ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=widths)
+    if args.layers_per_block < 1:
+        raise SystemExit(f"--layers-per-block {args.layers_per_block}: needs at least 1")
+    ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=widths, layers_per_block=args.layers_per_block)
     if args.init_from:
         unet = init_unet(args.init_from, ucfg, latent_ch=latent_ch, size=size)
         widths = tuple(unet.config.block_out_channels)
-        ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=widths)
+        ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=widths,
+                                layers_per_block=unet.config.layers_per_block)
     else:
         unet = UNet2DConditionModel(**ucfg)
     prompt, null = fixed_prompt_embeds(ucfg["cross_attention_dim"])
