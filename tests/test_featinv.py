@@ -135,6 +135,21 @@ def test_base_save_load_roundtrip(mini, tmp_path):
     assert torch.allclose(again.encode(x), mini.encode(x), atol=1e-6)
 
 
+def test_base_sample_guidance_contrasts_prompt_and_null():
+    base = miniature_base(pixel=True)
+    plain = base.sample(2, steps=2, scheduler="ddim", seed=0, progress=False)
+    assert plain.shape == (2, 3, 16, 16) and torch.isfinite(plain).all()
+    guided = base.sample(2, steps=2, scheduler="ddim", seed=0, guidance_scale=3.0, progress=False)
+    assert (guided - plain).abs().max() > 1e-4  # the null prompt differs, so guidance moves the samples
+    base.null_embeds.copy_(base.prompt_embeds)  # with null == prompt, guidance is the identity
+    same = base.sample(2, steps=2, scheduler="ddim", seed=0, guidance_scale=3.0, progress=False)
+    assert torch.allclose(same, plain, atol=1e-5)
+    with pytest.raises(ValueError, match="guidance_scale=0.5"):
+        base.sample(1, steps=2, guidance_scale=0.5, progress=False)
+    with pytest.raises(ValueError, match="n=0"):
+        base.sample(0, steps=2, progress=False)
+
+
 def test_prompt_embedding_is_computed_once_from_a_clip_text_encoder(mini, tmp_path):
     transformers = pytest.importorskip("transformers")
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

@@ -166,10 +166,19 @@ class DiffusionBase(nn.Module):
     # ------------------------------------------------------------------ sampling (unconditional)
     @torch.no_grad()
     def sample(self, n: int, *, steps: int = 20, scheduler: str = "dpm++", seed: int = 0, batch_size: int = 256,
-               progress: bool = True) -> torch.Tensor:
-        """Unconditional samples from the base: ``Tensor[n, 3, H, W]`` in [0, 1]."""
+               guidance_scale: float = 1.0, progress: bool = True) -> torch.Tensor:
+        """Samples from the base with its own prompt (no feature condition): ``Tensor[n, 3, H, W]`` in [0, 1].
+
+        ``guidance_scale`` is SD's prompt-vs-null classifier-free guidance (1.0: none, one UNet pass per step).
+        For the tiny base it changes little: prompt and null prompt were trained on the same images (256 samples:
+        confident fraction 0.707 at 1.0, 0.684 at 1.5). ``batch_size`` bounds the memory, whatever ``n`` is.
+        """
         from tqdm.auto import tqdm
 
+        if n < 1 or steps < 1 or batch_size < 1:
+            raise ValueError(f"sample(n={n}, steps={steps}, batch_size={batch_size}): each must be at least 1")
+        if not guidance_scale >= 1.0:
+            raise ValueError(f"guidance_scale={guidance_scale}: must be >= 1.0 (1.0 turns guidance off)")
         device = self.prompt_embeds.device
         g = torch.Generator("cpu").manual_seed(seed)
         out = []
@@ -178,9 +187,14 @@ class DiffusionBase(nn.Module):
             sched = self.make_scheduler(scheduler)
             sched.set_timesteps(steps, device=device)
             z = torch.randn((b, *self.latent_shape), generator=g).to(device) * sched.init_noise_sigma
-            emb = self.embeds(b)
+            guided = guidance_scale != 1.0
+            emb = torch.cat([self.embeds(b, null=True), self.embeds(b)]) if guided else self.embeds(b)
             for t in sched.timesteps:
-                eps = self.unet(sched.scale_model_input(z, t), t, encoder_hidden_states=emb).sample
+                zin = sched.scale_model_input(z, t)
+                eps = self.unet(torch.cat([zin, zin]) if guided else zin, t, encoder_hidden_states=emb).sample
+                if guided:
+                    eps_null, eps_prompt = eps.chunk(2)
+                    eps = eps_null + guidance_scale * (eps_prompt - eps_null)
                 z = sched.step(eps, t, z).prev_sample
             out.append(self.decode(z).cpu())
         return torch.cat(out)
