@@ -154,6 +154,8 @@ def test_make_weights_init_from_continues_shipped_artefacts(tmp_path):
     base_card = json.loads((tmp_path / "b" / "tinyworld-base" / "card.json").read_text())
     assert base_card["training"]["init_from"] == str((tmp_path / "a" / "tinyworld-base").resolve())
     assert "init_card" in base_card["training"]
+    first_card = json.loads((tmp_path / "a" / "tinyworld-base" / "card.json").read_text())
+    assert base_card["vae"] == first_card["vae"]  # the VAE it kept: its card comes from the starting base's card
     inv_card = json.loads((tmp_path / "b" / "inverters" / "tinyworld-cnn" / "stages.3" / "card.json").read_text())
     assert inv_card["training"]["init_from"].endswith("inverters/tinyworld-cnn/stages.3")
     with pytest.raises(SystemExit, match="not a data folder"):

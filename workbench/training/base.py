@@ -38,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-samples", type=int, default=512)
     p.add_argument("--eval-only", default=None, help="a saved base folder: measure its samples and update its card")
     p.add_argument("--init-from", default=None,
-                   help="a saved base folder (unet/ inside) to continue from; its UNet config replaces --widths")
+                   help="a saved base folder (unet/ inside) to continue from; its UNet config replaces --widths and "
+                        "--layers-per-block")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (minutes of compile time; pays off on long runs)")
     return add_common_args(p, steps=8000, batch_size=128, lr=1e-3, mixed_precision="auto").parse_args(argv)
@@ -205,15 +206,14 @@ def main(args) -> dict:
                          "null_prob": args.null_prob, "lr": args.lr, "init_from": args.init_from,
                          "mixed_precision": args.mixed_precision, "compile": args.compile,
                          "wall_time_s": timer.seconds, "device": str(acc.device)}}
+    prev = {}
     if args.init_from and (Path(args.init_from) / "card.json").is_file():  # provenance of the starting weights
         prev = json.loads((Path(args.init_from) / "card.json").read_text())
         card["training"]["init_card"] = {"training": prev.get("training"), "metrics": prev.get("metrics")}
     if vae is not None and (Path(args.vae) / "card.json").is_file():
         card["vae"] = json.loads((Path(args.vae) / "card.json").read_text())
-    elif vae is not None and "init_card" in card["training"]:  # the VAE of a saved base: its card is the base's
-        prev = json.loads((Path(args.init_from) / "card.json").read_text())
-        if "vae" in prev and Path(args.vae).resolve() == (Path(args.init_from) / "vae").resolve():
-            card["vae"] = prev["vae"]
+    elif vae is not None and "vae" in prev and Path(args.vae).resolve() == (Path(args.init_from) / "vae").resolve():
+        card["vae"] = prev["vae"]  # the VAE of the saved base we started from: its card lives in the base's card
     if args.eval_classifiers:
         from ..zoo import load_shipped_classifier
 
