@@ -31,6 +31,15 @@ def test_train_classifier_five_steps(tmp_path):
     assert (tmp_path / "checkpoint" / "state.pt").is_file()
 
 
+def test_train_classifier_init_from_records_the_starting_card(tmp_path):
+    first = ["--name", "tinyworld-cnn", "--test-size", "16", *SMALL, *TINY_CNN]
+    classifier.main(classifier.parse_args([*first, "--out", str(tmp_path / "a"), "--steps", "3"]))
+    card = classifier.main(classifier.parse_args([*first, "--out", str(tmp_path / "b"), "--steps", "2",
+                                                  "--init-from", str(tmp_path / "a")]))
+    assert card["training"]["init_card"]["training"]["steps"] == 3
+    assert card["training"]["init_card"]["metrics"]["test_images"] == 16
+
+
 def test_train_vae_and_base_five_steps(tmp_path):
     card = vae.main(vae.parse_args(["--out", str(tmp_path / "vae"), "--steps", "5", "--widths", "16,16", *SMALL]))
     assert card["metrics"]["val_psnr_db"] > 0
@@ -158,6 +167,8 @@ def test_make_weights_init_from_continues_shipped_artefacts(tmp_path):
     assert base_card["vae"] == first_card["vae"]  # the VAE it kept: its card comes from the starting base's card
     inv_card = json.loads((tmp_path / "b" / "inverters" / "tinyworld-cnn" / "stages.3" / "card.json").read_text())
     assert inv_card["training"]["init_from"].endswith("inverters/tinyworld-cnn/stages.3")
+    assert inv_card["training"]["init_card"]["training"]["steps"] == 3  # the smoke profile's first run
+    assert "loss_curve" not in inv_card["training"]["init_card"]["training"]
     with pytest.raises(SystemExit, match="not a data folder"):
         all_stages.main(all_stages.parse_args([*first, "--runs", str(tmp_path / "r3"), "--init-from", str(tmp_path)]))
 
@@ -187,3 +198,38 @@ def test_runs_with_different_precisions_share_one_process(tmp_path):
             ["--name", "tinyworld-cnn", "--out", str(tmp_path / str(i)), "--steps", "2", "--test-size", "8",
              "--mixed-precision", mp, *SMALL, *TINY_CNN]))
         assert card["training"]["mixed_precision"] == mp
+
+
+def test_cards_cli_selects_inverters_and_rejects_bad_input():
+    """``python -m workbench.training.cards``: --inverters with no names means all FeatInv cards (it used to mean none);
+    unknown names and a malformed --base-sampler fail before any slow work."""
+    from workbench.training import cards
+
+    shipped = ["tinyworld-cnn/stages.3", "tinyworld-cnn/stages.3-decoder", "tinyworld-vit/blocks.5"]
+    featinv_only = ["tinyworld-cnn/stages.3", "tinyworld-vit/blocks.5"]
+    assert cards.inverter_names(cards.parse_args([]), shipped) == featinv_only
+    assert cards.inverter_names(cards.parse_args(["--base"]), shipped) == []
+    assert cards.inverter_names(cards.parse_args(["--base", "--inverters"]), shipped) == featinv_only
+    assert cards.inverter_names(cards.parse_args(["--inverters", "tinyworld-vit/blocks.5"]), shipped) == \
+        ["tinyworld-vit/blocks.5"]
+    with pytest.raises(SystemExit, match="unknown \\['tinyworld-vit/blocks.9'\\]"):
+        cards.inverter_names(cards.parse_args(["--inverters", "tinyworld-vit/blocks.9"]), shipped)
+    assert cards.parse_sampler("ddpm:250") == ("ddpm", 250)
+    for bad in ("ddpm", "ddpm:0", ":20", "dpm++:x"):
+        with pytest.raises(SystemExit, match="expected SCHEDULER:STEPS"):
+            cards.parse_sampler(bad)
+    with pytest.raises(SystemExit, match="--base-sampler 'ddpm'"):  # main checks it before loading anything
+        cards.main(cards.parse_args(["--base", "--base-sampler", "ddpm"]))
+
+
+def test_init_card_keeps_the_provenance_and_rejects_a_broken_card(tmp_path):
+    from workbench.training.common import init_card
+
+    assert init_card(tmp_path / "card.json") is None  # weights without a card: nothing to record
+    (tmp_path / "card.json").write_text(json.dumps({"training": {"steps": 7, "loss_curve": [1, 2]},
+                                                    "metrics": {"acc": 0.5}, "vae": {"psnr": 30}}))
+    assert init_card(tmp_path / "card.json") == {"training": {"steps": 7}, "metrics": {"acc": 0.5}}
+    assert init_card(tmp_path / "card.json", also=("vae", "absent"))["vae"] == {"psnr": 30}
+    (tmp_path / "card.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="is not valid JSON"):
+        init_card(tmp_path / "card.json")

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import (Steps, Timer, TensorStream, add_common_args, command_line, cosine_lr, load_checkpoint,
-                     make_accelerator, save_checkpoint, tinyworld_images)
+from .common import (Steps, Timer, TensorStream, add_common_args, command_line, cosine_lr, init_card,
+                     load_checkpoint, make_accelerator, save_checkpoint, tinyworld_images)
 
 
 def parse_args(argv=None):
@@ -206,14 +206,14 @@ def main(args) -> dict:
                          "null_prob": args.null_prob, "lr": args.lr, "init_from": args.init_from,
                          "mixed_precision": args.mixed_precision, "compile": args.compile,
                          "wall_time_s": timer.seconds, "device": str(acc.device)}}
-    prev = {}
-    if args.init_from and (Path(args.init_from) / "card.json").is_file():  # provenance of the starting weights
-        prev = json.loads((Path(args.init_from) / "card.json").read_text())
-        card["training"]["init_card"] = {"training": prev.get("training"), "metrics": prev.get("metrics")}
+    prev = init_card(Path(args.init_from) / "card.json", also=("vae",)) if args.init_from else None
+    start_vae = prev.pop("vae", None) if prev else None
+    if prev:  # the starting weights' card
+        card["training"]["init_card"] = prev
     if vae is not None and (Path(args.vae) / "card.json").is_file():
         card["vae"] = json.loads((Path(args.vae) / "card.json").read_text())
-    elif vae is not None and "vae" in prev and Path(args.vae).resolve() == (Path(args.init_from) / "vae").resolve():
-        card["vae"] = prev["vae"]  # the VAE of the saved base we started from: its card lives in the base's card
+    elif vae is not None and start_vae and Path(args.vae).resolve() == (Path(args.init_from) / "vae").resolve():
+        card["vae"] = start_vae  # the VAE of the saved base we started from: its card lives in the base's card
     if args.eval_classifiers:
         from ..zoo import load_shipped_classifier
 

@@ -15,8 +15,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from .common import (Steps, Timer, TensorStream, add_common_args, command_line, cosine_lr, load_checkpoint,
-                     make_accelerator, save_checkpoint, tinyworld_images)
+from .common import (Steps, Timer, TensorStream, add_common_args, command_line, cosine_lr, init_card,
+                     load_checkpoint, make_accelerator, save_checkpoint, tinyworld_images)
 
 
 def parse_args(argv=None):
@@ -125,12 +125,8 @@ def main(args) -> dict:
         "metrics": {"test_accuracy": round(test_acc, 4), "test_confident_fraction": round(confident, 4),
                     "test_images": args.test_size, "test_split_seed": args.seed},
     }
-    if args.init_from:  # the provenance of the starting weights, from their own card
-        try:
-            prev = zoo.read_card(args.name, Path(args.init_from))
-            card["training"]["init_card"] = {"training": prev.get("training"), "metrics": prev.get("metrics")}
-        except Exception:  # weights without a card: the path alone is recorded
-            pass
+    if args.init_from and (prev := init_card(zoo.card_path(args.name, Path(args.init_from)))):  # starting card
+        card["training"]["init_card"] = prev
     if acc.is_main_process:
         out = Path(args.out)
         zoo.save_state(model.model, zoo.weights_path(args.name, out), fp16=False)

@@ -222,6 +222,21 @@ def cached_tensor(cache_dir: str | Path | None, name: str, key: str, compute, *,
     return value
 
 
+def init_card(card_path: str | Path, *, also: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """Provenance of ``--init-from`` weights for a new card: the ``training`` (without its loss curve) and
+    ``metrics`` of the card at ``card_path`` (plus the keys in ``also`` it has), or ``None`` when there is no
+    card there (weights alone)."""
+    path = Path(card_path)
+    if not path.is_file():
+        return None
+    try:
+        prev = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--init-from: the card {path} is not valid JSON ({e}); restore it or remove it") from e
+    training = {k: v for k, v in (prev.get("training") or {}).items() if k != "loss_curve"}
+    return {"training": training, "metrics": prev.get("metrics"), **{k: prev[k] for k in also if k in prev}}
+
+
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(out: str | Path, *, step: int, modules: dict[str, nn.Module], optimizer=None, lr_scheduler=None,
                     extra: dict[str, Any] | None = None) -> Path:

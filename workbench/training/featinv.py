@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from .common import (Steps, Timer, TensorStream, add_common_args, cached_tensor, command_line, cosine_lr,
-                     image_folder_stream, load_checkpoint, make_accelerator, save_checkpoint, state_fingerprint,
-                     tinyworld_images)
+                     image_folder_stream, init_card, load_checkpoint, make_accelerator, save_checkpoint,
+                     state_fingerprint, tinyworld_images)
 
 
 def parse_args(argv=None):
@@ -191,10 +191,8 @@ def main(args):
                          "init_from": args.init_from,
                          "wall_time_s": timer.seconds, "device": str(acc.device),
                          "loss_curve": _curve(losses)}}
-    if args.init_from and (Path(args.init_from) / "card.json").is_file():  # provenance of the starting weights
-        prev = json.loads((Path(args.init_from) / "card.json").read_text())
-        prev_training = {k: v for k, v in prev.get("training", {}).items() if k != "loss_curve"}
-        card["training"]["init_card"] = {"training": prev_training, "metrics": prev.get("metrics")}
+    if args.init_from and (prev := init_card(Path(args.init_from) / "card.json")):  # the starting weights' card
+        card["training"]["init_card"] = prev
     inv.card = card
     if args.data == "tinyworld" and args.eval_n > 0:
         card["metrics"] = evaluate_card(inv, clf, n=args.eval_n, seed=args.seed)
