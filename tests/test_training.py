@@ -67,6 +67,29 @@ def test_train_pixel_base_five_steps(tmp_path):
     assert card["space"] == "pixel" and card["latent_shape"] == [3, 32, 32]
 
 
+def test_min_snr_loss_weights_only_the_clean_timesteps():
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    t = torch.tensor([0, 10, 500, 999])
+    pred, noise = torch.ones(4, 2, 3, 3), torch.zeros(4, 2, 3, 3)  # per-sample MSE of 1
+    assert base.diffusion_loss(pred, noise, t, sched) == 1.0
+    snr = compute_snr(sched, t)
+    assert snr[0] > 5 > snr[2] and snr[3] >= 0  # clean at t=0, noisy at t=500
+    want = torch.where(snr > 5, 5 / snr, 1.0).mean()
+    got = base.diffusion_loss(pred, noise, t, sched, snr_gamma=5.0)
+    assert torch.isclose(got, want) and got.isfinite() and got < 1.0
+
+
+def test_train_base_with_min_snr_and_its_bad_gamma(tmp_path):
+    card = base.main(base.parse_args(["--out", str(tmp_path), "--steps", "3", "--widths", "16,32,32",
+                                      "--snr-gamma", "5", *SMALL]))
+    assert card["training"]["snr_gamma"] == 5.0
+    with pytest.raises(SystemExit, match="--snr-gamma 0.0"):
+        base.main(base.parse_args(["--out", str(tmp_path / "x"), "--steps", "2", "--snr-gamma", "0", *SMALL]))
+
+
 def test_train_base_init_from_continues_a_saved_base(tmp_path):
     """--init-from starts from a saved base's UNet (its widths, not --widths) and records the starting card."""
     base.main(base.parse_args(["--out", str(tmp_path / "a"), "--steps", "5", "--widths", "16,32,32", *SMALL]))

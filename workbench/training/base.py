@@ -33,6 +33,10 @@ def parse_args(argv=None):
     p.add_argument("--layers-per-block", type=int, default=1, help="ResNet (and attention) layers per UNet block")
     p.add_argument("--null-prob", type=float, default=0.1, help="fraction of steps with the null prompt")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
+    p.add_argument("--snr-gamma", type=float, default=None,
+                   help="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice): each step's loss is "
+                        "weighted by min(SNR, gamma)/SNR, which takes weight off the nearly clean timesteps. "
+                        "Default: plain MSE")
     p.add_argument("--eval-classifiers", default=None,
                    help="data folder with tinyworld-cnn/vit to measure sample quality for the card")
     p.add_argument("--eval-samples", type=int, default=512)
@@ -50,6 +54,23 @@ def fixed_prompt_embeds(dim: int, seed: int = 1234) -> tuple[torch.Tensor, torch
     g = torch.Generator().manual_seed(seed)
     p = torch.randn(1, 1, dim, generator=g)
     return p / p.pow(2).mean().sqrt(), torch.zeros(1, 1, dim)
+
+
+def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, noise_sched,
+                   snr_gamma: float | None = None) -> torch.Tensor:
+    """The epsilon-prediction loss: MSE of ``pred`` against ``noise`` (both ``[B, C, h, w]``; ``t``: ``[B]``).
+
+    With ``snr_gamma``, each sample's MSE is weighted by ``min(SNR(t), gamma) / SNR(t)`` (Min-SNR-gamma, the
+    weighting of diffusers' training scripts, with ``diffusers.training_utils.compute_snr``).
+    """
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), noise)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_sched, t)
+    weight = torch.where(snr > snr_gamma, snr_gamma / snr, torch.ones_like(snr))  # safe where SNR is 0
+    per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    return (per_sample * weight).mean()
 
 
 @torch.no_grad()
@@ -139,6 +160,9 @@ def main(args) -> dict:
     widths = tuple(int(w) for w in args.widths.split(","))
     latent_ch = vae.config.latent_channels if vae is not None else 3
     size = 32 // (2 ** (len(vae.config.block_out_channels) - 1)) if vae is not None else 32
+    if args.snr_gamma is not None and not args.snr_gamma > 0:
+        raise SystemExit(f"--snr-gamma {args.snr_gamma}: must be > 0 (5 is the paper's choice), or left out for "
+                         "plain MSE")
     if args.layers_per_block < 1:
         raise SystemExit(f"--layers-per-block {args.layers_per_block}: needs at least 1")
     ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=widths, layers_per_block=args.layers_per_block)
@@ -183,7 +207,7 @@ def main(args) -> dict:
         drop = torch.rand(b, generator=g, device=z0.device) < args.null_prob
         with acc.accumulate(unet_p):
             pred = denoiser(zt, t, encoder_hidden_states=base.embeds(b, null=drop)).sample
-            loss = F.mse_loss(pred.float(), noise)
+            loss = diffusion_loss(pred, noise, t, noise_sched, args.snr_gamma)
             acc.backward(loss)
             acc.clip_grad_norm_(unet_p.parameters(), 1.0)
             opt.step()
@@ -203,7 +227,7 @@ def main(args) -> dict:
             "parameters_unet": sum(p.numel() for p in ema.parameters()),
             "training": {"command": command_line(), "seed": args.seed, "steps": loop.total,
                          "batch_size": args.batch_size, "train_images": args.train_size, "ema": args.ema,
-                         "null_prob": args.null_prob, "lr": args.lr, "init_from": args.init_from,
+                         "null_prob": args.null_prob, "snr_gamma": args.snr_gamma, "lr": args.lr, "init_from": args.init_from,
                          "mixed_precision": args.mixed_precision, "compile": args.compile,
                          "wall_time_s": timer.seconds, "device": str(acc.device)}}
     prev = init_card(Path(args.init_from) / "card.json", also=("vae",)) if args.init_from else None
