@@ -82,12 +82,14 @@ def test_min_snr_loss_weights_only_the_clean_timesteps():
     assert torch.isclose(got, want) and got.isfinite() and got < 1.0
 
 
-def test_train_base_with_min_snr_and_its_bad_gamma(tmp_path):
+def test_train_base_loss_options_and_their_bad_values(tmp_path):
     card = base.main(base.parse_args(["--out", str(tmp_path), "--steps", "3", "--widths", "16,32,32",
-                                      "--snr-gamma", "5", *SMALL]))
-    assert card["training"]["snr_gamma"] == 5.0
+                                      "--snr-gamma", "5", "--min-timestep", "600", *SMALL]))
+    assert card["training"]["snr_gamma"] == 5.0 and card["training"]["min_timestep"] == 600
     with pytest.raises(SystemExit, match="--snr-gamma 0.0"):
         base.main(base.parse_args(["--out", str(tmp_path / "x"), "--steps", "2", "--snr-gamma", "0", *SMALL]))
+    with pytest.raises(SystemExit, match="--min-timestep 1000"):
+        base.main(base.parse_args(["--out", str(tmp_path / "y"), "--steps", "2", "--min-timestep", "1000", *SMALL]))
 
 
 def test_train_base_init_from_continues_a_saved_base(tmp_path):

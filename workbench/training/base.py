@@ -33,6 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--layers-per-block", type=int, default=1, help="ResNet (and attention) layers per UNet block")
     p.add_argument("--null-prob", type=float, default=0.1, help="fraction of steps with the null prompt")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
+    p.add_argument("--min-timestep", type=int, default=0,
+                   help="train only on timesteps >= this (of 1000): a fine-tune of the noisy, layout-deciding phase. "
+                        "Default 0: all timesteps")
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice): each step's loss is "
                         "weighted by min(SNR, gamma)/SNR, which takes weight off the nearly clean timesteps. "
@@ -160,6 +163,8 @@ def main(args) -> dict:
     widths = tuple(int(w) for w in args.widths.split(","))
     latent_ch = vae.config.latent_channels if vae is not None else 3
     size = 32 // (2 ** (len(vae.config.block_out_channels) - 1)) if vae is not None else 32
+    if not 0 <= args.min_timestep < 1000:
+        raise SystemExit(f"--min-timestep {args.min_timestep}: must be in [0, 1000) (the scheduler's 1000 steps)")
     if args.snr_gamma is not None and not args.snr_gamma > 0:
         raise SystemExit(f"--snr-gamma {args.snr_gamma}: must be > 0 (5 is the paper's choice), or left out for "
                          "plain MSE")
@@ -202,7 +207,8 @@ def main(args) -> dict:
         (z0,) = next(it)
         b = z0.shape[0]
         noise = torch.randn(z0.shape, generator=g, device=z0.device)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=g, device=z0.device)
+        t = torch.randint(args.min_timestep, noise_sched.config.num_train_timesteps, (b,), generator=g,
+                          device=z0.device)
         zt = noise_sched.add_noise(z0, noise, t)
         drop = torch.rand(b, generator=g, device=z0.device) < args.null_prob
         with acc.accumulate(unet_p):
@@ -227,7 +233,8 @@ def main(args) -> dict:
             "parameters_unet": sum(p.numel() for p in ema.parameters()),
             "training": {"command": command_line(), "seed": args.seed, "steps": loop.total,
                          "batch_size": args.batch_size, "train_images": args.train_size, "ema": args.ema,
-                         "null_prob": args.null_prob, "snr_gamma": args.snr_gamma, "lr": args.lr, "init_from": args.init_from,
+                         "null_prob": args.null_prob, "snr_gamma": args.snr_gamma,
+                         "min_timestep": args.min_timestep, "lr": args.lr, "init_from": args.init_from,
                          "mixed_precision": args.mixed_precision, "compile": args.compile,
                          "wall_time_s": timer.seconds, "device": str(acc.device)}}
     prev = init_card(Path(args.init_from) / "card.json", also=("vae",)) if args.init_from else None
