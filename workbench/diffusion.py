@@ -187,17 +187,60 @@ class DiffusionBase(nn.Module):
             sched = self.make_scheduler(scheduler)
             sched.set_timesteps(steps, device=device)
             z = torch.randn((b, *self.latent_shape), generator=g).to(device) * sched.init_noise_sigma
-            guided = guidance_scale != 1.0
-            emb = torch.cat([self.embeds(b, null=True), self.embeds(b)]) if guided else self.embeds(b)
-            for t in sched.timesteps:
-                zin = sched.scale_model_input(z, t)
-                eps = self.unet(torch.cat([zin, zin]) if guided else zin, t, encoder_hidden_states=emb).sample
-                if guided:
-                    eps_null, eps_prompt = eps.chunk(2)
-                    eps = eps_null + guidance_scale * (eps_prompt - eps_null)
-                z = sched.step(eps, t, z).prev_sample
-            out.append(self.decode(z).cpu())
+            out.append(self.decode(self._denoise(z, sched, sched.timesteps, guidance_scale)).cpu())
         return torch.cat(out)
+
+    @torch.no_grad()
+    def img2img(self, images: torch.Tensor, *, strength: float = 0.5, steps: int = 20, scheduler: str = "ddim",
+                seed: int = 0, batch_size: int = 256, guidance_scale: float = 1.0,
+                progress: bool = True) -> torch.Tensor:
+        """SDEdit, as diffusers' img2img pipelines do it: noise each image's latent to ``strength`` of the schedule
+        and denoise it with the base alone. ``images``: ``Tensor[B, 3, H, W]`` in [0, 1] -> the same shape.
+
+        ``strength`` 0 gives the VAE reconstruction, 1 a fresh sample; in between, what survives tells which
+        structure the base keeps and which it must invent. Only ``int(steps * strength)`` UNet passes run.
+        """
+        from tqdm.auto import tqdm
+
+        if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
+            raise ValueError(f"img2img: images have shape {tuple(images.shape)}; expected "
+                             f"[B, 3, {self.image_size}, {self.image_size}] in [0, 1]")
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"img2img(strength={strength}): must be in [0, 1] (0: no noise, 1: pure noise)")
+        if steps < 1 or batch_size < 1:
+            raise ValueError(f"img2img(steps={steps}, batch_size={batch_size}): each must be at least 1")
+        if not guidance_scale >= 1.0:
+            raise ValueError(f"guidance_scale={guidance_scale}: must be >= 1.0 (1.0 turns guidance off)")
+        device = self.prompt_embeds.device
+        g = torch.Generator("cpu").manual_seed(seed)
+        out = []
+        for start in tqdm(range(0, len(images), batch_size), desc="img2img", disable=not progress):
+            z0 = self.encode(images[start:start + batch_size].to(device))
+            noise = torch.randn(z0.shape, generator=g).to(device)
+            sched = self.make_scheduler(scheduler)
+            sched.set_timesteps(steps, device=device)
+            n_run = int(steps * strength)
+            timesteps = sched.timesteps[len(sched.timesteps) - n_run:] if n_run else sched.timesteps[:0]
+            if n_run:
+                if hasattr(sched, "set_begin_index"):
+                    sched.set_begin_index(len(sched.timesteps) - n_run)
+                z0 = sched.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))
+            out.append(self.decode(self._denoise(z0, sched, timesteps, guidance_scale)).cpu())
+        return torch.cat(out)
+
+    def _denoise(self, z: torch.Tensor, sched, timesteps: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """Run ``sched`` over ``timesteps`` from latents ``z`` ``[B, C, h, w]`` with the base's prompt."""
+        b = len(z)
+        guided = guidance_scale != 1.0
+        emb = torch.cat([self.embeds(b, null=True), self.embeds(b)]) if guided else self.embeds(b)
+        for t in timesteps:
+            zin = sched.scale_model_input(z, t)
+            eps = self.unet(torch.cat([zin, zin]) if guided else zin, t, encoder_hidden_states=emb).sample
+            if guided:
+                eps_null, eps_prompt = eps.chunk(2)
+                eps = eps_null + guidance_scale * (eps_prompt - eps_null)
+            z = sched.step(eps, t, z).prev_sample
+        return z
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
