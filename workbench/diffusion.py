@@ -197,8 +197,10 @@ class DiffusionBase(nn.Module):
         """SDEdit, as diffusers' img2img pipelines do it: noise each image's latent to ``strength`` of the schedule
         and denoise it with the base alone. ``images``: ``Tensor[B, 3, H, W]`` in [0, 1] -> the same shape.
 
-        ``strength`` 0 gives the VAE reconstruction, 1 a fresh sample; in between, what survives tells which
-        structure the base keeps and which it must invent. Only ``int(steps * strength)`` UNet passes run.
+        ``strength`` 0 gives the VAE reconstruction, 1 nearly a fresh sample (as in diffusers, the noise goes to the
+        schedule's first timestep, which keeps a trace of the image: the tiny base keeps the class of 19 % of test
+        images at strength 1, against 12.5 % by chance). In between, what survives tells which structure the base
+        keeps and which it must invent. Only ``int(steps * strength)`` UNet passes run.
         """
         from tqdm.auto import tqdm
 
