@@ -82,6 +82,13 @@ def test_min_snr_loss_weights_only_the_clean_timesteps():
     assert torch.isclose(got, want) and got.isfinite() and got < 1.0
 
 
+def test_train_base_eval_only_needs_no_out_but_training_does(capsys):
+    assert base.parse_args(["--eval-only", "some/base", "--eval-classifiers", "data"]).out is None
+    with pytest.raises(SystemExit):
+        base.parse_args(["--steps", "2"])
+    assert "--out (or --eval-only BASE_FOLDER)" in capsys.readouterr().err
+
+
 def test_train_base_loss_options_and_their_bad_values(tmp_path):
     card = base.main(base.parse_args(["--out", str(tmp_path), "--steps", "3", "--widths", "16,32,32",
                                       "--snr-gamma", "5", "--min-timestep", "600", *SMALL]))

@@ -49,7 +49,12 @@ def parse_args(argv=None):
                         "--layers-per-block")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (minutes of compile time; pays off on long runs)")
-    return add_common_args(p, steps=8000, batch_size=128, lr=1e-3, mixed_precision="auto").parse_args(argv)
+    p = add_common_args(p, steps=8000, batch_size=128, lr=1e-3, mixed_precision="auto")
+    next(a for a in p._actions if a.dest == "out").required = False  # --eval-only writes into the folder it measures
+    args = p.parse_args(argv)
+    if args.out is None and args.eval_only is None:
+        p.error("the following arguments are required: --out (or --eval-only BASE_FOLDER)")
+    return args
 
 
 def fixed_prompt_embeds(dim: int, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
