@@ -208,7 +208,8 @@ class DiffusionBase(nn.Module):
             raise ValueError(f"img2img: images have shape {tuple(images.shape)}; expected "
                              f"[B, 3, {self.image_size}, {self.image_size}] in [0, 1]")
         if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"img2img(strength={strength}): must be in [0, 1] (0: no noise, 1: noise to the first timestep)")
+            raise ValueError(f"img2img(strength={strength}): must be in [0, 1] "
+                             "(0: no noise, 1: noise to the first timestep)")
         if steps < 1 or batch_size < 1:
             raise ValueError(f"img2img(steps={steps}, batch_size={batch_size}): each must be at least 1")
         if not guidance_scale >= 1.0:
