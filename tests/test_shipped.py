@@ -60,18 +60,18 @@ def test_base_sample_quality_matches_its_card():
 
 
 def test_base_img2img_keeps_the_class_at_low_strength_only():
-    """SDEdit with the shipped base: lightly noised images keep their class; from strength 0.9 on, the base
-    must invent the shape, and (weak as it is there) mostly loses the class."""
+    """SDEdit with the shipped base: lightly noised images keep their class; at strength 1 the base must invent
+    the shape (a better base would keep more at 0.9, so that is not asserted here; notebook 02 plots it)."""
     base = wb.DiffusionBase.from_pretrained("tinyworld-base")
     cnn = wb.load_classifier("tinyworld-cnn")
     ds = wb.TinyWorld("test", size=64, seed=5)
     x, y = ds.images(), ds.labels()
     kept = {}
-    for strength in (0.3, 0.9):
+    for strength in (0.3, 1.0):
         out = base.img2img(x, strength=strength, steps=20, seed=0, progress=False)
         with torch.no_grad():
             kept[strength] = (cnn(out).argmax(1) == y).float().mean().item()
-    assert kept[0.3] >= 0.85 and kept[0.9] < kept[0.3] - 0.2, kept
+    assert kept[0.3] >= 0.85 and kept[1.0] < kept[0.3] - 0.4, kept
 
 
 def test_data_stays_small_and_fp16():
