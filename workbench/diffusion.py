@@ -50,16 +50,38 @@ def tiny_vae_config(*, widths=(64, 128), latent_channels: int = 4, sample_size: 
     )
 
 
-def tiny_scheduler_config() -> dict[str, Any]:
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def tiny_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
     """The DDPM training schedule of the tiny base (cosine betas suit small images).
+
+    ``prediction_type`` is what the UNet predicts: ``"epsilon"`` (the noise, as SD 1.x) or
+    ``"v_prediction"`` (``v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x0``, as SD 2.x). The samplers
+    read it from this config, and the training target follows it (:func:`training_target`).
 
     ``timestep_spacing="leading"`` matters: the capped cosine schedule has ``alpha_bar ~ 0`` at
     ``t = 999``, where an epsilon-predicting sampler divides by ``sqrt(alpha_bar)``; "linspace" and
     "trailing" spacings start there and DPM-Solver++ then returns noise (feature cosine 0.33 against
     0.95 with "leading", measured on ``tinyworld-cnn/stages.3``).
     """
-    return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {prediction_type!r}: expected one of {PREDICTION_TYPES}")
+    return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
                 clip_sample=False, timestep_spacing="leading", steps_offset=1)
+
+
+def training_target(noise_scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the denoiser is trained to output for ``sample`` ``[B, C, h, w]`` noised with ``noise`` at ``timesteps``
+    ``[B]``: the noise for an ``"epsilon"`` scheduler, ``noise_scheduler.get_velocity(...)`` for ``"v_prediction"``
+    (as diffusers' training scripts do)."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(sample, noise, timesteps)
+    raise ValueError(f"prediction_type {kind!r} of this scheduler is not supported; expected one of "
+                     f"{PREDICTION_TYPES}")
 
 
 def sd_miniature_configs() -> dict[str, dict[str, Any]]:
@@ -84,7 +106,8 @@ class DiffusionBase(nn.Module):
     """A frozen diffusion prior with an SD-style interface.
 
     Args:
-        unet: ``UNet2DConditionModel`` predicting noise; its cross-attention receives the prompt embedding.
+        unet: ``UNet2DConditionModel`` predicting the noise or ``v`` (the scheduler config's ``prediction_type``);
+            its cross-attention receives the prompt embedding.
         scheduler_config: a diffusers scheduler config (``DDPMScheduler`` for training; samplers are built from it).
         prompt_embeds: ``Tensor[1, L, D]`` the fixed prompt embedding.
         null_embeds: ``Tensor[1, L, D]`` the null-prompt embedding (classifier-free guidance, condition dropout).
@@ -238,11 +261,11 @@ class DiffusionBase(nn.Module):
         emb = torch.cat([self.embeds(b, null=True), self.embeds(b)]) if guided else self.embeds(b)
         for t in timesteps:
             zin = sched.scale_model_input(z, t)
-            eps = self.unet(torch.cat([zin, zin]) if guided else zin, t, encoder_hidden_states=emb).sample
-            if guided:
-                eps_null, eps_prompt = eps.chunk(2)
-                eps = eps_null + guidance_scale * (eps_prompt - eps_null)
-            z = sched.step(eps, t, z).prev_sample
+            out = self.unet(torch.cat([zin, zin]) if guided else zin, t, encoder_hidden_states=emb).sample
+            if guided:  # the noise or v, as the scheduler's prediction_type says; guidance is linear in either
+                out_null, out_prompt = out.chunk(2)
+                out = out_null + guidance_scale * (out_prompt - out_null)
+            z = sched.step(out, t, z).prev_sample
         return z
 
     # ------------------------------------------------------------------ persistence

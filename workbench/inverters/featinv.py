@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..diffusion import training_target
 from ..errors import WorkbenchError
 
 #: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md).
@@ -160,7 +161,8 @@ class FeatInv(nn.Module):
     def predict_noise(self, z: torch.Tensor, t: torch.Tensor, features: torch.Tensor, embeds: torch.Tensor,
                       conditioning_scale: float = 1.0) -> torch.Tensor:
         """One denoiser evaluation: latents ``[B, C, h, w]``, timesteps, maps ``[B, C_f, h_f, w_f]``,
-        prompt embeddings ``[B, L, D]`` -> predicted noise ``[B, C, h, w]``."""
+        prompt embeddings ``[B, L, D]`` -> the base's prediction ``[B, C, h, w]`` (noise, or ``v`` for a
+        v-prediction base)."""
         down, mid = self.controlnet(z, t, encoder_hidden_states=embeds, controlnet_cond=features,
                                     conditioning_scale=conditioning_scale, return_dict=False)
         return self.base.unet(z, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
@@ -168,8 +170,9 @@ class FeatInv(nn.Module):
 
     def training_loss(self, latents: torch.Tensor, features: torch.Tensor, *, noise_scheduler,
                       generator: torch.Generator | None = None, drop_prob: float = 0.15) -> torch.Tensor:
-        """The noise-prediction loss on a batch, with condition dropout: with probability ``drop_prob`` an
-        item's features are zeroed and the null prompt is used (so classifier-free guidance is defined)."""
+        """The denoising loss on a batch (its target is the noise, or ``v`` for a v-prediction base), with
+        condition dropout: with probability ``drop_prob`` an item's features are zeroed and the null prompt is used
+        (so classifier-free guidance is defined)."""
         b = latents.shape[0]
         dev = latents.device
         noise = torch.randn(latents.shape, generator=generator, device=dev)
@@ -178,7 +181,7 @@ class FeatInv(nn.Module):
         drop = torch.rand(b, generator=generator, device=dev) < drop_prob
         feats = features * (~drop).view(-1, 1, 1, 1).to(features.dtype)
         pred = self.predict_noise(zt, t, feats, self.base.embeds(b, null=drop))
-        return F.mse_loss(pred.float(), noise.float())
+        return F.mse_loss(pred.float(), training_target(noise_scheduler, latents, noise, t).float())
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

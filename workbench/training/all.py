@@ -69,6 +69,13 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "inv": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "2.5",
                 "--ema", "0.995", "--save-every", "100000"],
     },
+    # the inverters of scripts/gpu_base_sweep.sh: five side by side on the picked base for 3 minutes
+    "gpu-sweep": {
+        "inv": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "3.0",
+                "--ema", "0.995", "--save-every", "100000"],
+    },
+    # a few inverter steps that can start from data/'s inverters (the smoke test of scripts/gpu_base_sweep.sh)
+    "smoke-data": {"inv": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--eval-n", "4"]},
     "smoke": {  # a few steps of everything, for tests of this orchestration
         "cnn": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--test-size", "32", "--arch",
                 '{"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}'],

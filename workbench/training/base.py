@@ -36,6 +36,10 @@ def parse_args(argv=None):
     p.add_argument("--min-timestep", type=int, default=0,
                    help="train only on timesteps >= this (of 1000): a fine-tune of the noisy, layout-deciding phase. "
                         "Default 0: all timesteps")
+    p.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
+                   help="what the UNet predicts: the noise (SD 1.x) or v (SD 2.x; better conditioned at high noise, "
+                        "where the layout is decided). Default: epsilon, or that of the --init-from base, which "
+                        "this flag may switch")
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice): each step's loss is "
                         "weighted by min(SNR, gamma)/SNR, which takes weight off the nearly clean timesteps. "
@@ -64,20 +68,26 @@ def fixed_prompt_embeds(dim: int, seed: int = 1234) -> tuple[torch.Tensor, torch
     return p / p.pow(2).mean().sqrt(), torch.zeros(1, 1, dim)
 
 
-def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, noise_sched,
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, noise_sched,
                    snr_gamma: float | None = None) -> torch.Tensor:
-    """The epsilon-prediction loss: MSE of ``pred`` against ``noise`` (both ``[B, C, h, w]``; ``t``: ``[B]``).
+    """The denoising loss: MSE of ``pred`` against ``target`` (both ``[B, C, h, w]``; ``t``: ``[B]``), where the
+    target is the noise or ``v``, as :func:`workbench.diffusion.training_target` gives it for ``noise_sched``.
 
-    With ``snr_gamma``, each sample's MSE is weighted by ``min(SNR(t), gamma) / SNR(t)`` (Min-SNR-gamma, the
-    weighting of diffusers' training scripts, with ``diffusers.training_utils.compute_snr``).
+    With ``snr_gamma``, each sample's MSE is weighted by ``min(SNR(t), gamma) / SNR(t)`` for epsilon-prediction and
+    ``min(SNR(t), gamma) / (SNR(t) + 1)`` for v-prediction (Min-SNR-gamma, the weighting of diffusers' training
+    scripts, with ``diffusers.training_utils.compute_snr``).
     """
     if snr_gamma is None:
-        return F.mse_loss(pred.float(), noise)
+        return F.mse_loss(pred.float(), target.float())
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(noise_sched, t)
-    weight = torch.where(snr > snr_gamma, snr_gamma / snr, torch.ones_like(snr))  # safe where SNR is 0
-    per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    clipped = torch.minimum(snr, torch.full_like(snr, snr_gamma))
+    if noise_sched.config.prediction_type == "v_prediction":
+        weight = clipped / (snr + 1)
+    else:
+        weight = torch.where(snr > snr_gamma, snr_gamma / snr, torch.ones_like(snr))  # safe where SNR is 0
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
     return (per_sample * weight).mean()
 
 
@@ -136,6 +146,12 @@ def init_unet(path: str | Path, ucfg: dict, *, latent_ch: int, size: int):
     return unet
 
 
+def init_prediction_type(path: str | Path) -> str:
+    """The ``prediction_type`` in a saved base folder's scheduler config (``"epsilon"`` where it has none)."""
+    f = Path(path) / "scheduler" / "scheduler_config.json"
+    return json.loads(f.read_text()).get("prediction_type", "epsilon") if f.is_file() else "epsilon"
+
+
 def evaluate_saved(args, device) -> dict:
     """Measure a saved base's sample quality with the classifiers in ``--eval-classifiers``; update its card."""
     from ..diffusion import DiffusionBase
@@ -157,7 +173,7 @@ def evaluate_saved(args, device) -> dict:
 
 def main(args) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from ..diffusion import DiffusionBase, tiny_scheduler_config, tiny_unet_config
+    from ..diffusion import DiffusionBase, tiny_scheduler_config, tiny_unet_config, training_target
 
     timer = Timer()
     acc = make_accelerator(args)
@@ -183,8 +199,11 @@ def main(args) -> dict:
                                 layers_per_block=unet.config.layers_per_block)
     else:
         unet = UNet2DConditionModel(**ucfg)
+    if args.prediction_type is None:
+        args.prediction_type = init_prediction_type(args.init_from) if args.init_from else "epsilon"
     prompt, null = fixed_prompt_embeds(ucfg["cross_attention_dim"])
-    base = DiffusionBase(unet, tiny_scheduler_config(), prompt, null, vae, image_size=32, name="tinyworld-base")
+    base = DiffusionBase(unet, tiny_scheduler_config(args.prediction_type), prompt, null, vae, image_size=32,
+                         name="tinyworld-base")
     base.unet.requires_grad_(True).train()
     base.to(acc.device)
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
@@ -218,7 +237,7 @@ def main(args) -> dict:
         drop = torch.rand(b, generator=g, device=z0.device) < args.null_prob
         with acc.accumulate(unet_p):
             pred = denoiser(zt, t, encoder_hidden_states=base.embeds(b, null=drop)).sample
-            loss = diffusion_loss(pred, noise, t, noise_sched, args.snr_gamma)
+            loss = diffusion_loss(pred, training_target(noise_sched, z0, noise, t), t, noise_sched, args.snr_gamma)
             acc.backward(loss)
             acc.clip_grad_norm_(unet_p.parameters(), 1.0)
             opt.step()
@@ -239,7 +258,8 @@ def main(args) -> dict:
             "training": {"command": command_line(), "seed": args.seed, "steps": loop.total,
                          "batch_size": args.batch_size, "train_images": args.train_size, "ema": args.ema,
                          "null_prob": args.null_prob, "snr_gamma": args.snr_gamma,
-                         "min_timestep": args.min_timestep, "lr": args.lr, "init_from": args.init_from,
+                         "min_timestep": args.min_timestep, "prediction_type": args.prediction_type,
+                         "lr": args.lr, "init_from": args.init_from,
                          "mixed_precision": args.mixed_precision, "compile": args.compile,
                          "wall_time_s": timer.seconds, "device": str(acc.device)}}
     prev = init_card(Path(args.init_from) / "card.json", also=("vae",)) if args.init_from else None
