@@ -13,7 +13,8 @@
 # (profile gpu-sweep, INV_MIN minutes). Returns OUTDIR/log.txt, OUTDIR/cands.tar.part-* (every candidate's
 # unet/, scheduler/ and card) and OUTDIR/weights.tar.part-* (data/ with the new base and inverters). Unpack with
 #   cat OUTDIR/weights.tar.part-* | tar -x -C data/
-# Smoke test on CPU (PICK forces a candidate, to try both inverter paths):
+# WORK (default /tmp/wb-sweep) holds the runs; PYTHON (default python3) runs them.
+# Smoke test on CPU (PICK forces a candidate, to try both inverter paths; tests/test_training.py runs it):
 #   DEVICE=cpu BASE_ARGS='--steps 3 --batch-size 8 --train-size 64 --eval-samples 8' PROFILE=smoke-data \
 #   PICK=v-cont bash scripts/gpu_base_sweep.sh /tmp/sweep
 set -uo pipefail
@@ -22,23 +23,24 @@ device=${DEVICE:-cuda}
 base_min=${BASE_MIN:-4.0}
 profile=${PROFILE:-gpu-sweep}
 fd_max=${FD_MAX:-40}
-base_timeout=$(python3 -c "print(int(float('$base_min') * 60 + 120))")  # training, then saving and the card
+py=${PYTHON:-python3}
+base_timeout=$("$py" -c "print(int(float('$base_min') * 60 + 120))")  # training, then saving and the card
 inv_cap=${INV_TIMEOUT:-290}  # inverters: 3 minutes of training, caches before and cards after
 total=${TOTAL_S:-585}  # the packing must happen inside one 600 s call, whatever ran late before it
 mkdir -p "$out"
-if ! python3 -c "import diffusers" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if ! "$py" -c "import diffusers" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 log=$out/log.txt
-stage=/tmp/wb-sweep-ship; runs=/tmp/wb-sweep-runs
+work=${WORK:-/tmp/wb-sweep}; stage=$work/ship; runs=$work/runs
 rm -rf "$stage" "$runs"; mkdir -p "$stage" "$runs"
 cp -r data/. "$stage/"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  python3 -c "import torch, timm, diffusers, accelerate; print('torch', torch.__version__, 'timm', timm.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)"
+  "$py" -c "import torch, timm, diffusers, accelerate; print('torch', torch.__version__, 'timm', timm.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)"
 } 2>&1 | tee "$log"
 
 common=(--vae data/tinyworld-base/vae --batch-size 256 --train-size 100000 --steps 4000 --max-minutes "$base_min"
@@ -51,7 +53,7 @@ declare -A cand=(
 )
 for name in "${!cand[@]}"; do
   # shellcheck disable=SC2086
-  timeout "$base_timeout" python3 -m workbench.cli train-base "${common[@]}" ${cand[$name]} ${BASE_ARGS:-} --out "$runs/$name" \
+  timeout "$base_timeout" "$py" -m workbench.cli train-base "${common[@]}" ${cand[$name]} ${BASE_ARGS:-} --out "$runs/$name" \
     --ship "$runs/$name/ship" > "$runs/$name.log" 2>&1 &
 done
 wait
@@ -59,7 +61,7 @@ echo "[sweep] bases done after $(elapsed) s" | tee -a "$log"
 for name in "${!cand[@]}"; do echo "=== $name: ${cand[$name]}"; tail -n 3 "$runs/$name.log"; done >> "$log" 2>&1
 (cd "$runs" && tar -cf - --exclude=vae ./*/ship/tinyworld-base) | split -b 15M - "$out/cands.tar.part-"
 
-pick=$(python3 - "$runs" "$fd_max" <<'PY' 2>>"$log"
+pick=$("$py" - "$runs" "$fd_max" <<'PY' 2>>"$log"
 import json, sys
 from pathlib import Path
 runs, fd_max = Path(sys.argv[1]), float(sys.argv[2])
@@ -79,12 +81,12 @@ rm -rf "$stage/tinyworld-base" && cp -r "$runs/$pick/ship/tinyworld-base" "$stag
 init=(); case "$pick" in *-cont) init=(--init-from data) ;; esac
 inv_timeout=$(( total - $(elapsed) - 10 )); [ "$inv_timeout" -gt "$inv_cap" ] && inv_timeout=$inv_cap
 echo "[sweep] inverters get at most $inv_timeout s" | tee -a "$log"
-timeout "$inv_timeout" python3 -m workbench.training.all --profile "$profile" "${init[@]}" --only inv-cnn-last inv-vit-last inv-cnn-mid \
+timeout "$inv_timeout" "$py" -m workbench.training.all --profile "$profile" "${init[@]}" --only inv-cnn-last inv-vit-last inv-cnn-mid \
   inv-vit-mid inv-cnn-pooled --device "$device" --jobs 5 --runs "$runs/inv" --ship "$stage" --no-progress 2>&1 \
   | tee -a "$log"
 echo "[sweep] all.py exit ${PIPESTATUS[0]} after $(elapsed) s" | tee -a "$log"
 for f in "$runs"/inv/*/log.txt; do echo "=== $f"; tail -n 3 "$f"; done >> "$log" 2>&1
-python3 - "$stage" <<'PY' 2>&1 | tee -a "$log"
+"$py" - "$stage" <<'PY' 2>&1 | tee -a "$log"
 import json, sys
 from pathlib import Path
 for card in sorted(Path(sys.argv[1]).glob("inverters/*/*/card.json")):

@@ -6,7 +6,8 @@
 # then writes OUTDIR/weights.tar.part-* (<= 15 MB each) and OUTDIR/log.txt. Unpack with
 #   cat OUTDIR/weights.tar.part-* | tar -x -C data/
 # refresh (profile gpu-refresh, about 8.5 minutes) starts from data/: the classifiers and VAE are kept as they are.
-# BASE_ARGS='--widths 64,128,192 --layers-per-block 2' passes a larger base to train-base (from scratch only).
+# BASE_ARGS='--prediction-type v_prediction' passes extra arguments to train-base (from scratch only). A wider base
+# (--widths, --layers-per-block) must stay under about 4.9 M parameters for data/ to keep its 40 MB with five inverters.
 set -uo pipefail
 out=${1:?usage: train_on_gpu.sh OUTDIR}
 budget=${BUDGET_S:-570}

@@ -265,3 +265,32 @@ def test_init_card_keeps_the_provenance_and_rejects_a_broken_card(tmp_path):
     (tmp_path / "card.json").write_text("{not json")
     with pytest.raises(SystemExit, match="is not valid JSON"):
         init_card(tmp_path / "card.json")
+
+
+def test_gpu_base_sweep_script_smoke(tmp_path):
+    """scripts/gpu_base_sweep.sh on CPU at smoke size: four candidate bases, a card each, the forced pick (a base
+    switched to v-prediction) in the pack, and five inverters fine-tuned onto it from data/'s."""
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DEVICE": "cpu", "PROFILE": "smoke-data", "PICK": "v-cont", "PYTHON": sys.executable,
+           "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
+           "BASE_ARGS": "--steps 2 --batch-size 8 --train-size 64 --eval-samples 8 --mixed-precision no"}
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", str(root / "scripts" / "gpu_base_sweep.sh"), str(out)], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=500)
+    log = (out / "log.txt").read_text()
+    assert res.returncode == 0, log + res.stderr
+    assert sum(f"[sweep] {n}" in log for n in ("eps-cont", "v-cont", "v-new", "eps-new")) == 4
+    assert "[sweep] picked: v-cont" in log and "all.py exit 0" in log
+    unpacked = tmp_path / "data"
+    unpacked.mkdir()
+    with open(tmp_path / "weights.tar", "wb") as f:
+        for part in sorted(out.glob("weights.tar.part-*")):
+            f.write(part.read_bytes())
+    with tarfile.open(tmp_path / "weights.tar") as t:
+        t.extractall(unpacked, filter="data")
+    sched = json.loads((unpacked / "tinyworld-base" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction"
+    card = json.loads((unpacked / "inverters" / "tinyworld-cnn" / "stages.3" / "card.json").read_text())
+    assert card["training"]["steps"] == 3 and card["training"]["init_from"].endswith("inverters/tinyworld-cnn/stages.3")

@@ -97,7 +97,7 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="stages run side by side")
     p.add_argument("--only", nargs="*", default=None, help="run only these stages (and nothing they need)")
     p.add_argument("--base-args", default="",
-                   help="extra train-base arguments, after the profile's (e.g. '--widths 64,128,192 --layers-per-block 2')")
+                   help="extra train-base arguments, after the profile's (e.g. '--prediction-type v_prediction')")
     p.add_argument("--init-from", default=None,
                    help="a data folder (data/, say) to continue from instead of training from scratch: classifiers, "
                         "base and inverters start from its weights (a skipped vae stage means its VAE is used)")
