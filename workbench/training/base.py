@@ -82,9 +82,8 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, no
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(noise_sched, t)
-    clipped = torch.minimum(snr, torch.full_like(snr, snr_gamma))
     if noise_sched.config.prediction_type == "v_prediction":
-        weight = clipped / (snr + 1)
+        weight = snr.clamp(max=snr_gamma) / (snr + 1)
     else:
         weight = torch.where(snr > snr_gamma, snr_gamma / snr, torch.ones_like(snr))  # safe where SNR is 0
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
