@@ -134,6 +134,14 @@ def test_base_save_load_roundtrip(mini, tmp_path):
     x = torch.rand(1, 3, 64, 64)
     assert torch.allclose(again.encode(x), mini.encode(x), atol=1e-6)
 
+    import shutil
+
+    shutil.rmtree(tmp_path / "base" / "vae")  # a latent base without its VAE: refused, not read as a pixel base
+    with pytest.raises(WeightsUnavailableError, match=r"vae is missing.*4-channel latents"):
+        DiffusionBase.from_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match="takes 4 input channels, but the base denoises 3"):
+        DiffusionBase(mini.unet, mini.scheduler_config, mini.prompt_embeds, mini.null_embeds, None, image_size=64)
+
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
 def test_base_img2img_runs_from_reconstruction_to_fresh_sample(mini, scheduler):

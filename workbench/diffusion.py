@@ -119,6 +119,13 @@ class DiffusionBase(nn.Module):
     def __init__(self, unet: nn.Module, scheduler_config: dict[str, Any], prompt_embeds: torch.Tensor,
                  null_embeds: torch.Tensor, vae: nn.Module | None = None, *, image_size: int, name: str = "custom"):
         super().__init__()
+        want = vae.config.latent_channels if vae is not None else 3
+        got = getattr(getattr(unet, "config", None), "in_channels", want)
+        if got != want:
+            raise ValueError(f"the UNet takes {got} input channels, but the base denoises {want}: "
+                             + (f"its VAE's latent_channels is {want}; pass the VAE it was trained with" if vae
+                                is not None else "a pixel base denoises RGB; pass the AutoencoderKL whose latents "
+                                "it was trained on (a latent base folder needs its vae/)"))
         self.unet = unet
         self.vae = vae
         self.scheduler_config = dict(scheduler_config)
@@ -329,6 +336,11 @@ class DiffusionBase(nn.Module):
         except (OSError, ValueError) as e:
             raise WeightsUnavailableError(f"could not read the base in {path}: {e}. Restore it with "
                                           f"`git checkout data/` or retrain with `make weights`.") from e
+        if vae is None and unet.config.in_channels != 3:
+            raise WeightsUnavailableError(f"{path / 'vae'} is missing: the UNet in {path / 'unet'} denoises "
+                                          f"{unet.config.in_channels}-channel latents, so this is a latent base and "
+                                          "needs its AutoencoderKL in vae/ (restore it with `git checkout data/`, "
+                                          "copy the VAE it was trained with there, or retrain with `make weights`)")
         sched_file = path / "scheduler" / "scheduler_config.json"
         sched = json.loads(sched_file.read_text()) if sched_file.is_file() else tiny_scheduler_config()
         sched = {k: v for k, v in sched.items() if not k.startswith("_")}
