@@ -60,6 +60,10 @@ def test_train_base_layers_per_block_and_make_weights_base_args(tmp_path):
     cmd = all_stages.stage_command("base", args, all_stages.PROFILES["smoke"])
     assert cmd[-4:] == ["--widths", "64,128,192", "--layers-per-block", "2"]  # after the profile's, so they win
     assert "--layers-per-block" not in all_stages.stage_command("inv-cnn-last", args, all_stages.PROFILES["smoke"])
+    args = all_stages.parse_args(["--profile", "smoke", "--inv-args", "--max-minutes 2.5"])
+    args.runs, args.ship = str(tmp_path / "r"), str(tmp_path / "s")
+    assert all_stages.stage_command("inv-vit-mid", args, all_stages.PROFILES["smoke"])[-2:] == ["--max-minutes", "2.5"]
+    assert "--max-minutes" not in all_stages.stage_command("base", args, all_stages.PROFILES["smoke"])
 
 
 def test_train_pixel_base_five_steps(tmp_path):
@@ -294,3 +298,23 @@ def test_gpu_base_sweep_script_smoke(tmp_path):
     assert sched["prediction_type"] == "v_prediction"
     card = json.loads((unpacked / "inverters" / "tinyworld-cnn" / "stages.3" / "card.json").read_text())
     assert card["training"]["steps"] == 3 and card["training"]["init_from"].endswith("inverters/tinyworld-cnn/stages.3")
+
+
+def test_gpu_base_sweep_script_refuses_a_bad_candidate_and_packs_no_half_result(tmp_path):
+    """An unknown candidate is refused by name; a base phase that leaves the inverters too little time gives the
+    candidates (cands.tar) but no weights.tar, since data/'s old inverters do not fit a new base."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "WORK": str(tmp_path / "work"),
+           "OMP_NUM_THREADS": "1", "CANDS": "v-new v-typo"}
+    script = str(root / "scripts" / "gpu_base_sweep.sh")
+    res = subprocess.run(["bash", script, str(tmp_path / "bad")], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and "unknown candidate v-typo" in res.stdout
+    env.update(CANDS="v-new", TOTAL_S="60", PROFILE="smoke-data",
+               BASE_ARGS="--steps 2 --batch-size 8 --train-size 64 --eval-samples 8 --mixed-precision no")
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", script, str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    log = (out / "log.txt").read_text()
+    assert res.returncode == 1, log + res.stderr
+    assert "[sweep] under 0.5 minutes left for the inverters: skipped" in log
+    assert list(out.glob("cands.tar.part-*")) and not list(out.glob("weights.tar.part-*"))

@@ -98,6 +98,9 @@ def parse_args(argv=None):
     p.add_argument("--only", nargs="*", default=None, help="run only these stages (and nothing they need)")
     p.add_argument("--base-args", default="",
                    help="extra train-base arguments, after the profile's (e.g. '--prediction-type v_prediction')")
+    p.add_argument("--inv-args", default="",
+                   help="extra train-inverter arguments for every inv-* stage, after the profile's "
+                        "(e.g. '--max-minutes 2.5')")
     p.add_argument("--init-from", default=None,
                    help="a data folder (data/, say) to continue from instead of training from scratch: classifiers, "
                         "base and inverters start from its weights (a skipped vae stage means its VAE is used)")
@@ -118,6 +121,8 @@ def stage_command(stage: str, args, profile: dict[str, list[str]]) -> list[str]:
         out += init_args(stage, args)
     if stage == "base" and args.base_args:
         out += shlex.split(args.base_args)
+    if stage.startswith("inv-") and args.inv_args:
+        out += shlex.split(args.inv_args)
     if not args.progress:
         out.append("--no-progress")
     return out
