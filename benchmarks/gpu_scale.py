@@ -126,8 +126,9 @@ class Design:
     def __init__(self, name, base, clf, layer, images, *, official: bool, text=None, compiled=False):
         from diffusers.models.attention_processor import AttnProcessor
 
-        from workbench.inverters.featinv import FeatInv, classifier_view
-        from workbench.metrics import extract_features
+        from workbench.inverters.featinv import FeatInv
+        from workbench.models import classifier_view
+        from workbench.hooks import extract_features
 
         self.name, self.official, self.clf, self.layer, self.images, self.text = name, official, clf, layer, images, text
         self.device = images.device

@@ -34,7 +34,8 @@ def main(args: argparse.Namespace) -> dict:
     import workbench as wb
     from workbench.inverters import featinv as fi
     from workbench.inverters.optimization import OptimizationInverter
-    from workbench.metrics import extract_features, feature_cosine
+    from workbench.hooks import extract_features
+    from workbench.metrics import feature_cosine
 
     torch.set_num_threads(args.threads)
     results = {}

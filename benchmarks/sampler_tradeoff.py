@@ -78,7 +78,8 @@ def _load(name: str, n: int, seed: int):
 
 def evaluate(task: dict) -> dict:
     """Invert ``task["n"]`` test images with one setting: per-image cosine and top-1 agreement, and seconds."""
-    from workbench.metrics import extract_features, feature_cosine, topk_agreement
+    from workbench.hooks import extract_features
+    from workbench.metrics import feature_cosine, topk_agreement
 
     inv, clf, x = _load(task["inverter"], task["n"], task["seed"])
     x = x[:task["use"]]
@@ -165,7 +166,7 @@ def main(args: argparse.Namespace) -> dict:
 
     # 3. the speed-up against the reference, interleaved on one process
     import workbench as wb
-    from workbench.metrics import extract_features
+    from workbench.hooks import extract_features
 
     inv = wb.load_inverter(args.inverters[0])
     clf = wb.load_classifier(inv.classifier_name)

@@ -70,7 +70,7 @@ class PerSampleFeatures(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
-        from workbench.metrics import extract_features
+        from workbench.hooks import extract_features
 
         x = self.images[i].float() / 255
         return x, extract_features(self.classifier, x[None], self.layer)[0]

@@ -8,7 +8,7 @@ import torch
 
 import workbench as wb
 from workbench.analysis import AnalysisError, ablation, composition, concepts, map_logits, pca, score_inversions
-from workbench.metrics import extract_features
+from workbench.hooks import extract_features
 
 N = 96          # images for fitting; the CNN costs ~10 ms per image on 2 CPU cores
 

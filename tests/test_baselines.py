@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.inverters.featinv import InverterMismatchError
-from workbench.metrics import extract_features
+from workbench.errors import InverterMismatchError
+from workbench.hooks import extract_features
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import torch
 import workbench as wb
 from workbench.diffusion import DiffusionBase, sd_miniature_configs
 from workbench.errors import WeightsUnavailableError
-from workbench.inverters.featinv import FeatInv, FeatureConditioning, InverterMismatchError, invariance_map
+from workbench.errors import InverterMismatchError
+from workbench.inverters.featinv import FeatInv, FeatureConditioning, invariance_map
 
 
 def make_condition_matter(inv: FeatInv) -> FeatInv:

@@ -220,17 +220,15 @@ def test_load_image_errors(small, tmp_path):
 # ---- shipped models --------------------------------------------------------------------------
 
 def test_shipped_models_are_plainly_resized():
-    from workbench import zoo
 
-    tf = wb.preprocess(zoo.create_classifier("tinyworld-cnn"))
+    tf = wb.preprocess(wb.models.create_classifier("tinyworld-cnn"))
     assert "CenterCrop" not in repr(tf)
     assert tf(Image.fromarray(np.zeros((40, 60, 3), np.uint8))).shape == (3, 32, 32)
 
 
 def test_shipped_name_loads_through_the_zoo(tmp_path, monkeypatch):
-    from workbench import zoo
 
-    zoo.save_random_weights(tmp_path)
+    wb.models.save_random_weights(tmp_path)
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path))
     clf = wb.load_classifier("tinyworld-vit")
     assert isinstance(clf, wb.Classifier) and clf.name == "tinyworld-vit" and not clf.training

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench import zoo
+from workbench.weights import read_card
 from workbench.errors import WeightsUnavailableError
 
 CARD_FIELDS = {"architecture", "arch_args", "training", "metrics"}
@@ -20,7 +20,7 @@ def test_classifier_accuracy_on_a_fresh_test_split(name):
     ds = wb.TinyWorld("test", size=512, seed=11)   # not the card's split (seed 0)
     with torch.no_grad():
         acc = (clf(ds.images()).argmax(1) == ds.labels()).float().mean().item()
-    card = zoo.read_card(name)
+    card = read_card(name)
     assert CARD_FIELDS <= set(card) and {"command", "seed", "steps", "wall_time_s"} <= set(card["training"])
     assert acc >= 0.97, acc  # the tiny world's target for both classifiers
     assert abs(acc - card["metrics"]["test_accuracy"]) < 0.03, (acc, card["metrics"])

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.analysis import AnalysisError
+from workbench.errors import AnalysisError
 from workbench.analysis.concepts import mean_difference
-from workbench.metrics import extract_features
+from workbench.hooks import extract_features
 from workbench.widgets import Explorer, parse_channels
 
 

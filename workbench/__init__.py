@@ -14,7 +14,7 @@ _EXPORTS = {
     "Classifier": "models", "load_classifier": "models", "preprocess": "models", "load_image": "models",
     "WeightsUnavailableError": "errors", "WorkbenchError": "errors",
     "layer_table": "hooks", "capture": "hooks", "run_with_cache": "hooks", "run_with_hooks": "hooks",
-    "FeatureCache": "hooks", "ablate_channels": "hooks", "add_direction": "hooks",
+    "FeatureCache": "hooks", "extract_features": "hooks", "ablate_channels": "hooks", "add_direction": "hooks",
     # tiny world
     "TinyWorld": "tinyworld",
     # diffusion and inversion
@@ -30,7 +30,7 @@ _EXPORTS = {
     "data_dir": "paths", "fast_mode": "paths",
 }
 
-_SUBMODULES = {"tinyworld", "hooks", "models", "zoo", "diffusion", "inverters", "training", "plot", "metrics",
+_SUBMODULES = {"tinyworld", "hooks", "models", "zoo", "weights", "diffusion", "inverters", "training", "plot", "metrics",
                "analysis", "evaluation", "presets", "paths", "errors", "cli", "demo", "robustness", "widgets"}
 
 __all__ = sorted(_EXPORTS)

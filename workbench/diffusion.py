@@ -279,7 +279,7 @@ class DiffusionBase(nn.Module):
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
         """Write a diffusers-style folder: ``unet/``, ``vae/`` (latent bases), ``scheduler/``,
         ``prompt_embeds.safetensors`` and ``card.json``."""
-        from .zoo import save_state
+        from .weights import save_state
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -346,7 +346,7 @@ class DiffusionBase(nn.Module):
         sched = {k: v for k, v in sched.items() if not k.startswith("_")}
         card = json.loads((path / "card.json").read_text()) if (path / "card.json").is_file() else {}
         if (path / "prompt_embeds.safetensors").is_file():
-            from .zoo import load_state
+            from .weights import load_state
 
             emb = load_state(path / "prompt_embeds.safetensors")
             prompt_embeds, null_embeds = emb["prompt_embeds"], emb["null_embeds"]
@@ -363,11 +363,9 @@ def _snapshot(repo_id: str) -> Path:
     """Download (or find in the HF cache) the parts of an SD-style repo; a clear error when offline."""
     from huggingface_hub import snapshot_download
 
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     patterns = ["unet/*", "vae/*", "scheduler/*", "text_encoder/*", "tokenizer/*", "model_index.json"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
         raise WeightsUnavailableError(
             f"could not load the diffusion base {repo_id!r} from the Hugging Face hub ({type(e).__name__}). "

@@ -32,3 +32,12 @@ class UnknownModelError(WorkbenchError, ValueError):
 
 class ImageReadError(WorkbenchError, ValueError):
     """A file that could not be read as an image."""
+
+
+class InverterMismatchError(WorkbenchError, ValueError):
+    """An inverter was given features, a classifier or a base it was not trained for."""
+
+
+class AnalysisError(WorkbenchError, ValueError):
+    """An analysis was given arguments that do not fit together (a concept from another layer, a mask
+    of the wrong size, channel indices out of range, more components than channels)."""

@@ -242,7 +242,7 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
         >>> t = wb.evaluate(inv, cnn, "stages.3", wb.TinyWorld("test", size=256), n=32, steps=8)
         >>> t.summary()
     """
-    from .metrics import extract_features
+    from .hooks import extract_features
     from .tinyworld import TinyWorld
 
     layer = inverter.layer if layer is None else layer

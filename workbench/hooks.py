@@ -650,3 +650,24 @@ def add_direction(direction: Tensor, alpha: float, mask: Tensor | None = None) -
             raise HookError(f"mask is Tensor[H, W] or Tensor[B, 1, H, W], got "
                             f"{_shape_str(mask) if isinstance(mask, Tensor) else repr(mask)}")
     return DirectionAddition(direction.detach(), float(alpha), None if mask is None else mask.detach())
+
+
+# ------------------------------------------------------------------------------------------ feature maps
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@torch.no_grad()
+def extract_features(classifier: nn.Module, images: torch.Tensor, layer: str, *, batch_size: int = 256) -> torch.Tensor:
+    """The classifier's NCHW map at ``layer`` for each image: ``[N, 3, H, W]`` -> ``Tensor[N, C, h, w]``,
+    computed in batches on the classifier's device and returned there.
+
+    Example:
+        >>> extract_features(cnn, torch.rand(2, 3, 32, 32), "stages.3").shape   # [2, 192, 4, 4]
+    """
+    dev = _device(classifier)
+    outs = []
+    for s in range(0, len(images), batch_size):
+        _, cache = run_with_cache(classifier, images[s:s + batch_size].to(dev), [layer])
+        outs.append(cache[layer])
+    return torch.cat(outs)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsUnavailableError
+from .hooks import _device, extract_features
 
 
 def _check_pair(originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
@@ -50,28 +51,6 @@ def _on_finite(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], origina
     if ok.any():
         out[ok] = fn(originals[ok], reconstructions[ok]).float().cpu()
     return out
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-@torch.no_grad()
-def extract_features(classifier: nn.Module, images: torch.Tensor, layer: str, *, batch_size: int = 256) -> torch.Tensor:
-    """The classifier's NCHW map at ``layer`` for each image: ``[N, 3, H, W]`` -> ``Tensor[N, C, h, w]``,
-    computed in batches on the classifier's device and returned there.
-
-    Example:
-        >>> extract_features(cnn, torch.rand(2, 3, 32, 32), "stages.3").shape   # [2, 192, 4, 4]
-    """
-    from .hooks import run_with_cache
-
-    dev = _device(classifier)
-    outs = []
-    for s in range(0, len(images), batch_size):
-        _, cache = run_with_cache(classifier, images[s:s + batch_size].to(dev), [layer])
-        outs.append(cache[layer])
-    return torch.cat(outs)
 
 
 @torch.no_grad()

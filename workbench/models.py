@@ -16,9 +16,12 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ImageReadError, UnknownModelError, WeightsUnavailableError
+from .weights import card_path, load_state, read_card, save_state, weights_path, write_card
+from .zoo import SHIPPED_CLASSIFIERS, TINY_INPUT_SIZE, TINY_MEAN, TINY_STD, build_network
 
 PathLike = Union[str, Path]
 
@@ -73,11 +76,7 @@ class Classifier(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 def _shipped_names() -> set[str]:
-    try:
-        from . import zoo
-    except ImportError:  # zoo.py not written yet: no shipped models
-        return set()
-    return set(zoo.SHIPPED_CLASSIFIERS)
+    return set(SHIPPED_CLASSIFIERS)
 
 
 def _remedies(name: str, reason: str) -> str:
@@ -231,8 +230,7 @@ def load_classifier(name: str, *, pretrained: bool = True, checkpoint_path: Path
         if checkpoint_path is not None or model_kwargs or not pretrained:
             raise ValueError(f"{name!r} is a shipped model and always loads its shipped weights; "
                              "checkpoint_path, pretrained=False and model kwargs do not apply")
-        from . import zoo
-        return zoo.load_shipped_classifier(name, device=device)
+        return load_shipped_classifier(name, device=device)
     if not timm.is_model(name):
         candidates = sorted(shipped) + timm.list_models()
         close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
@@ -375,3 +373,66 @@ def load_image(path: PathLike, model: nn.Module) -> torch.Tensor:
     x = preprocess(model)(img)[None]
     param = next(iter(model.parameters()), None)
     return x.to(param.device) if param is not None else x
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped tiny-world classifiers
+# ---------------------------------------------------------------------------------------------
+
+def create_classifier(name: str, **overrides: Any) -> Classifier:
+    """A freshly initialised tiny-world classifier (random weights), wrapped with its normalisation.
+
+    Args:
+        name: a key of :data:`SHIPPED_CLASSIFIERS`.
+        **overrides: architecture arguments to change (tests use smaller widths).
+    """
+    if name not in SHIPPED_CLASSIFIERS:
+        raise ValueError(f"unknown tiny-world classifier {name!r}; shipped: {sorted(SHIPPED_CLASSIFIERS)}")
+    spec = SHIPPED_CLASSIFIERS[name]
+    net = build_network(spec["architecture"], {**spec["arch_args"], **overrides})
+    return Classifier(net, TINY_MEAN, TINY_STD, TINY_INPUT_SIZE, name=name)
+
+
+def load_shipped_classifier(name: str, *, device: str | torch.device = "cpu", root: Path | None = None) -> Classifier:
+    """Load a shipped tiny-world classifier from ``data/`` (or ``root``), in eval mode.
+
+    The card's architecture is rebuilt and the weights are loaded strictly: a card that does not
+    match its weights is refused with a message naming both files.
+    """
+    card = read_card(name, root)
+    net = build_network(card["architecture"], card["arch_args"])
+    wpath = weights_path(name, root)
+    state = load_state(wpath)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WeightsUnavailableError(
+            f"the card {card_path(name, root)} does not match the weights in {wpath}: {str(e).splitlines()[0]} ... "
+            f"Retrain with `make weights` or restore both files with `git checkout data/`.") from e
+    clf = Classifier(net, card.get("mean", TINY_MEAN), card.get("std", TINY_STD),
+                     card.get("input_size", TINY_INPUT_SIZE), name=name)
+    return clf.to(device).eval()
+
+
+def save_random_weights(root: str | Path, *, seed: int = 0) -> None:
+    """Write randomly initialised tiny-world classifiers with cards to ``root`` (for testing code paths
+    before trained weights exist; point ``WORKBENCH_DATA`` at ``root``). The same ``seed`` writes the same
+    weights; the caller's global RNG state is left as it was."""
+    root = Path(root)
+    for name, spec in SHIPPED_CLASSIFIERS.items():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            clf = create_classifier(name)
+        save_state(clf.model, weights_path(name, root))
+        write_card(name, {"name": name, "architecture": spec["architecture"], "arch_args": spec["arch_args"],
+                          "mean": TINY_MEAN, "std": TINY_STD, "input_size": TINY_INPUT_SIZE,
+                          "note": "random weights, for tests only"}, root)
+
+
+def classifier_view(images: torch.Tensor, classifier: nn.Module) -> torch.Tensor:
+    """Images ``[B, 3, H, W]`` resized (bilinear, antialiased) to the classifier's input size when it differs
+    from theirs (miniSD draws 256 px images, a ViT-B reads 224 px); unchanged otherwise."""
+    size = getattr(classifier, "input_size", None)
+    if size is None or tuple(images.shape[-2:]) == tuple(size[-2:]):
+        return images
+    return F.interpolate(images, size=tuple(size[-2:]), mode="bilinear", antialias=True, align_corners=False)

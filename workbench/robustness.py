@@ -265,7 +265,7 @@ def robustness_study(inverter: nn.Module, classifier: nn.Module, conditions: Seq
     from tqdm.auto import tqdm
 
     from .evaluation import evaluate_reconstructions, inverter_label, reference_classifier
-    from .metrics import extract_features
+    from .hooks import extract_features
 
     conditions = list(conditions)
     if clean is not None:

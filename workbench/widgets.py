@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .analysis import AnalysisError
+from .errors import AnalysisError
 
 
 def parse_channels(text: str, num_channels: int) -> list[int]:
@@ -162,7 +162,7 @@ class Explorer:
     def update(self) -> dict:
         """Run the current settings: edit the map, compute logits, invert with progress. Returns :attr:`result`."""
         from .analysis import map_logits
-        from .metrics import extract_features
+        from .hooks import extract_features
 
         i, layer = self.image.value, self.layer.value
         inverter = self.inverters[layer]

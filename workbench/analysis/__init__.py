@@ -26,14 +26,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import WorkbenchError
+from ..errors import AnalysisError
+from ..hooks import _device
 
 _SUBMODULES = ("pca", "ablation", "composition", "concepts")
-
-
-class AnalysisError(WorkbenchError, ValueError):
-    """An analysis was given arguments that do not fit together (a concept from another layer, a mask
-    of the wrong size, channel indices out of range, more components than channels)."""
 
 
 def __getattr__(name: str):
@@ -104,10 +100,6 @@ def downsample_mask(mask: Tensor, size: Sequence[int], threshold: float = 0.5) -
 
 
 # ------------------------------------------------------------------------------------------ scoring
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def class_probabilities(classifier: nn.Module, images: Tensor, *, batch_size: int = 256) -> Tensor:
     """Softmax over the classifier's logits: ``Tensor[N, 3, H, W]`` in [0, 1] -> ``Tensor[N, K]`` on the CPU.
@@ -185,7 +177,7 @@ def score_inversions(classifier: nn.Module, layer: str, targets: Tensor, samples
     """
     import pandas as pd
 
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     if samples.ndim != 5 or samples.shape[0] != targets.shape[0]:
         raise AnalysisError(f"samples are [B, S, 3, H, W] with B = {targets.shape[0]} (one row per target map), "

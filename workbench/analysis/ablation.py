@@ -17,7 +17,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import AnalysisError, check_channels, map_logits, score_inversions
+from ..errors import AnalysisError
+from . import check_channels, map_logits, score_inversions
 
 RANKINGS = ("mean_activation", "selectivity", "logit_drop")
 
@@ -29,7 +30,7 @@ def channel_means(classifier: nn.Module, images: Tensor, layer: str, *, batch_si
     Example:
         >>> means = channel_means(cnn, wb.TinyWorld("val", size=512).images(), "stages.3")   # [192]
     """
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     return extract_features(classifier, images, layer, batch_size=batch_size).float().mean((0, 2, 3)).cpu()
 
@@ -154,7 +155,7 @@ def channel_table(classifier: nn.Module, images: Tensor, labels: Tensor, layer: 
     """
     import pandas as pd
 
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     feats = extract_features(classifier, images, layer, batch_size=batch_size).float().cpu()
     labels = torch.as_tensor(labels).long().cpu()
@@ -223,7 +224,7 @@ def ablation_table(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
     """
     import pandas as pd
 
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     feats = extract_features(classifier, images, layer, batch_size=batch_size).float().cpu()
     labels = torch.as_tensor(labels).long().cpu()
@@ -269,7 +270,7 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
     Example:
         >>> table, samples = ablation_sweep(cnn, x, y, "stages.3", rank_channels(t), [0, 8, 64], inverter=inv)
     """
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     if inverter is not None and inverter.layer != layer:
         raise AnalysisError(f"the inverter inverts {inverter.layer!r}, not {layer!r}; load the inverter for {layer!r}")

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import AnalysisError, check_mask, class_probabilities, downsample_mask
+from ..errors import AnalysisError
+from . import check_mask, class_probabilities, downsample_mask
 
 #: Factors probed by default; ``position`` is ``x`` and ``y``.
 DEFAULT_FACTORS = ("shape", "background", "hue", "size", "x", "y")
@@ -144,7 +145,7 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
     """
     import pandas as pd
 
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     fa = extract_features(classifier, images_a, inverter.layer).float().cpu()
     fb = extract_features(classifier, images_b, inverter.layer).float().cpu()

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import AnalysisError, check_mask, class_probabilities, map_logits
+from ..errors import AnalysisError
+from . import check_mask, class_probabilities, map_logits
 
 METHODS = ("pca", "nmf", "kmeans")
 
@@ -329,7 +330,7 @@ def concept_readout(classifier: nn.Module, images: Tensor, concept: Concept, *, 
     Example:
         >>> concept_readout(cnn, samples[:, 0], star)
     """
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     f = extract_features(classifier, images, concept.layer, batch_size=batch_size).float().cpu()
     concept.check(f)
@@ -347,7 +348,7 @@ def steering_logits(classifier: nn.Module, images: Tensor, concept: Concept, alp
     Example:
         >>> steering_logits(cnn, x[:4], star, [0, 1, 2])[..., 3]     # the star logit rises along alpha
     """
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     f = extract_features(classifier, images, concept.layer).float().cpu()
     return torch.stack([map_logits(classifier, images, concept.layer, steer(f, concept, a, mask)) for a in alphas], 1)
@@ -385,7 +386,7 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, concept: Con
     """
     import pandas as pd
 
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     f = extract_features(classifier, images, inverter.layer).float().cpu()
     concept.check(f, layer=inverter.layer, classifier_name=inverter.classifier_name)

@@ -19,7 +19,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import AnalysisError, map_logits, score_inversions
+from ..errors import AnalysisError
+from . import map_logits, score_inversions
 
 _INCREMENTAL_ABOVE = 200_000   # positions; above this fit_pca switches to IncrementalPCA
 
@@ -226,7 +227,7 @@ def fit_layer_pca(classifier: nn.Module, images: Tensor, layer: str, *, n_compon
     """
     from tqdm.auto import tqdm
 
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     starts = range(0, len(images), batch_size)
     maps = (extract_features(classifier, images[s:s + batch_size], layer).cpu()
@@ -259,7 +260,7 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
     """
     import pandas as pd
 
-    from ..metrics import extract_features
+    from ..hooks import extract_features
 
     if pca.layer is not None and pca.layer != inverter.layer:
         raise AnalysisError(f"the PCA was fitted at {pca.layer!r} but the inverter inverts {inverter.layer!r}")

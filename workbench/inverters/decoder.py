@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .featinv import InverterMismatchError
+from ..errors import InverterMismatchError
 
 
 class _UpBlock(nn.Sequential):
@@ -139,7 +139,7 @@ class DecoderInverter(nn.Module):
     def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
         """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` with ``classifier`` (default: the shipped or
         timm model named ``self.classifier_name``), then :meth:`invert` -> ``[B, S, 3, H, W]``."""
-        from ..metrics import extract_features
+        from ..hooks import extract_features
 
         if classifier is None:
             from ..models import load_classifier
@@ -150,7 +150,7 @@ class DecoderInverter(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
         """Write ``config.json`` + ``decoder.safetensors`` (+ ``card.json``) into ``path``."""
-        from ..zoo import save_state
+        from ..weights import save_state
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ class DecoderInverter(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "DecoderInverter":
         """Rebuild from :meth:`save_pretrained`'s folder, in eval mode on ``device``."""
-        from ..zoo import load_state
+        from ..weights import load_state
 
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())

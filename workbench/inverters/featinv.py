@@ -33,17 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion import training_target
-from ..errors import WorkbenchError
+from ..errors import InverterMismatchError
+from ..models import classifier_view
 
 #: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md).
 DEFAULT_STEPS = 8
 DEFAULT_SCHEDULER = "ddim"
 DEFAULT_GUIDANCE = 3.0
 DEFAULT_GUIDANCE_MODE = "features"
-
-
-class InverterMismatchError(WorkbenchError, ValueError):
-    """An inverter was given features, a classifier or a base it was not trained for."""
 
 
 class FeatureConditioning(nn.Module):
@@ -264,7 +261,7 @@ class FeatInv(nn.Module):
     def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
         """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` in [0, 1] with ``classifier`` (default: the
         shipped or timm model named ``self.classifier_name``), then :meth:`invert` them -> ``[B, S, 3, H, W]``."""
-        from ..metrics import extract_features
+        from ..hooks import extract_features
 
         if classifier is None:
             from ..models import load_classifier
@@ -276,7 +273,7 @@ class FeatInv(nn.Module):
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
         """Write ``config.json`` + ``controlnet.safetensors`` (+ ``card.json``). The base is referenced by
         name or path, never copied."""
-        from ..zoo import save_state
+        from ..weights import save_state
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -289,7 +286,7 @@ class FeatInv(nn.Module):
     def from_pretrained(cls, path: str | Path, *, base=None, device: str | torch.device = "cpu") -> "FeatInv":
         """Rebuild from :meth:`save_pretrained`'s folder; the base is loaded by its recorded name unless given."""
         from ..diffusion import DiffusionBase
-        from ..zoo import load_state
+        from ..weights import load_state
 
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())
@@ -309,15 +306,6 @@ class FeatInv(nn.Module):
         card = path / "card.json"
         inv.card = json.loads(card.read_text()) if card.is_file() else {}
         return inv.to(device).eval()
-
-
-def classifier_view(images: torch.Tensor, classifier: nn.Module) -> torch.Tensor:
-    """Images ``[B, 3, H, W]`` resized (bilinear, antialiased) to the classifier's input size when it differs
-    from theirs: miniSD draws 256 px images, a ViT-B reads 224 px."""
-    size = getattr(classifier, "input_size", None)
-    if size is None or tuple(images.shape[-2:]) == tuple(size[-2:]):
-        return images
-    return F.interpolate(images, size=tuple(size[-2:]), mode="bilinear", antialias=True, align_corners=False)
 
 
 @contextmanager

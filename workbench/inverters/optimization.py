@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .featinv import InverterMismatchError
+from ..errors import InverterMismatchError
 
 
 def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
@@ -63,7 +63,7 @@ class OptimizationInverter(nn.Module):
     def __init__(self, classifier: nn.Module, layer: str, steps: int = 200, tv_weight: float = 10.0, *,
                  lr: float = 0.1, norm_weight: float = 0.1, jitter: int = 0, alpha: float = 6.0, beta: float = 2.0):
         super().__init__()
-        from ..metrics import extract_features
+        from ..hooks import extract_features
 
         if steps < 1 or lr <= 0 or tv_weight < 0 or norm_weight < 0 or jitter < 0:
             raise ValueError(f"steps >= 1, lr > 0 and tv_weight, norm_weight, jitter >= 0 are needed; got steps={steps}, "
@@ -195,6 +195,6 @@ class OptimizationInverter(nn.Module):
     def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
         """Capture ``self.layer`` of ``images [B, 3, H, W]`` (with ``self.classifier`` unless given), then
         :meth:`invert` -> ``[B, S, 3, H, W]``."""
-        from ..metrics import extract_features
+        from ..hooks import extract_features
 
         return self.invert(extract_features(classifier or self.classifier, images, self.layer), **kwargs)

@@ -154,7 +154,7 @@ def init_prediction_type(path: str | Path) -> str:
 def evaluate_saved(args, device) -> dict:
     """Measure a saved base's sample quality with the classifiers in ``--eval-classifiers``; update its card."""
     from ..diffusion import DiffusionBase
-    from ..zoo import load_shipped_classifier
+    from ..models import load_shipped_classifier
 
     if not args.eval_classifiers:
         raise SystemExit("--eval-only needs --eval-classifiers DIR (a folder with tinyworld-cnn and tinyworld-vit)")
@@ -270,7 +270,7 @@ def main(args) -> dict:
     elif vae is not None and start_vae and Path(args.vae).resolve() == (Path(args.init_from) / "vae").resolve():
         card["vae"] = start_vae  # the VAE of the saved base we started from: its card lives in the base's card
     if args.eval_classifiers:
-        from ..zoo import load_shipped_classifier
+        from ..models import load_shipped_classifier
 
         cnn = load_shipped_classifier("tinyworld-cnn", device=acc.device, root=args.eval_classifiers)
         vit = load_shipped_classifier("tinyworld-vit", device=acc.device, root=args.eval_classifiers)

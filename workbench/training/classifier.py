@@ -65,18 +65,20 @@ def main(args) -> dict:
     from pathlib import Path
 
     from .. import zoo
+    from ..models import create_classifier
+    from ..weights import card_path, load_state, save_state, weights_path, write_card
 
     timer = Timer()
     acc = make_accelerator(args)
     torch.manual_seed(args.seed)
     overrides = json.loads(args.arch) if args.arch else {}
-    clf = zoo.create_classifier(args.name, **overrides)
+    clf = create_classifier(args.name, **overrides)
     if args.init_from:
-        state = zoo.load_state(zoo.weights_path(args.name, Path(args.init_from)))
+        state = load_state(weights_path(args.name, Path(args.init_from)))
         try:
             clf.model.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise SystemExit(f"--init-from {args.init_from}: {zoo.weights_path(args.name, Path(args.init_from))} does "
+            raise SystemExit(f"--init-from {args.init_from}: {weights_path(args.name, Path(args.init_from))} does "
                              f"not fit {args.name} with --arch {args.arch!r}: {str(e).splitlines()[0]}") from e
     opt = torch.optim.AdamW(clf.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = cosine_lr(opt, warmup=min(200, args.steps // 10), total=args.steps)
@@ -125,15 +127,15 @@ def main(args) -> dict:
         "metrics": {"test_accuracy": round(test_acc, 4), "test_confident_fraction": round(confident, 4),
                     "test_images": args.test_size, "test_split_seed": args.seed},
     }
-    if args.init_from and (prev := init_card(zoo.card_path(args.name, Path(args.init_from)))):  # starting card
+    if args.init_from and (prev := init_card(card_path(args.name, Path(args.init_from)))):  # starting card
         card["training"]["init_card"] = prev
     if acc.is_main_process:
         out = Path(args.out)
-        zoo.save_state(model.model, zoo.weights_path(args.name, out), fp16=False)
-        zoo.write_card(args.name, card, out)
+        save_state(model.model, weights_path(args.name, out), fp16=False)
+        write_card(args.name, card, out)
         if args.ship:
-            zoo.save_state(model.model, zoo.weights_path(args.name, Path(args.ship)), fp16=True)
-            zoo.write_card(args.name, card, Path(args.ship))
+            save_state(model.model, weights_path(args.name, Path(args.ship)), fp16=True)
+            write_card(args.name, card, Path(args.ship))
     print(f"{args.name}: test accuracy {test_acc:.4f} after {loop.total} steps, {timer.seconds} s")
     return card
 

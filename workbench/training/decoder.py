@@ -55,7 +55,7 @@ def decoder_loss(dec, clf, layer: str, x: torch.Tensor, feats: torch.Tensor, *, 
 
 def main(args):
     from ..inverters.decoder import DecoderInverter
-    from ..metrics import extract_features
+    from ..hooks import extract_features
     from ..models import load_classifier
 
     timer = Timer()

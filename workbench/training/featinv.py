@@ -77,8 +77,9 @@ def train_featinv(*, classifier: str, layer: str, base: str = "tinyworld-base", 
 
 def main(args):
     from ..diffusion import DiffusionBase
-    from ..inverters.featinv import FeatInv, classifier_view
-    from ..metrics import extract_features
+    from ..inverters.featinv import FeatInv
+    from ..models import classifier_view
+    from ..hooks import extract_features
     from ..models import load_classifier
     from .base import ema_update, encode_all
 
@@ -125,7 +126,7 @@ def main(args):
     inv = FeatInv(base, args.classifier, args.layer, tuple(feats.shape[1:]), args.pooling,
                   hidden_channels=args.hidden_channels).to(acc.device)
     if args.init_from:
-        from ..zoo import load_state
+        from ..weights import load_state
 
         state = load_state(Path(args.init_from) / "controlnet.safetensors")
         try:
@@ -212,8 +213,8 @@ def extract_all(clf, images_u8: torch.Tensor, layer: str, *, batch: int = 512, p
     ``uint8 [N, 3, H, W]`` -> ``float [N, C, h, w]``."""
     from tqdm.auto import tqdm
 
-    from ..inverters.featinv import classifier_view
-    from ..metrics import extract_features
+    from ..models import classifier_view
+    from ..hooks import extract_features
 
     out = []
     for s in tqdm(range(0, len(images_u8), batch), desc=f"features {layer}", disable=not progress):
