@@ -35,7 +35,8 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
     The optional ``classifier``, ``layer``, ``feature_shape`` and ``image_size`` are checked against what the
     inverter was trained for; a mismatch (say, ViT features for a CNN inverter) is refused with a clear error.
     """
-    from .featinv import FeatInv, InverterMismatchError
+    from ..errors import InverterMismatchError
+    from .featinv import FeatInv
 
     path = Path(name_or_path)
     if not (path / "config.json").is_file():
