@@ -1,5 +1,6 @@
 """Figures. Every function takes tensors or DataFrames and returns a ``matplotlib.figure.Figure``;
-none of them shows or saves anything (the caller does, e.g. ``fig.savefig(path)``).
+none of them shows or saves anything (the caller does, e.g. ``fig.savefig(path)``). Each takes ``title=``, set
+by one helper as the figure's suptitle in a band of fixed height added above the panels.
 
 Sections are owned by topic: core (grids), evaluation, analysis. Images follow the one convention,
 ``[..., 3, H, W]`` floats in [0, 1].
@@ -13,6 +14,27 @@ import torch
 
 def _hwc(img: torch.Tensor):
     return img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+#: Height (inches, per line) of the band a title gets above the panels, whatever the figure's height.
+_TITLE_INCHES = 0.35
+
+
+def _finish(fig, title: str | None = None):
+    """Lay ``fig`` out tightly; with a ``title``, make the figure taller by a band of fixed height for it, so the
+    panels keep their size (a one-row image grid stays as visible as one without a title).
+
+    Every figure function ends with ``return _finish(fig, title)``.
+    """
+    if not title:
+        fig.tight_layout()
+        return fig
+    w, h = fig.get_size_inches()
+    band = _TITLE_INCHES * (1 + title.count("\n"))
+    fig.set_size_inches(w, h + band)
+    fig.tight_layout(rect=(0, 0, 1, h / (h + band)))
+    fig.suptitle(title, y=1 - 0.5 * band / (h + band), va="center")
+    return fig
 
 
 # ------------------------------------------------------------------------------------------- core
@@ -49,12 +71,7 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
                 ax.set_title(col_labels[j], fontsize=8)
             if row_labels is not None and j == 0 and i < len(row_labels):
                 ax.set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center")
-    if title:
-        fig.suptitle(title)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * n_rows)))
-    else:
-        fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def inversion_figure(originals: torch.Tensor, samples: torch.Tensor, *, row_labels: Sequence[str] | None = None,
@@ -119,12 +136,7 @@ def metric_bars(table, metrics: Sequence[str] = ("feature_cosine", "cross_cosine
         ax.invert_yaxis()
         ax.set_title(m + (" (lower is better)" if m in ("frechet_distance", "seconds_per_image") else ""), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-    if title:
-        fig.suptitle(title)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * n_rows)))
-    else:
-        fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def condition_grid(inputs: "dict[str, torch.Tensor]", reconstructions: "dict[str, torch.Tensor]", *, n: int = 3,
@@ -171,12 +183,7 @@ def robustness_curves(summary, metrics: Sequence[str] = ("feature_cosine", "top1
         ax.set_title(m, fontsize=9)
         ax.set_xticks([1, 2, 3])
     axes[0][-1].legend(fontsize=6, loc="best")
-    if title:
-        fig.suptitle(title)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * n_rows)))
-    else:
-        fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 
@@ -211,10 +218,7 @@ def explained_variance_figure(ratio: torch.Tensor, *, title: str | None = None):
     ax.set_ylabel("explained variance")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def curves_figure(table, x: str, ys: Sequence[str], *, logx: bool = False, hline: float | None = None,
@@ -237,10 +241,7 @@ def curves_figure(table, x: str, ys: Sequence[str], *, logx: bool = False, hline
     if ylabel:
         ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def table_heatmap(table, *, fmt: str = "{:.2f}", vmin: float = 0.0, vmax: float = 1.0, title: str | None = None):
@@ -256,10 +257,7 @@ def table_heatmap(table, *, fmt: str = "{:.2f}", vmin: float = 0.0, vmax: float 
         for j in range(values.shape[1]):
             ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if values[i, j] < (vmin + vmax) / 2 else "black")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def sequence_figure(images: torch.Tensor, probs: torch.Tensor, *, class_names: Sequence[str],
@@ -289,9 +287,4 @@ def sequence_figure(images: torch.Tensor, probs: torch.Tensor, *, class_names: S
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("probability")
     ax.legend(fontsize=7, ncol=min(len(class_names), 4))
-    if title:
-        fig.suptitle(title)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (cell * n_rows)))
-    else:
-        fig.tight_layout()
-    return fig
+    return _finish(fig, title)

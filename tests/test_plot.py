@@ -1,0 +1,109 @@
+"""Figures: every public figure function takes a title, and a title never squeezes the panels."""
+from __future__ import annotations
+
+import inspect
+import io
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from workbench import plot
+
+g = torch.Generator().manual_seed(0)
+
+
+def images(*shape):
+    return torch.rand(*shape, 3, 16, 16, generator=g)
+
+
+def comparison_table():
+    return pd.DataFrame({"feature_cosine": [0.9, 0.7], "cross_cosine": [0.5, 0.4], "top1": [0.8, 0.6],
+                         "frechet_distance": [12.0, 30.0]}, index=["FeatInv", "decoder"])
+
+
+def robustness_summary():
+    rows = [{"family": "clean", "name": "clean", "severity": 0, "feature_cosine": 0.9, "top1": 0.95}]
+    rows += [{"family": "corruption", "name": name, "severity": s, "feature_cosine": 0.9 - 0.1 * s, "top1": 1 - 0.2 * s}
+             for name in ("blur", "noise") for s in (1, 2, 3)]
+    return pd.DataFrame(rows)
+
+
+#: every public figure function of workbench.plot -> a call with small fake inputs (the title is added by the test)
+CALLS = {
+    "image_grid": lambda title: plot.image_grid(images(2, 3), row_labels=["a", "b"], title=title),
+    "inversion_figure": lambda title: plot.inversion_figure(images(2), images(2, 3), title=title),
+    "method_grid": lambda title: plot.method_grid(images(2), {"FeatInv": images(2, 2), "decoder": images(2)},
+                                                  title=title),
+    "metric_bars": lambda title: plot.metric_bars(comparison_table(), title=title),
+    "condition_grid": lambda title: plot.condition_grid({"clean": images(3), "blur": images(3)},
+                                                        {"clean": images(3, 1), "blur": images(3, 1)}, n=2,
+                                                        title=title),
+    "robustness_curves": lambda title: plot.robustness_curves(robustness_summary(), title=title),
+    "pca_rgb_figure": lambda title: plot.pca_rgb_figure(images(2), images(2), title=title),
+    "explained_variance_figure": lambda title: plot.explained_variance_figure(torch.tensor([0.5, 0.3, 0.1, 0.05]),
+                                                                              title=title),
+    "curves_figure": lambda title: plot.curves_figure(
+        pd.DataFrame({"k": [0, 0, 4, 4, 16], "top1": [0.9, 0.8, 0.6, 0.5, 0.2], "cos": [1.0, 1.0, 0.8, 0.7, 0.3]}),
+        "k", ["top1", "cos"], logx=True, hline=0.125, title=title),
+    "table_heatmap": lambda title: plot.table_heatmap(
+        pd.DataFrame([[0.1, 0.9], [0.5, 0.4]], index=["stages.2", "stages.3"], columns=["shape", "hue"]),
+        title=title),
+    "sequence_figure": lambda title: plot.sequence_figure(images(4), torch.softmax(torch.randn(4, 3, generator=g), 1),
+                                                          class_names=["circle", "square", "star"],
+                                                          steps=[0.0, 0.3, 0.6, 1.0], title=title),
+}
+
+
+def figure_functions() -> list[str]:
+    return sorted(name for name, fn in vars(plot).items()
+                  if inspect.isfunction(fn) and not name.startswith("_") and fn.__module__ == plot.__name__)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_every_figure_function_has_a_call_here():
+    assert figure_functions() == sorted(CALLS), "add a call with fake inputs for each new figure function"
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+@pytest.mark.parametrize("title", [None, "a title", "a title\non two lines"])
+def test_figure_takes_a_title(name, title):
+    fig = CALLS[name](title)
+    assert isinstance(fig, Figure)
+    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else None
+    assert suptitle == title
+    fig.canvas.draw()  # lays out and renders without error
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_a_title_keeps_the_panels_size(name):
+    """The title gets a band of its own on top: the panels are as large in inches as without it."""
+    def panel_heights(fig):
+        fig.canvas.draw()
+        return [ax.get_window_extent().height / fig.dpi for ax in fig.axes]
+
+    bare, titled = panel_heights(CALLS[name](None)), panel_heights(CALLS[name]("a title"))
+    assert len(bare) == len(titled)
+    assert all(t >= 0.95 * b for b, t in zip(bare, titled)), (bare, titled)
+
+
+def test_one_row_inversion_figure_with_a_title_shows_its_images(tmp_path):
+    """``workbench invert``'s figure: 1 original + 4 samples + the invariance map in one row, with a title."""
+    fig = plot.inversion_figure(images(1), images(1, 4), row_labels=["tinyworld-cnn\nstages.3"],
+                                title="photo.png: what tinyworld-cnn keeps at stages.3")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    assert buf.tell() > 1000
+    height = fig.bbox.height
+    boxes = [ax.get_window_extent() for ax in fig.axes]
+    assert len(boxes) == 6
+    union = max(b.y1 for b in boxes) - min(b.y0 for b in boxes)
+    assert union >= 0.55 * height, f"the image panels fill {union / height:.0%} of the figure's height"
+    assert min(b.height for b in boxes) >= 0.55 * height
