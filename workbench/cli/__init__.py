@@ -11,15 +11,15 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": "workbench.demo",
-    "invert": "workbench.invert_cli",
-    "layers": "workbench.layers_cli",
+    "demo": "workbench.cli.demo",
+    "invert": "workbench.cli.invert",
+    "layers": "workbench.cli.layers",
     "train-classifier": "workbench.training.classifier",
     "train-vae": "workbench.training.vae",
     "train-base": "workbench.training.base",
     "train-inverter": "workbench.training.featinv",
     "train-decoder": "workbench.training.decoder",
-    "evaluate": "workbench.evaluate_cli",
+    "evaluate": "workbench.cli.evaluate",
 }
 
 

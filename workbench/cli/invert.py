@@ -30,9 +30,9 @@ def parse_args(argv=None):
 
 
 def main(args) -> int:
-    from .inverters import load_inverter
-    from .models import load_classifier, load_image
-    from .plot import inversion_figure
+    from ..inverters import load_inverter
+    from ..models import load_classifier, load_image
+    from ..plot import inversion_figure
 
     path = Path(args.image)
     if not path.is_file():

@@ -38,9 +38,9 @@ def load_any_inverter(spec: str, *, device: str = "cpu"):
     Example:
         >>> inv, clf = load_any_inverter("optimization:tinyworld-cnn/stages.3")
     """
-    from .inverters import load_inverter
-    from .inverters.optimization import OptimizationInverter
-    from .models import load_classifier
+    from ..inverters import load_inverter
+    from ..inverters.optimization import OptimizationInverter
+    from ..models import load_classifier
 
     if spec.startswith("optimization:"):
         clf_name, _, layer = spec.removeprefix("optimization:").rpartition("/")
@@ -53,8 +53,8 @@ def load_any_inverter(spec: str, *, device: str = "cpu"):
 
 
 def main(args) -> int:
-    from .evaluation import evaluate
-    from .tinyworld import TinyWorld
+    from ..evaluation import evaluate
+    from ..tinyworld import TinyWorld
 
     inv, clf = load_any_inverter(args.inverter, device=args.device)
     dataset = TinyWorld(args.split, size=max(args.n, 2000), seed=0, ood=args.ood)

@@ -38,11 +38,11 @@ def run(*, n: int = 8, samples: int = 4, seed: int = 0, device: str = "cpu", pro
     """
     import pandas as pd
 
-    from .inverters import load_inverter
-    from .inverters.featinv import invariance_map
-    from .metrics import feature_cosine, topk_agreement
-    from .models import load_classifier
-    from .tinyworld import TinyWorld
+    from ..inverters import load_inverter
+    from ..inverters.featinv import invariance_map
+    from ..metrics import feature_cosine, topk_agreement
+    from ..models import load_classifier
+    from ..tinyworld import TinyWorld
 
     if n < 1 or samples < 2:
         raise ValueError(f"the demo needs n >= 1 and samples >= 2 (for the invariance map), got n={n}, samples={samples}")
@@ -68,7 +68,7 @@ def run(*, n: int = 8, samples: int = 4, seed: int = 0, device: str = "cpu", pro
 
 
 def main(args) -> int:
-    from .plot import inversion_figure
+    from ..plot import inversion_figure
 
     t0 = time.perf_counter()
     images, results, table = run(n=args.n, samples=args.samples, seed=args.seed, device=args.device,

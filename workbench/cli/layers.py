@@ -16,9 +16,9 @@ def parse_args(argv=None):
 def main(args) -> int:
     import pandas as pd
 
-    from .hooks import layer_table
-    from .models import load_classifier
-    from .zoo import SHIPPED_CLASSIFIERS
+    from ..hooks import layer_table
+    from ..models import load_classifier
+    from ..zoo import SHIPPED_CLASSIFIERS
 
     pretrained = args.pretrained or args.model in SHIPPED_CLASSIFIERS
     table = layer_table(load_classifier(args.model, pretrained=pretrained))
