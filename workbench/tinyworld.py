@@ -190,12 +190,96 @@ def _split_id(split: str) -> int:
     return SPLITS.index(split)
 
 
+_Draw = Callable[..., np.ndarray]
+"""``u(field, low=0.0, high=1.0) -> ndarray[n]``: the items' uniform draws from one named stream."""
+
+
+def _shape_and_background(u: _Draw, ood: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Class and background codes, ``int64[n]`` each: the held-out pairs removed, or kept alone if ``ood``."""
+    n_cls, n_bg = len(CLASSES), len(BACKGROUNDS)
+    if ood:
+        combos = sorted(OOD_COMBOS)
+        pick = np.minimum((u("ood_combo") * len(combos)).astype(np.int64), len(combos) - 1)
+        shape = np.array([CLASSES.index(s) for s, _ in combos])[pick]
+        background = np.array([BACKGROUNDS.index(b) for _, b in combos])[pick]
+        return shape, background
+    allowed = [[b for b in range(n_bg) if (CLASSES[c], BACKGROUNDS[b]) not in OOD_COMBOS] for c in range(n_cls)]
+    counts = np.array([len(a) for a in allowed])
+    table = np.array([a + [a[-1]] * (n_bg - len(a)) for a in allowed])
+    shape = np.minimum((u("shape") * n_cls).astype(np.int64), n_cls - 1)
+    slot = np.minimum((u("background") * counts[shape]).astype(np.int64), counts[shape] - 1)
+    return shape, table[shape, slot]
+
+
+def _colours(u: _Draw) -> dict[str, np.ndarray]:
+    """Object, distractor and background colours that contrast in luminance (and background hues by >= 0.2).
+
+    Dark theme (2/3 of items): object and distractor value in [0.75, 1], saturation capped so that even
+    blue stays light; background value <= 0.3 and luminance >= 0.2 below both objects'.
+    Pale theme: background value >= 0.85, saturation <= 0.35; objects' value in [0.3, 0.55], capped to
+    sit about 0.3 in luminance below the paler background colour.
+    """
+    dark = u("theme") < 2.0 / 3.0
+    hue, d_hue = u("hue"), u("distractor_hue")
+    bg_hue = np.mod(hue + u("bg_hue", 0.2, 0.8), 1.0)
+    bg_hue2 = np.mod(hue + u("bg_hue2", 0.2, 0.8), 1.0)
+    bg_saturation = np.where(dark, u("bg_saturation", 0.3, 0.9), u("bg_saturation", 0.0, 0.35))
+    saturation = _capped(u("saturation"), 0.5, np.where(dark, _light_saturation_cap(hue), 1.0))
+    d_saturation = _capped(u("distractor_saturation"), 0.5, np.where(dark, _light_saturation_cap(d_hue), 1.0))
+    lum_obj = _luminance(hue, saturation, 1.0)    # luminance at value 1
+    lum_d = _luminance(d_hue, d_saturation, 1.0)
+    lum_bg = _luminance(bg_hue, bg_saturation, 1.0)
+    lum_bg2 = _luminance(bg_hue2, bg_saturation, 1.0)
+    bright_value = u("value", 0.75, 1.0)
+    bright_d_value = u("distractor_value", 0.75, 1.0)
+    lum_floor = np.minimum(bright_value * lum_obj, bright_d_value * lum_d) - 0.2
+    pale_bg_value = u("bg_value", 0.85, 1.0)
+    pale_bg_value2 = u("bg_value2", 0.85, 1.0)
+    lum_ceiling = np.minimum(pale_bg_value * lum_bg, pale_bg_value2 * lum_bg2) - 0.3
+    value = np.where(dark, bright_value, _capped(u("value"), 0.3, np.clip(lum_ceiling / lum_obj, 0.3, 0.55)))
+    distractor_value = np.where(dark, bright_d_value,
+                                _capped(u("distractor_value"), 0.3, np.clip(lum_ceiling / lum_d, 0.3, 0.55)))
+    bg_value = np.where(dark, _capped(u("bg_value"), 0.0, np.clip(lum_floor / lum_bg, 0.0, 0.3)), pale_bg_value)
+    bg_value2 = np.where(dark, _capped(u("bg_value2"), 0.0, np.clip(lum_floor / lum_bg2, 0.0, 0.3)), pale_bg_value2)
+    return {"hue": hue, "saturation": saturation, "value": value,
+            "bg_hue": bg_hue, "bg_hue2": bg_hue2, "bg_saturation": bg_saturation,
+            "bg_value": bg_value, "bg_value2": bg_value2,
+            "distractor_hue": d_hue, "distractor_saturation": d_saturation, "distractor_value": distractor_value}
+
+
+def _placement(u: _Draw) -> dict[str, np.ndarray]:
+    """Sizes and centres: the object inside the frame, the distractor at the farthest of four random spots."""
+    size = u("size", *FACTOR_RANGES["size"])
+    x = size + (1.0 - 2.0 * size) * u("x")
+    y = size + (1.0 - 2.0 * size) * u("y")
+    d_size = u("distractor_size", *FACTOR_RANGES["distractor_size"])
+    cand_x = np.stack([d_size + (1.0 - 2.0 * d_size) * u(f"cand_x{k}") for k in range(4)], axis=1)
+    cand_y = np.stack([d_size + (1.0 - 2.0 * d_size) * u(f"cand_y{k}") for k in range(4)], axis=1)
+    best = np.argmax((cand_x - x[:, None]) ** 2 + (cand_y - y[:, None]) ** 2, axis=1)
+    rows = np.arange(len(size))
+    return {"size": size, "x": x, "y": y, "distractor_size": d_size,
+            "distractor_x": cand_x[rows, best], "distractor_y": cand_y[rows, best]}
+
+
+def _other_factors(u: _Draw) -> dict[str, np.ndarray]:
+    """Rotations, background pattern, noise seed and the distractor's presence and shape."""
+    n_cls = len(CLASSES)
+    return {
+        "rotation": u("rotation", 0.0, TWO_PI), "bg_angle": u("bg_angle", 0.0, TWO_PI),
+        "stripe_freq": u("stripe_freq", *FACTOR_RANGES["stripe_freq"]), "stripe_phase": u("stripe_phase"),
+        "noise_seed": (u("noise_seed") * 2**31).astype(np.int64),
+        "distractor": u("distractor") < 0.5,
+        "distractor_shape": np.minimum((u("distractor_shape") * n_cls).astype(np.int64), n_cls - 1),
+        "distractor_rotation": u("distractor_rotation", 0.0, TWO_PI),
+    }
+
+
 def sample_factors(n: int, *, seed: int, split: str, start: int = 0, ood: bool = False) -> dict[str, Tensor]:
     """Draw the factors of items ``start .. start + n - 1`` of a split.
 
     Item ``i`` depends only on ``(seed, split, ood, i)``, never on ``n`` or ``start``: the factors of
-    item 7 are the same whether drawn alone or in a batch of 100k. Draws come from a counter-based
-    hash, so 100k items take well under a second.
+    item 7 are the same whether drawn alone or in a batch of 100k. Each factor comes from its own named
+    stream of a counter-based hash (:data:`_FIELDS`), so draws need no shared generator state.
 
     Args:
         n: number of items.
@@ -223,77 +307,12 @@ def sample_factors(n: int, *, seed: int, split: str, start: int = 0, ood: bool =
         raise ValueError(f"seed must be >= 0, got {seed}")
     stream = 2 * _split_id(split) + int(bool(ood))
     keys = _item_keys(seed, stream, np.arange(start, start + n, dtype=np.uint64))
-    u = lambda field, low=0.0, high=1.0: _uniform(keys, field, low, high)  # noqa: E731
 
-    # 1. Class and background, with the held-out pairs removed (or kept alone, if ood).
-    n_cls, n_bg = len(CLASSES), len(BACKGROUNDS)
-    if ood:
-        combos = sorted(OOD_COMBOS)
-        pick = np.minimum((u("ood_combo") * len(combos)).astype(np.int64), len(combos) - 1)
-        shape = np.array([CLASSES.index(s) for s, _ in combos])[pick]
-        background = np.array([BACKGROUNDS.index(b) for _, b in combos])[pick]
-    else:
-        allowed = [[b for b in range(n_bg) if (CLASSES[c], BACKGROUNDS[b]) not in OOD_COMBOS] for c in range(n_cls)]
-        counts = np.array([len(a) for a in allowed])
-        table = np.array([a + [a[-1]] * (n_bg - len(a)) for a in allowed])
-        shape = np.minimum((u("shape") * n_cls).astype(np.int64), n_cls - 1)
-        slot = np.minimum((u("background") * counts[shape]).astype(np.int64), counts[shape] - 1)
-        background = table[shape, slot]
+    def u(field: str, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+        return _uniform(keys, field, low, high)
 
-    # 2. Colours, contrasting in luminance with every background colour (and in hue, by >= 0.2).
-    #    Dark theme (2/3): object and distractor value in [0.75, 1], saturation capped so that even
-    #    blue stays light; background value <= 0.3 and luminance >= 0.2 below both objects'.
-    #    Pale theme: background value >= 0.85, saturation <= 0.35; objects' value in [0.3, 0.55],
-    #    capped to sit about 0.3 in luminance below the paler background colour.
-    dark = u("theme") < 2.0 / 3.0
-    hue, d_hue = u("hue"), u("distractor_hue")
-    bg_hue = np.mod(hue + u("bg_hue", 0.2, 0.8), 1.0)
-    bg_hue2 = np.mod(hue + u("bg_hue2", 0.2, 0.8), 1.0)
-    bg_saturation = np.where(dark, u("bg_saturation", 0.3, 0.9), u("bg_saturation", 0.0, 0.35))
-    saturation = _capped(u("saturation"), 0.5, np.where(dark, _light_saturation_cap(hue), 1.0))
-    d_saturation = _capped(u("distractor_saturation"), 0.5, np.where(dark, _light_saturation_cap(d_hue), 1.0))
-    lum_obj = _luminance(hue, saturation, 1.0)    # luminance at value 1
-    lum_d = _luminance(d_hue, d_saturation, 1.0)
-    lum_bg = _luminance(bg_hue, bg_saturation, 1.0)
-    lum_bg2 = _luminance(bg_hue2, bg_saturation, 1.0)
-    bright_value = u("value", 0.75, 1.0)
-    bright_d_value = u("distractor_value", 0.75, 1.0)
-    lum_floor = np.minimum(bright_value * lum_obj, bright_d_value * lum_d) - 0.2
-    pale_bg_value = u("bg_value", 0.85, 1.0)
-    pale_bg_value2 = u("bg_value2", 0.85, 1.0)
-    lum_ceiling = np.minimum(pale_bg_value * lum_bg, pale_bg_value2 * lum_bg2) - 0.3
-    value = np.where(dark, bright_value, _capped(u("value"), 0.3, np.clip(lum_ceiling / lum_obj, 0.3, 0.55)))
-    distractor_value = np.where(dark, bright_d_value,
-                                _capped(u("distractor_value"), 0.3, np.clip(lum_ceiling / lum_d, 0.3, 0.55)))
-    bg_value = np.where(dark, _capped(u("bg_value"), 0.0, np.clip(lum_floor / lum_bg, 0.0, 0.3)), pale_bg_value)
-    bg_value2 = np.where(dark, _capped(u("bg_value2"), 0.0, np.clip(lum_floor / lum_bg2, 0.0, 0.3)), pale_bg_value2)
-
-    # 3. Geometry: the object stays inside the frame.
-    size = u("size", *FACTOR_RANGES["size"])
-    x = size + (1.0 - 2.0 * size) * u("x")
-    y = size + (1.0 - 2.0 * size) * u("y")
-
-    # 4. Distractor: the farthest of four random spots from the main object's centre.
-    d_size = u("distractor_size", *FACTOR_RANGES["distractor_size"])
-    cand_x = np.stack([d_size + (1.0 - 2.0 * d_size) * u(f"cand_x{k}") for k in range(4)], axis=1)
-    cand_y = np.stack([d_size + (1.0 - 2.0 * d_size) * u(f"cand_y{k}") for k in range(4)], axis=1)
-    best = np.argmax((cand_x - x[:, None]) ** 2 + (cand_y - y[:, None]) ** 2, axis=1)
-    rows = np.arange(n)
-
-    out = {
-        "shape": shape, "hue": hue, "saturation": saturation, "value": value, "size": size,
-        "x": x, "y": y, "rotation": u("rotation", 0.0, TWO_PI),
-        "background": background, "bg_hue": bg_hue, "bg_hue2": bg_hue2, "bg_saturation": bg_saturation,
-        "bg_value": bg_value, "bg_value2": bg_value2, "bg_angle": u("bg_angle", 0.0, TWO_PI),
-        "stripe_freq": u("stripe_freq", *FACTOR_RANGES["stripe_freq"]), "stripe_phase": u("stripe_phase"),
-        "noise_seed": (u("noise_seed") * 2**31).astype(np.int64),
-        "distractor": u("distractor") < 0.5,
-        "distractor_shape": np.minimum((u("distractor_shape") * n_cls).astype(np.int64), n_cls - 1),
-        "distractor_hue": d_hue, "distractor_saturation": d_saturation,
-        "distractor_value": distractor_value, "distractor_size": d_size,
-        "distractor_x": cand_x[rows, best], "distractor_y": cand_y[rows, best],
-        "distractor_rotation": u("distractor_rotation", 0.0, TWO_PI),
-    }
+    shape, background = _shape_and_background(u, ood)
+    out = {"shape": shape, "background": background, **_colours(u), **_placement(u), **_other_factors(u)}
     return {name: _as_tensor(name, out[name]) for name in FACTOR_NAMES}
 
 
