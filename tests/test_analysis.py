@@ -8,6 +8,7 @@ import torch
 
 import workbench as wb
 from workbench.analysis import AnalysisError, ablation, composition, concepts, map_logits, pca, score_inversions
+from workbench.errors import InterventionError
 from workbench.hooks import extract_features
 
 N = 96          # images for fitting; the CNN costs ~10 ms per image on 2 CPU cores
@@ -116,10 +117,13 @@ def test_ablate_features_modes_and_errors(f3):
     assert zero[:, [0, 5]].abs().max() == 0 and torch.equal(zero[:, 1], f3[:2, 1])
     mean = ablation.ablate_features(f3[:2], [3], mode="mean", means=means)
     assert torch.allclose(mean[:, 3], means[3].expand(2, 4, 4))
-    with pytest.raises(AnalysisError, match=r"out of range: this map has 192 channels"):
+    with pytest.raises(InterventionError, match=r"out of range: this map has 192 channels"):
         ablation.ablate_features(f3, [3, 192])
-    with pytest.raises(AnalysisError, match="needs means"):
+    with pytest.raises(InterventionError, match="needs means"):
         ablation.ablate_features(f3, [3], mode="mean")
+    with pytest.raises(InterventionError, match="mode is 'zero' or 'mean'"):
+        ablation.ablate_features(f3, [3], mode="max")
+    assert torch.equal(ablation.ablate_features(f3[:2], []), f3[:2])
 
 
 def test_ablation_sweep_with_inversion(cnn, data, inverter):
@@ -141,7 +145,7 @@ def test_splice_interpolate_arithmetic(f3):
     seq = composition.interpolate(a, b, 3)
     assert seq.shape == (2, 3, 192, 4, 4) and torch.allclose(seq[:, 0], a) and torch.allclose(seq[:, -1], b)
     assert torch.allclose(composition.arithmetic(a, b, b), a, atol=1e-5)
-    with pytest.raises(AnalysisError, match="the map is 4x4"):
+    with pytest.raises(InterventionError, match="the map is 4x4"):
         composition.splice(a, b, torch.ones(8, 8))
 
 
@@ -197,7 +201,7 @@ def test_concept_bad_input(f3, data):
         concepts.steer(f3, star, 1.0, layer="stages.2")
     with pytest.raises(AnalysisError, match="has 192 channels"):
         concepts.steer(torch.zeros(1, 128, 8, 8), star, 1.0)
-    with pytest.raises(AnalysisError, match="map is 4x4"):
+    with pytest.raises(InterventionError, match="map is 4x4"):
         concepts.steer(f3, star, 1.0, mask=torch.ones(8, 8))
     masked = concepts.steer(f3[:1], star, 1.0, mask=torch.eye(4))
     assert torch.equal(masked[..., 0, 1], f3[:1, :, 0, 1]) and not torch.equal(masked[..., 0, 0], f3[:1, :, 0, 0])

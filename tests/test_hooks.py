@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.errors import BadInputError, HookError, LayerNotFoundError
+from workbench.errors import BadInputError, HookError, InterventionError, LayerNotFoundError
 from workbench.hooks import FeatureCache
 
 from conftest import ARCHS, _built, assert_no_hooks
@@ -221,19 +221,22 @@ def test_ablate_channels_zero_and_mean():
 @pytest.mark.parametrize("kwargs, match", [
     ({"channels": [-1]}, "non-negative"),
     ({"channels": ["a"]}, "non-negative"),
+    ({"channels": [1.5]}, "non-negative"),
     ({"channels": []}, "no channels"),
     ({"channels": [1], "mode": "max"}, "mode"),
     ({"channels": [1], "means": torch.zeros(4)}, "only used with mode='mean'"),
+    ({"channels": [1], "mode": "mean", "means": torch.zeros(2, 2)}, r"means is Tensor\[C\]"),
 ])
 def test_ablate_channels_bad_arguments(kwargs, match):
-    with pytest.raises(HookError, match=match):
+    with pytest.raises(InterventionError, match=match):
         wb.ablate_channels(**kwargs)
 
 
 def test_ablate_channels_beyond_the_layer(resnet):
-    with pytest.raises(HookError, match=r"channels \[999\] do not exist in layer 'layer3', which has 256"):
+    with pytest.raises(InterventionError, match=r"layer 'layer3': channel indices \[999\] are out of range: "
+                                                r"this map has 256 channels"):
         wb.run_with_hooks(resnet, torch.rand(1, 3, 64, 64), {"layer3": wb.ablate_channels([3, 999])})
-    with pytest.raises(HookError, match="pass means as Tensor\\[256\\]"):
+    with pytest.raises(InterventionError, match=r"layer 'layer3': means is Tensor\[256\]"):
         wb.run_with_hooks(resnet, torch.rand(1, 3, 64, 64),
                           {"layer3": wb.ablate_channels([3], mode="mean", means=torch.zeros(5))})
     assert_no_hooks(resnet)
@@ -255,15 +258,44 @@ def test_add_direction():
 
 def test_add_direction_errors(resnet):
     x = torch.rand(1, 3, 64, 64)
-    with pytest.raises(HookError, match="direction is Tensor"):
+    with pytest.raises(InterventionError, match="direction is Tensor"):
         wb.add_direction(torch.zeros(2, 3), 1.0)
-    with pytest.raises(HookError, match="mask is Tensor"):
+    with pytest.raises(InterventionError, match="mask is Tensor"):
         wb.add_direction(torch.zeros(3), 1.0, mask=torch.zeros(3, 4, 4))
-    with pytest.raises(HookError, match="direction has 3 entries"):
+    with pytest.raises(InterventionError, match="layer 'layer3': direction has 3 entries, but the map has 256"):
         wb.run_with_hooks(resnet, x, {"layer3": wb.add_direction(torch.zeros(3), 1.0)})
-    with pytest.raises(HookError, match=r"mask \[8, 8\] does not fit layer 'layer3'"):
+    with pytest.raises(InterventionError, match=r"layer 'layer3': mask is \(8, 8\) but the map is 4x4"):
         wb.run_with_hooks(resnet, x, {"layer3": wb.add_direction(torch.zeros(256), 1.0, mask=torch.ones(8, 8))})
     assert_no_hooks(resnet)
+
+
+def test_hooks_apply_the_same_edits_as_the_tensor_functions(resnet):
+    """The hook factories and the analysis functions are one edit: same output, same error, same message."""
+    from workbench.analysis import ablation, concepts
+
+    x = torch.rand(2, 3, 64, 64)
+    _, cache = wb.run_with_cache(resnet, x, "layer3")
+    act = cache["layer3"]
+    means = act.mean((0, 2, 3))
+    hook = wb.ablate_channels([3, 7], mode="mean", means=means)
+    assert torch.equal(hook(act, name="layer3"), ablation.ablate_features(act, [3, 7], mode="mean", means=means))
+    d = torch.randn(256)
+    concept = concepts.Concept("d", "layer3", None, d, d[None], 1.5, "mean")
+    mask = torch.eye(4)
+    assert torch.equal(wb.add_direction(d, 2.0 * 1.5, mask=mask)(act, name="layer3"),
+                       concepts.steer(act, concept, 2.0, mask=mask))
+    for edit in (lambda: wb.ablate_channels([300])(act, name="layer3"),
+                 lambda: ablation.ablate_features(act, [300]),
+                 lambda: wb.add_direction(d, 1.0, mask=torch.ones(8, 8))(act, name="layer3"),
+                 lambda: concepts.steer(act, concept, 1.0, mask=torch.ones(8, 8))):
+        with pytest.raises(InterventionError):
+            edit()
+
+
+def test_ablate_channels_batch_mean_on_tokens():
+    act = torch.randn(3, 5)                                    # a pooled layer: Tensor[B, C]
+    out = wb.ablate_channels([1, 4], mode="mean")(act, name="x")
+    assert torch.allclose(out[:, 1], act[:, 1].mean().expand(3)) and torch.equal(out[:, 0], act[:, 0])
 
 
 def test_add_direction_moves_logits_on_vit():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.errors import AnalysisError
+from workbench.errors import InterventionError
 from workbench.analysis.concepts import mean_difference
 from workbench.hooks import extract_features
 from workbench.widgets import Explorer, parse_channels
@@ -14,9 +14,9 @@ from workbench.widgets import Explorer, parse_channels
 def test_parse_channels():
     assert parse_channels("0-2, 5", 192) == [0, 1, 2, 5]
     assert parse_channels("", 192) == []
-    with pytest.raises(AnalysisError, match="out of range"):
+    with pytest.raises(InterventionError, match="out of range"):
         parse_channels("190-193", 192)
-    with pytest.raises(AnalysisError, match="cannot read channels"):
+    with pytest.raises(InterventionError, match="cannot read channels"):
         parse_channels("a, b", 192)
 
 

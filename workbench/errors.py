@@ -22,8 +22,14 @@ class BadInputError(WorkbenchError, ValueError):
 
 
 class HookError(WorkbenchError, ValueError):
-    """A hook returned something that cannot replace the activation (wrong type or shape), or an
-    intervention was configured for channels or a mask size the layer does not have."""
+    """A hook returned something that cannot replace the activation (wrong type or shape), or a named
+    layer returns no tensor or did not run."""
+
+
+class InterventionError(WorkbenchError, ValueError):
+    """An edit of a feature map that does not fit it: channel indices that are not ints or are out of
+    range, a bad ablation mode or means vector, a direction or mask of the wrong size. Raised by the
+    checks in :mod:`workbench.interventions`, whether the edit runs as a hook or on a captured map."""
 
 
 class UnknownModelError(WorkbenchError, ValueError):
@@ -39,5 +45,6 @@ class InverterMismatchError(WorkbenchError, ValueError):
 
 
 class AnalysisError(WorkbenchError, ValueError):
-    """An analysis was given arguments that do not fit together (a concept from another layer, a mask
-    of the wrong size, channel indices out of range, more components than channels)."""
+    """An analysis was given arguments that do not fit together (a concept from another layer or
+    classifier, more components than channels, tables and images of different lengths). Channels, masks
+    and directions that do not fit a map raise :class:`InterventionError` instead."""

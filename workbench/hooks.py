@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -41,7 +40,8 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .errors import BadInputError, HookError, LayerNotFoundError
+from . import interventions
+from .errors import BadInputError, HookError, InterventionError, LayerNotFoundError
 
 Names = Union[str, Sequence[str], Callable[[str], bool]]
 """A layer name, a list of names, or a predicate ``name -> bool`` over ``named_modules()`` names."""
@@ -516,11 +516,20 @@ def layer_table(model: nn.Module, input_size: Sequence[int] | None = None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Interventions: hook factories with readable reprs
+# Interventions: hook factories with readable reprs, over the edits in interventions.py
 # ---------------------------------------------------------------------------------------------
 
 def _shape_str(t: Tensor) -> str:
     return f"Tensor{list(t.shape)}"
+
+
+@contextlib.contextmanager
+def _at_layer(name: str) -> Iterator[None]:
+    """Prefix an :class:`InterventionError` raised inside the block with the layer it happened at."""
+    try:
+        yield
+    except InterventionError as err:
+        raise InterventionError(f"layer {name!r}: {err}") from None
 
 
 class ChannelAblation:
@@ -530,28 +539,13 @@ class ChannelAblation:
         self.channels, self.mode, self.means = list(channels), mode, means
 
     def __call__(self, act: Tensor, *, name: str = "?") -> Tensor:
-        if act.ndim < 2:
-            raise HookError(f"ablate_channels needs a channel dimension; layer {name!r} gives shape {list(act.shape)}")
-        num = act.shape[1]
-        bad = [c for c in self.channels if c >= num]
-        if bad:
-            raise HookError(f"channels {bad} do not exist in layer {name!r}, which has {num} channels (0..{num - 1})")
-        out = act.clone()
-        idx = torch.tensor(self.channels, device=act.device)
-        if self.mode == "zero":
-            out[:, idx] = 0
-            return out
-        view = (1, len(self.channels)) + (1,) * (act.ndim - 2)
-        if self.means is None:
-            dims = [0] + list(range(2, act.ndim))
-            fill = act[:, idx].mean(dim=dims).view(view)
-        else:
-            if self.means.shape != (num,):
-                raise HookError(f"means has shape {list(self.means.shape)}, but layer {name!r} has {num} channels; "
-                                f"pass means as Tensor[{num}]")
-            fill = self.means.to(act.device, act.dtype)[idx].view(view)
-        out[:, idx] = fill.expand_as(out[:, idx])
-        return out
+        with _at_layer(name):
+            means = self.means
+            if self.mode == "mean" and means is None and act.ndim >= 2:   # the mean over the batch and space
+                idx = interventions.check_channels(self.channels, act.shape[1])
+                means = act.new_zeros(act.shape[1])
+                means[idx] = act[:, idx].mean(dim=[0] + list(range(2, act.ndim)))
+            return interventions.ablate_features(act, self.channels, mode=self.mode, means=means)
 
     def __repr__(self) -> str:
         means = "" if self.means is None else f", means={_shape_str(self.means)}"
@@ -560,6 +554,8 @@ class ChannelAblation:
 
 def ablate_channels(channels: int | Sequence[int], mode: str = "zero", means: Tensor | None = None) -> ChannelAblation:
     """A hook that replaces some channels by zero (``mode="zero"``) or by their mean (``mode="mean"``).
+
+    The edit is :func:`workbench.interventions.ablate_features`, applied to the layer's activation.
 
     Args:
         channels: channel indices (non-negative), an int or any iterable of ints.
@@ -571,29 +567,16 @@ def ablate_channels(channels: int | Sequence[int], mode: str = "zero", means: Te
         ChannelAblation: ``fn(act: Tensor[B, C, H, W], *, name) -> Tensor[B, C, H, W]``.
 
     Raises:
-        HookError: a bad mode or index here, or (when it runs) an index beyond the layer's channels.
+        InterventionError: a bad mode, means or index here, or (when it runs) an index or means that
+        do not fit the layer's channels.
 
     Example:
         >>> wb.run_with_hooks(clf, x, {"layer3": wb.ablate_channels([3, 7], mode="mean")})
     """
-    if isinstance(channels, (int, Tensor)) and not isinstance(channels, bool):
-        channels = [int(c) for c in torch.as_tensor(channels).reshape(-1)]
-    channels = list(channels)
+    channels = interventions.check_channels(channels)
     if not channels:
-        raise HookError("ablate_channels got no channels")
-    for i, c in enumerate(channels):
-        try:
-            channels[i] = operator.index(c)
-        except TypeError:
-            raise HookError(f"channel indices are non-negative ints, got {c!r} in {channels}") from None
-        if isinstance(c, bool) or channels[i] < 0:
-            raise HookError(f"channel indices are non-negative ints, got {c!r} in {channels}")
-    if mode not in ("zero", "mean"):
-        raise HookError(f"mode is 'zero' or 'mean', got {mode!r}")
-    if means is not None and mode != "mean":
-        raise HookError("means is only used with mode='mean'")
-    if means is not None and (not isinstance(means, Tensor) or means.ndim != 1):
-        raise HookError(f"means is Tensor[C], got {means!r}")
+        raise InterventionError("ablate_channels got no channels")
+    interventions.check_mode(mode, means)
     return ChannelAblation(channels, mode, means)
 
 
@@ -604,21 +587,8 @@ class DirectionAddition:
         self.direction, self.alpha, self.mask = direction, alpha, mask
 
     def __call__(self, act: Tensor, *, name: str = "?") -> Tensor:
-        num = self.direction.shape[0]
-        if act.ndim < 2 or act.shape[1] != num:
-            raise HookError(f"direction has {num} entries, but layer {name!r} gives shape {list(act.shape)} "
-                            f"(channels in dimension 1)")
-        step = (self.alpha * self.direction.to(act.device, act.dtype)).view((1, num) + (1,) * (act.ndim - 2))
-        if self.mask is None:
-            return act + step
-        if act.ndim != 4:
-            raise HookError(f"a mask needs a spatial layer; {name!r} gives shape {list(act.shape)}")
-        mask = self.mask.to(act.device, act.dtype)
-        mask = mask.view(1, 1, *mask.shape) if mask.ndim == 2 else mask
-        if tuple(mask.shape[-2:]) != tuple(act.shape[-2:]) or mask.shape[0] not in (1, act.shape[0]):
-            raise HookError(f"mask {list(self.mask.shape)} does not fit layer {name!r} of shape {list(act.shape)}; "
-                            f"use Tensor[{act.shape[-2]}, {act.shape[-1]}] or Tensor[B, 1, {act.shape[-2]}, {act.shape[-1]}]")
-        return act + step * mask
+        with _at_layer(name):
+            return interventions.shift_features(act, self.direction, self.alpha, self.mask)
 
     def __repr__(self) -> str:
         mask = "" if self.mask is None else f", mask={_shape_str(self.mask)}"
@@ -627,6 +597,8 @@ class DirectionAddition:
 
 def add_direction(direction: Tensor, alpha: float, mask: Tensor | None = None) -> DirectionAddition:
     """A hook that moves activations along a channel direction: ``act + alpha * direction * mask``.
+
+    The edit is :func:`workbench.interventions.shift_features`, applied to the layer's activation.
 
     Args:
         direction: ``Tensor[C]``.
@@ -637,18 +609,15 @@ def add_direction(direction: Tensor, alpha: float, mask: Tensor | None = None) -
         DirectionAddition: ``fn(act: Tensor[B, C, H, W], *, name) -> Tensor[B, C, H, W]``.
 
     Raises:
-        HookError: a direction that is not 1-D or a mask that is not 2-D / 4-D here; a channel count
-        or mask size that does not fit the layer when it runs.
+        InterventionError: a direction that is not 1-D or a mask that is not 2-D / 4-D here; a channel
+        count or mask size that does not fit the layer when it runs.
 
     Example:
         >>> wb.run_with_hooks(clf, x, {"stages.1": wb.add_direction(d, alpha=3.0)})
     """
-    if not isinstance(direction, Tensor) or direction.ndim != 1:
-        raise HookError(f"direction is Tensor[C], got {direction if not isinstance(direction, Tensor) else _shape_str(direction)}")
+    interventions.check_direction(direction)
     if mask is not None:
-        if not isinstance(mask, Tensor) or mask.ndim not in (2, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
-            raise HookError(f"mask is Tensor[H, W] or Tensor[B, 1, H, W], got "
-                            f"{_shape_str(mask) if isinstance(mask, Tensor) else repr(mask)}")
+        interventions.check_mask(mask)
     return DirectionAddition(direction.detach(), float(alpha), None if mask is None else mask.detach())
 
 

@@ -17,20 +17,20 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import AnalysisError
+from .errors import AnalysisError, InterventionError
 
 
 def parse_channels(text: str, num_channels: int) -> list[int]:
     """``"3, 7, 10-12"`` -> ``[3, 7, 10, 11, 12]``, checked against ``num_channels``.
 
     Raises:
-        AnalysisError: text that is not ints and ranges, or indices out of range.
+        InterventionError: text that is not ints and ranges, or indices out of range.
 
     Example:
         >>> parse_channels("0-2, 5", 192)
         [0, 1, 2, 5]
     """
-    from .analysis import check_channels
+    from .interventions import check_channels
 
     out: list[int] = []
     for part in text.replace(";", ",").split(","):
@@ -44,7 +44,7 @@ def parse_channels(text: str, num_channels: int) -> list[int]:
             else:
                 out.append(int(part))
         except ValueError:
-            raise AnalysisError(f"cannot read channels {text!r}: write ints and ranges, e.g. '3, 7, 10-20'") from None
+            raise InterventionError(f"cannot read channels {text!r}: write ints and ranges, e.g. '3, 7, 10-20'") from None
     return check_channels(out, num_channels)
 
 
@@ -170,7 +170,7 @@ class Explorer:
         try:
             feats = extract_features(self.classifier, x, layer).float().cpu()
             edited = self.edit(feats)
-        except AnalysisError as err:
+        except (AnalysisError, InterventionError) as err:
             self.status.value = f"<span style='color:#b00'>{err}</span>"
             return self.result
         before = map_logits(self.classifier, x, layer, feats)[0]

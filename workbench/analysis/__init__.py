@@ -11,6 +11,8 @@ module              what it answers
 
 The helpers here are shared by the families: :func:`map_logits` runs the classifier with a layer's map
 replaced, :func:`class_probabilities` and :func:`score_inversions` score images and their inversions.
+The edits themselves (ablating channels, moving along a direction) and their checks
+(:func:`check_channels`, :func:`check_mask`) live in :mod:`workbench.interventions`, shared with the hooks.
 Figures live in :mod:`workbench.plot` (section "analysis").
 
 Example:
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import AnalysisError
 from ..hooks import _device
+from ..interventions import check_channels, check_mask
 
 _SUBMODULES = ("pca", "ablation", "composition", "concepts")
 
@@ -42,52 +45,7 @@ def __dir__():
     return sorted(set(globals()) | set(_SUBMODULES))
 
 
-# ------------------------------------------------------------------------------------------ checks
-def check_channels(channels: int | Sequence[int] | Tensor, num_channels: int) -> list[int]:
-    """Channel indices as a list of ints in ``[0, num_channels)``; raises :class:`AnalysisError` otherwise.
-
-    Example:
-        >>> check_channels([3, 7], 192)
-        [3, 7]
-    """
-    if isinstance(channels, (int, Tensor)) and not isinstance(channels, bool):
-        channels = torch.as_tensor(channels).reshape(-1).tolist()
-    out = []
-    for c in channels:
-        if isinstance(c, bool) or int(c) != c:
-            raise AnalysisError(f"channel indices are ints, got {c!r}")
-        out.append(int(c))
-    bad = [c for c in out if not 0 <= c < num_channels]
-    if bad:
-        raise AnalysisError(f"channel indices {bad[:5]} are out of range: this map has {num_channels} channels, "
-                            f"so indices run 0..{num_channels - 1}")
-    return out
-
-
-def check_mask(mask: Tensor, spatial: Sequence[int], batch: int | None = None) -> Tensor:
-    """A spatial mask as float ``Tensor[B or 1, 1, h, w]``, checked against the map's ``(h, w)``.
-
-    Args:
-        mask: ``Tensor[h, w]`` or ``Tensor[B, 1, h, w]``, bool or float (1 = inside).
-        spatial: the map's ``(h, w)``.
-        batch: the map's batch size, if a per-image mask is allowed.
-
-    Raises:
-        AnalysisError: another spatial size or layout. Resize a pixel mask with :func:`downsample_mask`.
-    """
-    h, w = int(spatial[0]), int(spatial[1])
-    if not isinstance(mask, Tensor) or mask.ndim not in (2, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
-        got = list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-        raise AnalysisError(f"mask is Tensor[{h}, {w}] or Tensor[B, 1, {h}, {w}], got {got}")
-    m = mask.float().view(1, 1, *mask.shape) if mask.ndim == 2 else mask.float()
-    if tuple(m.shape[-2:]) != (h, w):
-        raise AnalysisError(f"mask is {tuple(mask.shape[-2:])} but the map is {h}x{w}; pass a Tensor[{h}, {w}] "
-                            f"(resize an image mask with workbench.analysis.downsample_mask(mask, ({h}, {w})))")
-    if batch is not None and m.shape[0] not in (1, batch):
-        raise AnalysisError(f"mask has batch {m.shape[0]} but the map has {batch}; use 1 or {batch}")
-    return m
-
-
+# ------------------------------------------------------------------------------------------ masks
 def downsample_mask(mask: Tensor, size: Sequence[int], threshold: float = 0.5) -> Tensor:
     """A pixel mask ``Tensor[H, W]`` -> a map mask ``Tensor[h, w]`` (area average, then ``>= threshold``).
 

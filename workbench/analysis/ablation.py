@@ -1,8 +1,10 @@
 """Channel ablations: which channels of a layer matter, and what the image loses without them.
 
 Channels are ranked three ways (mean activation, class selectivity, logit drop when ablated). Sets of
-channels are then set to zero or to their dataset mean; the effect shows in the logits (the rest of the
-network run on the edited map, :func:`~workbench.analysis.map_logits`) and, through FeatInv, in images.
+channels are then set to zero or to their dataset mean with :func:`ablate_features`, the edit from
+:mod:`workbench.interventions` that the hook :func:`workbench.ablate_channels` applies too. The effect shows
+in the logits (the rest of the network run on the edited map, :func:`~workbench.analysis.map_logits`) and,
+through FeatInv, in images.
 
 Example:
     >>> table = channel_table(cnn, x, y, "stages.3")                          # one row per channel
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
+from ..interventions import ablate_features, check_mode
 from . import check_channels, map_logits, score_inversions
 
 RANKINGS = ("mean_activation", "selectivity", "logit_drop")
@@ -35,49 +38,10 @@ def channel_means(classifier: nn.Module, images: Tensor, layer: str, *, batch_si
     return extract_features(classifier, images, layer, batch_size=batch_size).float().mean((0, 2, 3)).cpu()
 
 
-def ablate_features(features: Tensor, channels: int | Sequence[int], *, mode: str = "zero",
-                    means: Tensor | None = None) -> Tensor:
-    """Set ``channels`` of each map to zero or to their dataset mean (a pure tensor edit, for inverting).
-
-    Args:
-        features: ``Tensor[B, C, h, w]``.
-        channels: indices in ``[0, C)``.
-        mode: ``"zero"`` or ``"mean"``.
-        means: ``Tensor[C]`` from :func:`channel_means`; required for ``mode="mean"``.
-
-    Returns:
-        ``Tensor[B, C, h, w]``, a new tensor.
-
-    Raises:
-        AnalysisError: indices out of range, a bad mode, or means of the wrong length.
-
-    Example:
-        >>> ablate_features(feats, [3, 7]).select(1, 3).abs().max()     # tensor(0.)
-    """
-    if features.ndim != 4:
-        raise AnalysisError(f"features are Tensor[B, C, h, w], got {list(features.shape)}")
-    idx = check_channels(channels, features.shape[1])
-    out = features.clone()
-    if not idx:
-        return out
-    if mode == "zero":
-        out[:, idx] = 0
-    elif mode == "mean":
-        if means is None or means.shape != (features.shape[1],):
-            raise AnalysisError(f"mode='mean' needs means as Tensor[{features.shape[1]}] from channel_means(...), "
-                                f"got {None if means is None else list(means.shape)}")
-        out[:, idx] = means.to(out)[idx].view(1, -1, 1, 1).expand(out.shape[0], -1, *out.shape[2:])
-    else:
-        raise AnalysisError(f"mode is 'zero' or 'mean', got {mode!r}")
-    return out
-
-
 def _fill(features: Tensor, mode: str, means: Tensor | None) -> Tensor:
-    """What ablation puts in place of each channel, broadcastable to ``features``."""
+    """What ablation puts in place of each channel, broadcastable to ``features`` (``means`` given for "mean")."""
     if mode == "zero":
         return torch.zeros(1, features.shape[1], 1, 1)
-    if means is None:
-        raise AnalysisError("mode='mean' needs means (Tensor[C] from channel_means)")
     return means.float().view(1, -1, 1, 1)
 
 
@@ -158,6 +122,7 @@ def channel_table(classifier: nn.Module, images: Tensor, labels: Tensor, layer: 
     from ..hooks import extract_features
 
     feats = extract_features(classifier, images, layer, batch_size=batch_size).float().cpu()
+    check_mode(mode, means, feats.shape[1])
     labels = torch.as_tensor(labels).long().cpu()
     if len(labels) != len(images):
         raise AnalysisError(f"{len(labels)} labels for {len(images)} images")

@@ -48,7 +48,7 @@ def splice(features_a: Tensor, features_b: Tensor, mask: Tensor) -> Tensor:
         ``Tensor[B, C, h, w]``.
 
     Raises:
-        AnalysisError: maps of different shapes, or a mask that is not ``h x w``.
+        AnalysisError: maps of different shapes. InterventionError: a mask that is not ``h x w``.
 
     Example:
         >>> left = torch.zeros(4, 4); left[:, :2] = 1

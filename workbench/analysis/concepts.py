@@ -4,9 +4,11 @@ A :class:`Concept` is a unit direction in channel space (plus, for discovered co
 subspace basis), tied to the classifier and layer it was fitted at. Concepts come from labels
 (:func:`mean_difference`, :func:`cav`, :func:`class_concepts`) or from the spatial feature vectors alone
 (:func:`discover_concepts`: PCA, NMF or k-means subspaces, in the spirit of multi-dimensional concept
-discovery). :func:`steer` moves a map along a concept, everywhere or inside a mask; inverting a sweep of
-``alpha`` shows the concept as an image sequence, and :func:`steering_study` checks that the concept's
-readout rises with ``alpha`` while unrelated factors stay put.
+discovery). :func:`steer` moves a map along a concept, everywhere or inside a mask, with
+:func:`workbench.interventions.shift_features`, the edit that the hook :func:`workbench.add_direction`
+applies too. Inverting a sweep of ``alpha`` shows the concept as an image sequence, and
+:func:`steering_study` checks that the concept's readout rises with ``alpha`` while unrelated factors
+stay put.
 
 Example:
     >>> feats = wb.metrics.extract_features(cnn, x, "stages.3")
@@ -24,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
-from . import check_mask, class_probabilities, map_logits
+from ..interventions import shift_features
+from . import class_probabilities, map_logits
 
 METHODS = ("pca", "nmf", "kmeans")
 
@@ -295,17 +298,14 @@ def steer(features: Tensor, concept: Concept, alpha: float, mask: Tensor | None 
         ``Tensor[B, C, h, w]``.
 
     Raises:
-        AnalysisError: another layer or channel count, or a mask of the wrong spatial size.
+        AnalysisError: maps from another layer or with another channel count than the concept's.
+        InterventionError: a mask of the wrong layout or spatial size.
 
     Example:
         >>> steer(feats, star, 2.0, mask=left_half, layer="stages.3")
     """
     concept.check(features, layer=layer)
-    step = (float(alpha) * concept.scale * concept.direction).to(features).view(1, -1, 1, 1)
-    if mask is None:
-        return features + step
-    m = check_mask(mask, features.shape[-2:], features.shape[0]).to(features)
-    return features + step * m
+    return shift_features(features, concept.direction, float(alpha) * concept.scale, mask)
 
 
 def steering_sweep(features: Tensor, concept: Concept, alphas: Sequence[float], mask: Tensor | None = None, *,
