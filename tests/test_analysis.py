@@ -11,7 +11,7 @@ from workbench.analysis import AnalysisError, ablation, composition, concepts, m
 from workbench.errors import InterventionError
 from workbench.hooks import extract_features
 
-N = 96          # images for fitting; the CNN costs ~10 ms per image on 2 CPU cores
+N = 96          # images for fitting: enough positions for a full PCA of stages.3, few enough to stay quick
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,22 @@ def test_pca_all_components_reconstruct(f3):
     assert (fitted.reconstruct(f3, 0) - fitted.mean.view(1, -1, 1, 1)).abs().max() < 1e-5   # k=0: the mean map
     rgb = fitted.rgb(f3[:2], size=32)
     assert rgb.shape == (2, 3, 32, 32) and 0 <= rgb.min() and rgb.max() <= 1
+
+
+def test_components_for_reaches_the_share(f3):
+    fitted = pca.fit_pca(f3, layer="stages.3")
+    cumulative = fitted.explained_variance_ratio.cumsum(0)
+    for share in (0.01, 0.5, 0.9, 0.99):
+        k = fitted.components_for(share)
+        assert 1 <= k <= fitted.n_components and cumulative[k - 1] >= share
+        assert k == 1 or cumulative[k - 2] < share
+    assert fitted.components_for(0.5) <= fitted.components_for(0.9)
+    assert fitted.components_for(1.0) == fitted.n_components
+    with pytest.raises(AnalysisError, match=r"share is a fraction of the variance in \(0, 1\]"):
+        fitted.components_for(0)
+    few = pca.fit_pca(f3, n_components=2)
+    with pytest.raises(AnalysisError, match="the 2 fitted components explain"):
+        few.components_for(0.999)
 
 
 def test_incremental_pca_agrees_with_full(f3):

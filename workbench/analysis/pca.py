@@ -77,6 +77,38 @@ class FeaturePCA:
                                 f"{self.n_components} (fit with more n_components for more)")
         return k
 
+    def components_for(self, share: float) -> int:
+        """The fewest leading components whose explained variance adds up to at least ``share`` of the total.
+
+        Reads ``explained_variance_ratio`` (``Tensor[K]``, one fraction per fitted component); no maps needed.
+
+        Args:
+            share: the fraction of the variance to reach, in ``(0, 1]``.
+
+        Returns:
+            ``k`` in ``[1, K]`` with ``explained_variance_ratio[:k].sum() >= share`` and ``k`` as small as that
+            allows; pass it to :meth:`reconstruct` to keep that share of the variance.
+
+        Raises:
+            AnalysisError: ``share`` outside ``(0, 1]``, or more than the fitted components explain (fit with
+            more ``n_components``).
+
+        Example:
+            >>> pca = fit_pca(feats, layer="stages.3")                  # feats: Tensor[N, 192, 4, 4]
+            >>> k = pca.components_for(0.9)                              # an int in [1, 192]
+            >>> pca.reconstruct(feats, k).shape                          # [N, 192, 4, 4]
+        """
+        if not 0 < share <= 1:
+            raise AnalysisError(f"share is a fraction of the variance in (0, 1], got {share}")
+        cumulative = self.explained_variance_ratio.cumsum(0)                          # [K]
+        k = int((cumulative < share).sum()) + 1
+        if k > self.n_components:
+            if float(cumulative[-1]) < share - 1e-4:
+                raise AnalysisError(f"the {self.n_components} fitted components explain {float(cumulative[-1]):.3f} of "
+                                    f"the variance, less than share={share}; fit with more n_components")
+            k = self.n_components        # rounding: all components fall a hair short of 1
+        return k
+
     def project(self, features: Tensor, k: int | None = None) -> Tensor:
         """Coordinates on the top-k components: ``Tensor[B, C, h, w]`` -> ``Tensor[B, k, h, w]``."""
         self._check(features)
