@@ -102,6 +102,43 @@ def sd_miniature_configs() -> dict[str, dict[str, Any]]:
     return {"unet": unet, "vae": vae, "scheduler": scheduler}
 
 
+def miniature_base(*, seed: int = 0, pixel: bool = False, device: str | torch.device = "cpu") -> "DiffusionBase":
+    """A :class:`DiffusionBase` with miniSD's SD 1.x block types at tiny widths and random weights: the real-scale
+    path (training, sampling, saving) runs on it offline, on a CPU.
+
+    The UNet and KL-VAE are built from :func:`sd_miniature_configs`; the prompt and null-prompt embeddings are
+    random ``Tensor[1, 77, 32]``. Everything is drawn from ``seed`` alone, so the same seed gives the same base,
+    and the caller's global RNG is left as it was.
+
+    Args:
+        seed: seeds the weights and the embeddings.
+        pixel: a pixel-space base at 16 px (the UNet denoises RGB, no VAE) instead of the latent one at 64 px.
+        device: where the base is put.
+
+    Returns:
+        DiffusionBase named ``"miniature-sd"``: ``image_size=64`` and ``latent_shape=(4, 8, 8)``, or with
+        ``pixel``, ``image_size=16`` and ``latent_shape=(3, 16, 16)``.
+
+    Example:
+        >>> base = miniature_base(seed=0)
+        >>> base.latent_shape, base.image_size            # ((4, 8, 8), 64)
+        >>> base.save_pretrained(tmp, fp16=False)          # a folder that from_pretrained and train-inverter read
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    cfg = sd_miniature_configs()
+    unet_cfg, size = dict(cfg["unet"]), cfg["vae"]["sample_size"]
+    if pixel:  # pixel space at 16 px keeps the attention of the first block cheap
+        size = 16
+        unet_cfg.update(sample_size=size, in_channels=3, out_channels=3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**unet_cfg)
+        vae = None if pixel else AutoencoderKL(**cfg["vae"])
+        prompt, null = torch.randn(2, 1, 77, unet_cfg["cross_attention_dim"])
+    return DiffusionBase(unet, cfg["scheduler"], prompt, null, vae, image_size=size, name="miniature-sd").to(device)
+
+
 class DiffusionBase(nn.Module):
     """A frozen diffusion prior with an SD-style interface.
 
