@@ -89,7 +89,7 @@ def map_logits(classifier: nn.Module, images: Tensor, layer: str, features: Tens
         ``Tensor[N, K]`` logits on the CPU.
 
     Example:
-        >>> f = wb.metrics.extract_features(cnn, x, "stages.3")
+        >>> f = wb.extract_features(cnn, x, "stages.3")
         >>> map_logits(cnn, x, "stages.3", f).allclose(cnn(x), atol=1e-4)   # True
     """
     from ..hooks import run_with_hooks

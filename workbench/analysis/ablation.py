@@ -185,7 +185,7 @@ def ablation_table(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
         logits), ``agreement`` (prediction unchanged) and ``map_cosine`` (edited vs original map).
 
     Example:
-        >>> ablation_table(cnn, x, y, "stages.3", {"all": range(192)}).accuracy   # about 1/8: chance
+        >>> ablation_table(cnn, x, y, "stages.3", {"all": range(192)}).accuracy   # near chance: 1 / number of classes
     """
     import pandas as pd
 

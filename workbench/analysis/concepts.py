@@ -11,7 +11,7 @@ applies too. Inverting a sweep of ``alpha`` shows the concept as an image sequen
 stay put.
 
 Example:
-    >>> feats = wb.metrics.extract_features(cnn, x, "stages.3")
+    >>> feats = wb.extract_features(cnn, x, "stages.3")
     >>> star = class_concepts(feats, y, layer="stages.3", classifier_name="tinyworld-cnn")["star"]
     >>> steered = steer(feats[:2], star, alpha=2.0, layer="stages.3")
     >>> table, samples = steering_study(cnn, inverter, x[:4], star, alphas=[0, 1, 2, 3], target_class=3)

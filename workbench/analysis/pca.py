@@ -6,7 +6,7 @@ matter, and reconstructing maps from their top-k components (then inverting them
 what the leading directions carry.
 
 Example:
-    >>> feats = wb.metrics.extract_features(cnn, x, "stages.3")          # [N, 192, 4, 4]
+    >>> feats = wb.extract_features(cnn, x, "stages.3")                   # [N, 192, 4, 4]
     >>> pca = fit_pca(feats, layer="stages.3")
     >>> pca.rgb(feats[:4], size=32).shape                                 # [4, 3, 32, 32]
     >>> table, samples = component_inversion(cnn, inverter, pca, x[:8], ks=[1, 4, 16, 192])
@@ -188,7 +188,7 @@ def fit_pca(features: Tensor | Iterable[Tensor], *, layer: str | None = None, n_
         AnalysisError: ``n_components`` above the channel count, or maps that are not 4-D.
 
     Example:
-        >>> pca = fit_pca(wb.metrics.extract_features(cnn, x, "stages.2"), layer="stages.2", n_components=32)
+        >>> pca = fit_pca(wb.extract_features(cnn, x, "stages.2"), layer="stages.2", n_components=32)
     """
     from sklearn.decomposition import PCA, IncrementalPCA
 
