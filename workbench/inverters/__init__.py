@@ -4,7 +4,8 @@ Every inverter has the same call, ``invert(features, num_samples=..., seed=...) 
 and the same attributes: ``classifier_name``, ``layer``, ``feature_shape``, ``pooling``, ``image_size``.
 
 Shipped inverters live in ``data/inverters/<classifier>/<layer>[-pooled|-decoder]/`` and are named
-``<classifier>/<layer>[-pooled|-decoder]`` by :func:`list_inverters`.
+``<classifier>/<layer>[-pooled|-decoder]`` by :func:`list_inverters`; ``optimization:<classifier>/<layer>`` names the
+optimisation baseline, which has no weights.
 """
 from __future__ import annotations
 
@@ -30,16 +31,23 @@ def list_inverters() -> list[str]:
 def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, layer: str | None = None,
                   feature_shape: Sequence[int] | None = None, image_size: int | None = None, base=None,
                   device: str | torch.device = "cpu"):
-    """Load a shipped inverter by name (see :func:`list_inverters`) or from a folder written by ``save_pretrained``.
+    """Load a shipped inverter by name (see :func:`list_inverters`), from a folder written by ``save_pretrained``,
+    or build the optimisation baseline (it has no weights) from ``"optimization:<classifier>/<layer>"``.
 
     The optional ``classifier``, ``layer``, ``feature_shape`` and ``image_size`` are checked against what the
     inverter was trained for; a mismatch (say, ViT features for a CNN inverter) is refused with a clear error.
+
+    Example:
+        >>> inv = wb.load_inverter("tinyworld-cnn/stages.3")
+        >>> opt = wb.load_inverter("optimization:tinyworld-cnn/stages.3")  # an OptimizationInverter
     """
     from ..errors import InverterMismatchError
     from .featinv import FeatInv
 
+    spec = str(name_or_path)
+    baseline = _optimization_baseline(spec, device=device) if spec.startswith("optimization:") else None
     path = Path(name_or_path)
-    if not (path / "config.json").is_file():
+    if baseline is None and not (path / "config.json").is_file():
         shipped = list_inverters()
         if str(name_or_path) not in shipped:
             close = difflib.get_close_matches(str(name_or_path), shipped, n=3, cutoff=0.3)
@@ -47,7 +55,8 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
                 f"no inverter {str(name_or_path)!r}: it is neither a shipped name nor a folder with config.json. "
                 f"Closest shipped: {close or shipped}. Train one with `workbench train-inverter` or run `make weights`.")
         path = data_dir() / "inverters" / str(name_or_path)
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = (json.loads((path / "config.json").read_text()) if baseline is None else
+           {**baseline.config, "feature_shape": list(baseline.feature_shape), "image_size": baseline.image_size})
     expected = {"classifier_name": classifier, "layer": layer,
                 "feature_shape": list(feature_shape) if feature_shape is not None else None, "image_size": image_size}
     for key, want in expected.items():
@@ -55,6 +64,8 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
             raise InverterMismatchError(f"the inverter {str(name_or_path)!r} was trained for {key}={cfg.get(key)!r}, "
                                         f"not {want!r}; pick the inverter of your classifier and layer from "
                                         f"wb.list_inverters()")
+    if baseline is not None:
+        return baseline
     kind = cfg.get("class", "FeatInv")
     if kind == "FeatInv":
         return FeatInv.from_pretrained(path, base=base, device=device)
@@ -63,3 +74,16 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
 
         return DecoderInverter.from_pretrained(path, device=device)
     raise ValueError(f"{path / 'config.json'} names an unknown inverter class {kind!r}")
+
+
+def _optimization_baseline(spec: str, *, device: str | torch.device = "cpu"):
+    """The optimisation baseline of ``"optimization:<classifier>/<layer>"``, on that shipped or timm classifier."""
+    from ..errors import UnknownModelError
+    from ..models import load_classifier
+    from .optimization import OptimizationInverter
+
+    clf_name, _, layer = spec.removeprefix("optimization:").rpartition("/")
+    if not clf_name or not layer:
+        raise UnknownModelError(f"{spec!r}: write optimization:<classifier>/<layer>, e.g. "
+                                "optimization:tinyworld-cnn/stages.3")
+    return OptimizationInverter(load_classifier(clf_name, device=device), layer)
