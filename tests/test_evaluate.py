@@ -100,7 +100,7 @@ def test_cli_writes_json(tmp_path):
     from workbench.cli import main
 
     out = tmp_path / "eval.json"
-    assert main(["evaluate", "--inverter", "optimization:tinyworld-cnn/stages.3", "--n", "2", "--steps", "1",
-                 "--json", str(out), "--no-progress"]) == 0
+    assert main(["evaluate", "--inverter", "optimization:tinyworld-cnn/stages.3", "--num-images", "2",
+                 "--num-inference-steps", "1", "--json", str(out), "--no-progress"]) == 0
     data = json.loads(out.read_text())
     assert data["summary"]["n_images"] == 2 and len(data["rows"]) == 2

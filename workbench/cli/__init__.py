@@ -1,33 +1,66 @@
-"""The ``workbench`` command line.
+"""The ``workbench`` command line: ``workbench COMMAND [--help | ARGS]``.
 
-    workbench demo                     invert held-out tiny-world images, write outputs/demo.png and a table
-    workbench layers MODEL             print a model's layer table
-    workbench invert --classifier NAME --layer NAME --image PATH [--samples 4] [--out FILE]
-    workbench train-classifier | train-vae | train-base | train-inverter ...   (see --help of each)
+Each command is a module with ``parse_args(argv)`` and ``main(args)``; the training commands live in
+``workbench/training/``, the others here. The library's own errors (and a missing file) end a command with one
+line on stderr, ``workbench COMMAND: message``, and exit status 1.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
+#: command -> (module with parse_args and main, one-line description)
 COMMANDS = {
-    "demo": "workbench.cli.demo",
-    "invert": "workbench.cli.invert",
-    "layers": "workbench.cli.layers",
-    "train-classifier": "workbench.training.classifier",
-    "train-vae": "workbench.training.vae",
-    "train-base": "workbench.training.base",
-    "train-inverter": "workbench.training.featinv",
-    "train-decoder": "workbench.training.decoder",
-    "evaluate": "workbench.cli.evaluate",
+    "demo": ("workbench.cli.demo", "invert held-out tiny-world images at four layers; write a figure and a table"),
+    "layers": ("workbench.cli.layers", "print a model's layer table (names, modules, shapes, strides)"),
+    "invert": ("workbench.cli.invert", "invert one of your own image files at a layer and save the figure"),
+    "evaluate": ("workbench.cli.evaluate", "measure one inverter on held-out tiny-world images"),
+    "train-classifier": ("workbench.training.classifier", "train a tiny-world classifier (CNN or ViT)"),
+    "train-vae": ("workbench.training.vae", "train the tiny diffusion base's autoencoder"),
+    "train-base": ("workbench.training.base", "train the tiny diffusion base (a UNet on the VAE's latents)"),
+    "train-inverter": ("workbench.training.featinv", "train a FeatInv inverter for a classifier's layer"),
+    "train-decoder": ("workbench.training.decoder", "train the deterministic decoder baseline for a layer"),
 }
+
+#: commands whose --out is a folder (a run folder, or the demo's outputs), checked before any slow work
+_FOLDER_OUT = {"demo", "train-classifier", "train-vae", "train-base", "train-inverter", "train-decoder"}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return ("usage: workbench COMMAND [ARGS]   (workbench COMMAND --help for a command's arguments)\n\ncommands:\n"
+            + "\n".join(lines))
+
+
+def check_out(args, *, folder: bool) -> None:
+    """Refuse an ``--out`` that cannot be written, before any slow work: a path below a file, or (for a
+    ``folder``) an existing file.
+
+    Raises:
+        NotADirectoryError: naming the file in the way.
+    """
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    out = Path(out)
+    for p in ([out] if folder else []) + list(out.parents):
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(f"--out {str(out)!r}: {str(p)!r} is a file, not a folder")
 
 
 def main(argv=None) -> int:
+    """Run ``workbench COMMAND ARGS``; returns the exit status (0: done, 1: a user error, 2: an unknown command).
+
+    Example:
+        >>> main(["layers", "tinyworld-cnn", "--spatial"])
+    """
+    from ..errors import WorkbenchError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        print("\ncommands: " + ", ".join(COMMANDS))
+        print(usage())
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
@@ -37,10 +70,21 @@ def main(argv=None) -> int:
         print(f"workbench: unknown command {cmd!r}" + (f"; did you mean {close[0]!r}?" if close else "")
               + f"\ncommands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[cmd])
-    result = module.main(module.parse_args(rest))
+    module = importlib.import_module(COMMANDS[cmd][0])
+    args = module.parse_args(rest)  # argparse prints its own usage errors and exits with status 2
+    try:
+        check_out(args, folder=cmd in _FOLDER_OUT)
+        result = module.main(args)
+    except (WorkbenchError, FileNotFoundError, NotADirectoryError) as err:
+        return _fail(cmd, str(err))
+    except SystemExit as err:  # a command that stops with a message, e.g. SystemExit("--min-timestep 2000: ...")
+        if isinstance(err.code, str):
+            return _fail(cmd, err.code)
+        raise
     return result if isinstance(result, int) else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _fail(cmd: str, message: str) -> int:
+    message = " ".join(message.removeprefix(f"workbench {cmd}: ").split())  # one line
+    print(f"workbench {cmd}: {message}", file=sys.stderr)
+    return 1

@@ -1,7 +1,7 @@
 """``workbench demo`` (``make demo``): what do the tiny world's CNN and ViT see at two layers each?
 
-Loads the shipped world, classifiers and FeatInv inverters, inverts ``--n`` held-out test images at
-the last and a middle layer of both classifiers with ``--samples`` samples each, writes
+Loads the shipped world, classifiers and FeatInv inverters, inverts ``--num-images`` held-out test images
+at the last and a middle layer of both classifiers with ``--num-samples`` samples each, writes
 ``OUT/demo.png`` (original | samples | invariance map, one row per image and layer) and
 ``OUT/demo_metrics.csv``, and prints the metrics table.
 """
@@ -21,8 +21,9 @@ DEMO_LAYERS = [("tinyworld-cnn", "stages.3"), ("tinyworld-cnn", "stages.2"),
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="workbench demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=8, help="held-out test images")
-    p.add_argument("--samples", type=int, default=4, help="samples per image and layer")
+    p.add_argument("--num-images", type=int, default=8, help="held-out test images")
+    p.add_argument("--num-samples", type=int, default=4, help="samples per image and layer")
+    p.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps (default: FeatInv's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs", help="folder for demo.png and demo_metrics.csv")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -30,11 +31,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def run(*, n: int = 8, samples: int = 4, seed: int = 0, device: str = "cpu", progress: bool = True):
-    """Invert ``n`` test images at every :data:`DEMO_LAYERS` pair.
+def run(*, num_images: int = 8, num_samples: int = 4, num_inference_steps: int | None = None, seed: int = 0,
+        device: str = "cpu", progress: bool = True):
+    """Invert ``num_images`` test images at every :data:`DEMO_LAYERS` pair, ``num_samples`` samples each.
 
     Returns:
-        ``(images [n, 3, 32, 32], {(classifier, layer): samples [n, S, 3, 32, 32]}, metrics DataFrame)``.
+        ``(images [N, 3, 32, 32], {(classifier, layer): samples [N, S, 3, 32, 32]}, metrics DataFrame)``.
+
+    Example:
+        >>> images, samples, table = run(num_images=2, num_samples=2)
     """
     import pandas as pd
 
@@ -44,34 +49,42 @@ def run(*, n: int = 8, samples: int = 4, seed: int = 0, device: str = "cpu", pro
     from ..models import load_classifier
     from ..tinyworld import TinyWorld
 
-    if n < 1 or samples < 2:
-        raise ValueError(f"the demo needs n >= 1 and samples >= 2 (for the invariance map), got n={n}, samples={samples}")
-    images = TinyWorld("test", size=n, seed=seed).images()
+    if num_images < 1 or num_samples < 2:
+        raise ValueError(f"the demo needs num_images >= 1 and num_samples >= 2 (for the invariance map), got "
+                         f"num_images={num_images}, num_samples={num_samples}")
+    options = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
+    images = TinyWorld("test", size=num_images, seed=seed).images()
     results, rows = {}, []
     classifiers = {}
     for clf_name, layer in DEMO_LAYERS:
         clf = classifiers.setdefault(clf_name, load_classifier(clf_name, device=device))
         inv = load_inverter(f"{clf_name}/{layer}", device=device)
         t0 = time.perf_counter()
-        out = inv.invert_images(images, clf, num_samples=samples, seed=seed, progress=progress)
+        out = inv.invert_images(images, clf, num_samples=num_samples, seed=seed, progress=progress, **options)
         dt = time.perf_counter() - t0
         results[(clf_name, layer)] = out
         flat = out.flatten(0, 1)
-        orig = images.repeat_interleave(samples, 0)
+        orig = images.repeat_interleave(num_samples, 0)
         cos = feature_cosine(clf, layer, orig, flat)
         agree = topk_agreement(clf, orig, flat, k=(1,))["top1"]
         rows.append({"classifier": clf_name, "layer": layer, "feature_shape": "x".join(map(str, inv.feature_shape)),
                      "feature_cosine": round(cos.mean().item(), 3), "top1_agreement": round(agree.float().mean().item(), 3),
                      "invariance": round(invariance_map(out).mean().item(), 4),
-                     "s_per_image": round(dt / (n * samples), 3)})
+                     "s_per_image": round(dt / (num_images * num_samples), 3)})
     return images, results, pd.DataFrame(rows)
 
 
 def main(args) -> int:
+    import matplotlib.pyplot as plt
+
     from ..plot import inversion_figure
 
+    if args.num_images < 1 or args.num_samples < 2:  # before any loading; run() checks the same
+        raise SystemExit(f"--num-images {args.num_images} --num-samples {args.num_samples}: the demo needs at least "
+                         "1 image and 2 samples (for the invariance map)")
     t0 = time.perf_counter()
-    images, results, table = run(n=args.n, samples=args.samples, seed=args.seed, device=args.device,
+    images, results, table = run(num_images=args.num_images, num_samples=args.num_samples,
+                                 num_inference_steps=args.num_inference_steps, seed=args.seed, device=args.device,
                                  progress=args.progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +94,7 @@ def main(args) -> int:
     fig = inversion_figure(originals, samples, row_labels=labels,
                            title="FeatInv on the tiny world: original | samples | invariance map")
     fig.savefig(out / "demo.png", dpi=80)
+    plt.close(fig)
     table.to_csv(out / "demo_metrics.csv", index=False)
     print(table.to_string(index=False))
     print(f"\nwrote {out / 'demo.png'} and {out / 'demo_metrics.csv'} in {time.perf_counter() - t0:.0f} s")

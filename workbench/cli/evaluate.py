@@ -1,16 +1,17 @@
 """``workbench evaluate``: measure one inverter on held-out tiny-world images and print (or save) the summary.
 
-    workbench evaluate --inverter tinyworld-cnn/stages.3 --n 256 --seed 0 --json out.json
-    workbench evaluate --inverter tinyworld-vit/blocks.5-decoder --n 64
-    workbench evaluate --inverter optimization:tinyworld-cnn/stages.3 --n 16 --steps 100
+    workbench evaluate --inverter tinyworld-cnn/stages.3 --num-images 256 --seed 0 --json out.json
+    workbench evaluate --inverter tinyworld-vit/blocks.5-decoder --num-images 64
+    workbench evaluate --inverter optimization:tinyworld-cnn/stages.3 --num-images 16 --num-inference-steps 100
 
-``--inverter`` is a shipped name (``wb.list_inverters()``), a folder written by ``save_pretrained``, or
-``optimization:<classifier>/<layer>`` for the optimisation baseline (it needs no weights).
-The JSON file holds ``{"summary": {...}, "attrs": {...}, "rows": [...]}``.
+``--inverter`` is anything ``wb.load_inverter`` takes: a shipped name (``wb.list_inverters()``), a folder
+written by ``save_pretrained``, or ``optimization:<classifier>/<layer>`` for the optimisation baseline (it needs
+no weights). The JSON file holds ``{"summary": {...}, "attrs": {...}, "rows": [...]}``.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 from pathlib import Path
@@ -20,10 +21,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="workbench evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inverter", required=True, help="shipped name, folder, or optimization:<classifier>/<layer>")
-    p.add_argument("--n", type=int, default=256, help="images to evaluate")
+    p.add_argument("--num-images", type=int, default=256, help="held-out images to evaluate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="reconstructions per image")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (FeatInv) or optimiser steps")
+    p.add_argument("--num-inference-steps", type=int, default=None,
+                   help="denoising steps (FeatInv) or optimiser steps (the optimisation baseline); default: the "
+                        "inverter's")
+    p.add_argument("--batch-size", type=int, default=None, help="maps inverted at once (default: the inverter's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--ood", action="store_true", help="held-out (shape, background) pairs only")
     p.add_argument("--device", default="cpu")
@@ -32,37 +36,32 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_any_inverter(spec: str, *, device: str = "cpu"):
-    """``(inverter, classifier)`` from a CLI spec: a shipped name, a folder, or ``optimization:<clf>/<layer>``.
-
-    Example:
-        >>> inv, clf = load_any_inverter("optimization:tinyworld-cnn/stages.3")
-    """
-    from ..inverters import load_inverter
-    from ..inverters.optimization import OptimizationInverter
-    from ..models import load_classifier
-
-    if spec.startswith("optimization:"):
-        clf_name, _, layer = spec.removeprefix("optimization:").rpartition("/")
-        if not clf_name or not layer:
-            raise ValueError(f"{spec!r}: write optimization:<classifier>/<layer>, e.g. optimization:tinyworld-cnn/stages.3")
-        clf = load_classifier(clf_name, device=device)
-        return OptimizationInverter(clf, layer), clf
-    inv = load_inverter(spec, device=device)
-    return inv, load_classifier(inv.classifier_name, device=device)
+def invert_options(inverter, args) -> dict:
+    """The keyword arguments of ``inverter.invert`` that the flags set: ``--num-inference-steps`` goes to
+    ``num_inference_steps`` (FeatInv) or ``steps`` (the optimisation baseline), whichever it takes."""
+    params = inspect.signature(inverter.invert).parameters
+    options = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    if args.num_inference_steps is not None:
+        name = next((k for k in ("num_inference_steps", "steps") if k in params), None)
+        if name is None:
+            raise SystemExit(f"--num-inference-steps: {type(inverter).__name__} takes no steps; leave the flag out")
+        options[name] = args.num_inference_steps
+    return options
 
 
 def main(args) -> int:
     from ..evaluation import evaluate
+    from ..inverters import load_inverter
+    from ..models import load_classifier
     from ..tinyworld import TinyWorld
 
-    inv, clf = load_any_inverter(args.inverter, device=args.device)
-    dataset = TinyWorld(args.split, size=max(args.n, 2000), seed=0, ood=args.ood)
-    kwargs = {} if args.steps is None else {"steps": args.steps}
-    table = evaluate(inv, clf, inv.layer, dataset, n=args.n, seed=args.seed, num_samples=args.num_samples,
-                     progress=args.progress, **kwargs)
+    inv = load_inverter(args.inverter, device=args.device)
+    clf = load_classifier(inv.classifier_name, device=args.device)
+    dataset = TinyWorld(args.split, size=max(args.num_images, 2000), seed=0, ood=args.ood)
+    table = evaluate(inv, clf, inv.layer, dataset, n=args.num_images, seed=args.seed, num_samples=args.num_samples,
+                     progress=args.progress, **invert_options(inv, args))
     summ = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in table.summary().items()}
-    print(f"{table.attrs['inverter']} on {args.n} {args.split}{' ood' if args.ood else ''} images:")
+    print(f"{table.attrs['inverter']} on {args.num_images} {args.split}{' ood' if args.ood else ''} images:")
     for k, v in summ.items():
         print(f"  {k:>18}: {v:.4f}" if isinstance(v, float) else f"  {k:>18}: {v}")
     if args.json:
