@@ -387,7 +387,7 @@ def create_classifier(name: str, **overrides: Any) -> Classifier:
         **overrides: architecture arguments to change (tests use smaller widths).
     """
     if name not in SHIPPED_CLASSIFIERS:
-        raise ValueError(f"unknown tiny-world classifier {name!r}; shipped: {sorted(SHIPPED_CLASSIFIERS)}")
+        raise UnknownModelError(f"unknown tiny-world classifier {name!r}; shipped: {sorted(SHIPPED_CLASSIFIERS)}")
     spec = SHIPPED_CLASSIFIERS[name]
     net = build_network(spec["architecture"], {**spec["arch_args"], **overrides})
     return Classifier(net, TINY_MEAN, TINY_STD, TINY_INPUT_SIZE, name=name)
