@@ -31,7 +31,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = {"tinyworld", "hooks", "models", "zoo", "weights", "diffusion", "inverters", "training", "plot", "metrics",
-               "analysis", "evaluation", "presets", "paths", "errors", "cli", "robustness", "widgets"}
+               "analysis", "evaluation", "presets", "paths", "errors", "cli", "robustness", "widgets", "interventions"}
 
 __all__ = sorted(_EXPORTS)
 
