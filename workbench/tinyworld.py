@@ -821,3 +821,28 @@ class TinyWorld(torch.utils.data.Dataset):
             data[name] = np.asarray(_CATEGORICAL[name])[values] if name in _CATEGORICAL else values
         data["label"] = self.factors["shape"][idx].numpy()
         return pd.DataFrame(data, index=pd.Index(idx.numpy(), name="index"))
+
+
+def tinyworld_images(num_images: int, *, split: str = "train", seed: int = 0, device: torch.device | str = "cpu",
+                     progress: bool = False) -> tuple[Tensor, Tensor]:
+    """Render ``num_images`` tiny-world images in chunks on ``device``: ``(uint8 [N, 3, 32, 32], int64 [N])``.
+
+    The same items as ``TinyWorld(split, size=num_images, seed=seed)``, rendered straight on the device that
+    trains on them (a device the renderer cannot use renders on the CPU and moves the images).
+
+    Example:
+        >>> images, labels = tinyworld_images(64, split="test")       # uint8 [64, 3, 32, 32], int64 [64]
+    """
+    from tqdm.auto import tqdm
+
+    ds = TinyWorld(split, size=num_images, seed=seed)
+    chunk = 8192
+    imgs = []
+    for s in tqdm(range(0, num_images, chunk), desc=f"render {split}", disable=not progress):
+        part = {k: v[s:s + chunk] for k, v in ds.factors.items()}
+        try:
+            x = render_batch(part, device=device)
+        except RuntimeError:
+            x = render_batch(part, device="cpu").to(device)
+        imgs.append((x * 255).round().to(torch.uint8))
+    return torch.cat(imgs), ds.labels().to(device)

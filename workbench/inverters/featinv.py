@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion import training_target
+from ..diffusion import diffusion_loss
 from ..errors import InverterMismatchError
 from ..models import classifier_view
 
@@ -166,19 +166,20 @@ class FeatInv(nn.Module):
                               mid_block_additional_residual=mid).sample
 
     def training_loss(self, latents: torch.Tensor, features: torch.Tensor, *, noise_scheduler,
-                      generator: torch.Generator | None = None, drop_prob: float = 0.15) -> torch.Tensor:
-        """The denoising loss on a batch (its target is the noise, or ``v`` for a v-prediction base), with
-        condition dropout: with probability ``drop_prob`` an item's features are zeroed and the null prompt is used
-        (so classifier-free guidance is defined)."""
+                      generator: torch.Generator | None = None, drop_prob: float = 0.15,
+                      snr_gamma: float | None = None) -> torch.Tensor:
+        """The denoising loss on a batch (:func:`~workbench.diffusion.diffusion_loss`: its target is the noise, or
+        ``v`` for a v-prediction base; Min-SNR-gamma weighting with ``snr_gamma``), with condition dropout: with
+        probability ``drop_prob`` an item's features are zeroed and the null prompt is used (so classifier-free
+        guidance is defined). ``latents``: ``[B, C, h, w]``; ``features``: ``[B, C_f, h_f, w_f]``."""
         b = latents.shape[0]
-        dev = latents.device
-        noise = torch.randn(latents.shape, generator=generator, device=dev)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator, device=dev)
-        zt = noise_scheduler.add_noise(latents, noise, t)
-        drop = torch.rand(b, generator=generator, device=dev) < drop_prob
-        feats = features * (~drop).view(-1, 1, 1, 1).to(features.dtype)
-        pred = self.predict_noise(zt, t, feats, self.base.embeds(b, null=drop))
-        return F.mse_loss(pred.float(), training_target(noise_scheduler, latents, noise, t).float())
+
+        def predict(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            drop = torch.rand(b, generator=generator, device=latents.device) < drop_prob
+            feats = features * (~drop).view(-1, 1, 1, 1).to(features.dtype)
+            return self.predict_noise(noisy, t, feats, self.base.embeds(b, null=drop))
+
+        return diffusion_loss(predict, latents, noise_scheduler, generator=generator, snr_gamma=snr_gamma)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
