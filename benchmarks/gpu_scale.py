@@ -20,7 +20,7 @@ Both designs encode the images with the VAE in the step (real-scale data is not 
 memory of a design is its resident state (weights, gradients, optimiser) plus the step's peak.
 
 Sampling: images per second of DDIM-50 against FeatInv's default sampler (``DEFAULT_SCHEDULER``,
-``DEFAULT_STEPS``, ``DEFAULT_GUIDANCE``), with our runtime settings (bf16 autocast on CUDA).
+``DEFAULT_NUM_INFERENCE_STEPS``, ``DEFAULT_GUIDANCE_SCALE``), with our runtime settings (bf16 autocast on CUDA).
 
 Writes ``--out`` (JSON) and ``--table`` (markdown rows for benchmarks/RESULTS.md), with the device name.
 
@@ -218,13 +218,15 @@ def time_designs(designs: list[Design], args, device) -> dict:
 def time_sampling(inv, feats, args, device) -> dict:
     from workbench.inverters import featinv as fi
 
-    settings = {"sample_ddim50": dict(scheduler="ddim", steps=50, guidance=fi.DEFAULT_GUIDANCE),
-                "sample_default": dict(scheduler=fi.DEFAULT_SCHEDULER, steps=fi.DEFAULT_STEPS,
-                                       guidance=fi.DEFAULT_GUIDANCE)}
+    guidance_scale = fi.DEFAULT_GUIDANCE_SCALE
+    settings = {"sample_ddim50": dict(scheduler="ddim", num_inference_steps=50, guidance_scale=guidance_scale),
+                "sample_default": dict(scheduler=fi.DEFAULT_SCHEDULER,
+                                       num_inference_steps=fi.DEFAULT_NUM_INFERENCE_STEPS,
+                                       guidance_scale=guidance_scale)}
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     times = {k: [] for k in settings}
     with ctx:
-        inv.invert(feats, num_samples=1, steps=1, progress=False)  # warm-up
+        inv.invert(feats, num_samples=1, num_inference_steps=1, progress=False)  # warm-up
         for b in range(args.blocks):
             for key, kw in list(settings.items())[::(-1 if b % 2 else 1)]:
                 sync(device)
@@ -303,10 +305,11 @@ def table(record: dict) -> str:
             if k in r:
                 lines.append(f"| {name} ({r['layer']}) | {k} | {r[k]['images_per_s']} | {r[k]['peak_gib']} | "
                              f"{r['ratio_ours_over_official'] if k == 'train_ours' else ''} |")
+    default = record["sample_default"]
     lines += ["", "| sampler | images/s | default / DDIM-50 |", "|---|---|---|",
               f"| DDIM 50 steps | {record['sample_ddim50']['images_per_s']} | |",
-              f"| default ({record['sample_default']['scheduler']} {record['sample_default']['steps']} steps, "
-              f"guidance {record['sample_default']['guidance']}) | {record['sample_default']['images_per_s']} | "
+              f"| default ({default['scheduler']} {default['num_inference_steps']} steps, guidance "
+              f"{default['guidance_scale']}) | {default['images_per_s']} | "
               f"{record['sampling_ratio_default_over_ddim50']} |"]
     return "\n".join(lines)
 

@@ -1,8 +1,8 @@
 """FeatInv at its defaults against the optimisation baseline at its defaults: seconds per image and feature cosine.
 
 The same ``--n`` held-out tiny-world test images, one image per map, for the CNN and ViT last-layer
-inverters. ``FeatInv.invert`` runs with its defaults (``DEFAULT_SCHEDULER``, ``DEFAULT_STEPS``,
-``DEFAULT_GUIDANCE``); ``OptimizationInverter(classifier, layer)`` with its defaults. The two are timed
+inverters. ``FeatInv.invert`` runs with its defaults (``DEFAULT_SCHEDULER``, ``DEFAULT_NUM_INFERENCE_STEPS``,
+``DEFAULT_GUIDANCE_SCALE``); ``OptimizationInverter(classifier, layer)`` with its defaults. The two are timed
 alternately ``--repeats`` times in one process (medians); the cosine is that of the first repeat (both
 are deterministic for a seed). The goal is FeatInv at least 10x faster per image.
 
@@ -60,9 +60,10 @@ def main(args: argparse.Namespace) -> dict:
         results[name] = {k: {"s_per_image": per[k], "cosine": cos[k]} for k in methods}
         results[name]["speedup"] = per["optimization"] / per["featinv"]
         print(f"{name}, {args.n} images, CPU, {torch.get_num_threads()} thread(s), {args.repeats} interleaved repeats")
-        print(f"  FeatInv ({fi.DEFAULT_SCHEDULER} {fi.DEFAULT_STEPS} steps, guidance {fi.DEFAULT_GUIDANCE})  "
+        print(f"  FeatInv ({fi.DEFAULT_SCHEDULER} {fi.DEFAULT_NUM_INFERENCE_STEPS} steps, "
+              f"guidance {fi.DEFAULT_GUIDANCE_SCALE})  "
               f"{per['featinv']:.3f} s/image  cosine {cos['featinv']:.4f}")
-        print(f"  optimisation ({opt.steps} Adam steps)        {per['optimization']:.3f} s/image  "
+        print(f"  optimisation ({opt.num_optimizer_steps} Adam steps)        {per['optimization']:.3f} s/image  "
               f"cosine {cos['optimization']:.4f}")
         print(f"  speed-up FeatInv over optimisation = {results[name]['speedup']:.1f}x  (goal >= 10)")
     return results

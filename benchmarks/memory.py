@@ -50,7 +50,8 @@ def child(args: argparse.Namespace) -> None:
     inv = wb.load_inverter(args.inverter)
     feats = torch.randn(args.n, *inv.feature_shape).abs()
     if args.child != "load_only":
-        out = inv.invert(feats, num_samples=1, steps=args.steps, progress=False, batch_size=args.batch_size)
+        out = inv.invert(feats, num_samples=1, num_inference_steps=args.steps, progress=False,
+                         batch_size=args.batch_size)
         assert out.shape[0] == args.n
 
 

@@ -85,8 +85,8 @@ def evaluate(task: dict) -> dict:
     x = x[:task["use"]]
     feats = extract_features(clf, x, inv.layer)
     start = time.perf_counter()
-    rec = inv.invert(feats, num_samples=1, steps=task["steps"], scheduler=task["scheduler"],
-                     guidance=task["guidance"], seed=task["seed"], progress=False,
+    rec = inv.invert(feats, num_samples=1, num_inference_steps=task["steps"], scheduler=task["scheduler"],
+                     guidance_scale=task["guidance"], seed=task["seed"], progress=False,
                      batch_size=task["batch_size"])[:, 0]
     seconds = time.perf_counter() - start
     cos = feature_cosine(clf, inv.layer, x, rec)
@@ -171,8 +171,9 @@ def main(args: argparse.Namespace) -> dict:
     inv = wb.load_inverter(args.inverters[0])
     clf = wb.load_classifier(inv.classifier_name)
     feats = extract_features(clf, wb.TinyWorld("test", size=args.time_n, seed=args.seed).images(), inv.layer)
-    settings = {"reference": dict(scheduler=ref_sched, steps=ref_steps, guidance=args.sweep_guidance),
-                "default": dict(scheduler=best[0], steps=best[1], guidance=guidance)}
+    settings = {"reference": dict(scheduler=ref_sched, num_inference_steps=ref_steps,
+                                  guidance_scale=args.sweep_guidance),
+                "default": dict(scheduler=best[0], num_inference_steps=best[1], guidance_scale=guidance)}
     times: dict[str, list[float]] = {k: [] for k in settings}
     for rep in range(args.repeats):
         order = list(settings.items())[::(-1 if rep % 2 else 1)]

@@ -23,15 +23,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inverter", default="tinyworld-cnn/stages.3")
     p.add_argument("--n", type=int, default=16, help="maps")
     p.add_argument("--samples", type=int, default=4, help="samples per map")
-    p.add_argument("--steps", type=int, default=None, help="default: FeatInv's DEFAULT_STEPS")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: FeatInv's "
+                   "DEFAULT_NUM_INFERENCE_STEPS)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
 
 @torch.no_grad()
-def slow_invert(inv: FeatInv, features: torch.Tensor, *, num_samples: int, steps: int, guidance: float,
-                scheduler: str, seed: int, guidance_mode: str, batch_size: int = 64) -> torch.Tensor:
+def slow_invert(inv: FeatInv, features: torch.Tensor, *, num_samples: int, num_inference_steps: int,
+                guidance_scale: float, scheduler: str, seed: int, guidance_mode: str, batch_size: int = 64,
+                ) -> torch.Tensor:
     """The sampling loop as first written: features repeated per sample, and the ControlNet re-embedding
     the condition (cond and dropped) at every step. The reference the optimised path must match."""
     device = inv.base.prompt_embeds.device
@@ -44,19 +46,19 @@ def slow_invert(inv: FeatInv, features: torch.Tensor, *, num_samples: int, steps
         e = min(s + batch_size, B * S)
         f = feats[s:e].to(device)
         sched = inv.base.make_scheduler(scheduler)
-        sched.set_timesteps(steps, device=device)
+        sched.set_timesteps(num_inference_steps, device=device)
         z = noise[s:e].to(device) * sched.init_noise_sigma
         n = e - s
         cond_emb, null_emb = inv.base.embeds(n), inv.base.embeds(n, null=True)
         uncond_feats = torch.zeros_like(f) if guidance_mode == "features" else f
         for t in sched.timesteps:
             zin = sched.scale_model_input(z, t)
-            if guidance == 1.0:
+            if guidance_scale == 1.0:
                 eps = inv.predict_noise(zin, t, f, cond_emb)
             else:
                 eps_c, eps_u = inv.predict_noise(torch.cat([zin, zin]), t, torch.cat([f, uncond_feats]),
                                                  torch.cat([cond_emb, null_emb])).chunk(2)
-                eps = eps_u + guidance * (eps_c - eps_u)
+                eps = eps_u + guidance_scale * (eps_c - eps_u)
             z = sched.step(eps, t, z).prev_sample
         out[s:e] = inv.base.decode(z).float().cpu()
     return out.view(B, S, 3, inv.image_size, inv.image_size)
@@ -70,8 +72,9 @@ def main(args: argparse.Namespace) -> float:
     inv = wb.load_inverter(args.inverter)
     clf = wb.load_classifier(inv.classifier_name)
     feats = wb.metrics.extract_features(clf, wb.TinyWorld("test", size=args.n, seed=0).images(), inv.layer)
-    kw = dict(num_samples=args.samples, steps=args.steps or fi.DEFAULT_STEPS, guidance=fi.DEFAULT_GUIDANCE,
-              scheduler=fi.DEFAULT_SCHEDULER, seed=0, guidance_mode=fi.DEFAULT_GUIDANCE_MODE)
+    kw = dict(num_samples=args.samples, num_inference_steps=args.steps or fi.DEFAULT_NUM_INFERENCE_STEPS,
+              guidance_scale=fi.DEFAULT_GUIDANCE_SCALE, scheduler=fi.DEFAULT_SCHEDULER, seed=0,
+              guidance_mode=fi.DEFAULT_GUIDANCE_MODE)
     paths = {"slow": lambda: slow_invert(inv, feats, **kw), "library": lambda: inv.invert(feats, progress=False, **kw)}
     times: dict[str, list[float]] = {k: [] for k in paths}
     outs = {}
@@ -84,8 +87,9 @@ def main(args: argparse.Namespace) -> float:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["slow"] / med["library"]
     images = args.n * args.samples
-    print(f"{args.inverter}, {args.n} maps x {args.samples} samples, {kw['scheduler']} {kw['steps']} steps, guidance "
-          f"{kw['guidance']}, CPU, {torch.get_num_threads()} thread(s), {args.repeats} interleaved repeats")
+    print(f"{args.inverter}, {args.n} maps x {args.samples} samples, {kw['scheduler']} {kw['num_inference_steps']} "
+          f"steps, guidance {kw['guidance_scale']}, CPU, {torch.get_num_threads()} thread(s), {args.repeats} "
+          "interleaved repeats")
     print(f"  slow path     {med['slow'] / images * 1e3:7.1f} ms/image")
     print(f"  library path  {med['library'] / images * 1e3:7.1f} ms/image")
     print(f"  ratio slow / library = {ratio:.3f}   max |difference| = {(outs['slow'] - outs['library']).abs().max():.2e}")

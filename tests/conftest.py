@@ -74,6 +74,16 @@ def arch(request) -> tuple[str, Arch, nn.Module, torch.Tensor]:
     return request.param, spec, model, x
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a small shared CPU,
+    more threads per process make the sampling tests many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def assert_no_hooks(model: nn.Module) -> None:
     """Every module of ``model`` has no forward hook or pre-hook left."""
     for name, module in model.named_modules():

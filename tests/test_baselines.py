@@ -22,14 +22,14 @@ def x():
 
 
 def test_optimisation_lowers_its_loss_within_10_steps(cnn, x):
-    opt = wb.OptimizationInverter(cnn, "stages.3", steps=10)
+    opt = wb.OptimizationInverter(cnn, "stages.3", num_optimizer_steps=10)
     images, losses = opt.fit(extract_features(cnn, x[:2], "stages.3"), seed=0)
     assert len(losses) == 10 and losses[-1] < 0.8 * losses[0], losses
     assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
 def test_optimisation_shares_the_inverter_call_and_is_seeded(cnn, x):
-    opt = wb.OptimizationInverter(cnn, "stages.3", steps=2)
+    opt = wb.OptimizationInverter(cnn, "stages.3", num_optimizer_steps=2)
     assert (opt.classifier_name, opt.layer, opt.feature_shape, opt.pooling, opt.image_size) == \
         ("tinyworld-cnn", "stages.3", (192, 4, 4), "none", 32)
     f = extract_features(cnn, x[:2], "stages.3")

@@ -22,7 +22,7 @@ def dataset():
 
 
 def _fast(inv) -> dict:
-    return {"steps": 1, "guidance": 1.0} if getattr(inv, "kind", "") == "featinv" else {}
+    return {"num_inference_steps": 1, "guidance_scale": 1.0} if getattr(inv, "kind", "") == "featinv" else {}
 
 
 @pytest.mark.parametrize("name", wb.list_inverters())
@@ -39,7 +39,7 @@ def test_harness_table_for_every_shipped_inverter(name, classifiers, dataset):
 
 def test_optimisation_in_the_harness_with_samples(classifiers, dataset):
     cnn = classifiers["tinyworld-cnn"]
-    opt = wb.OptimizationInverter(cnn, "stages.3", steps=2)
+    opt = wb.OptimizationInverter(cnn, "stages.3", num_optimizer_steps=2)
     table, x, rec = wb.evaluate(opt, cnn, "stages.3", dataset, n=3, num_samples=2, progress=False,
                                 return_reconstructions=True)
     assert table.shape[0] == 6 and list(table["sample"]) == [0, 1] * 3

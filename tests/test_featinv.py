@@ -114,7 +114,7 @@ def test_miniature_sampling_save_load_roundtrip(mini, resnet, tmp_path):
     feats = wb.metrics.extract_features(resnet, torch.rand(2, 3, 64, 64), "layer4")
     inv = FeatInv(mini, "resnet18", "layer4", feats.shape[1:])
     make_condition_matter(inv)
-    out = inv.invert(feats, num_samples=1, steps=2, progress=False)
+    out = inv.invert(feats, num_samples=1, num_inference_steps=2, progress=False)
     assert out.shape == (2, 1, 3, 64, 64)
     assert out.min() >= 0 and out.max() <= 1
     inv.save_pretrained(tmp_path / "inv", fp16=False)
@@ -124,7 +124,7 @@ def test_miniature_sampling_save_load_roundtrip(mini, resnet, tmp_path):
     again = FeatInv.from_pretrained(tmp_path / "inv", base=mini)
     for (k, a), b in zip(inv.controlnet.state_dict().items(), again.controlnet.state_dict().values()):
         assert torch.equal(a, b), k
-    assert torch.equal(again.invert(feats, num_samples=1, steps=2, progress=False), out)
+    assert torch.equal(again.invert(feats, num_samples=1, num_inference_steps=2, progress=False), out)
 
 
 def test_base_save_load_roundtrip(mini, tmp_path):
@@ -149,11 +149,12 @@ def test_base_img2img_runs_from_reconstruction_to_fresh_sample(mini, scheduler):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         rec = mini.decode(mini.encode(x))
-    none = mini.img2img(x, strength=0.0, steps=4, scheduler=scheduler, progress=False)
+    none = mini.img2img(x, strength=0.0, num_inference_steps=4, scheduler=scheduler, progress=False)
     assert torch.allclose(none, rec, atol=1e-6)  # strength 0: no noise, no UNet pass
-    half = mini.img2img(x, strength=0.5, steps=4, scheduler=scheduler, seed=1, progress=False)
+    half = mini.img2img(x, strength=0.5, num_inference_steps=4, scheduler=scheduler, seed=1, progress=False)
     assert half.shape == x.shape and torch.isfinite(half).all() and (half - rec).abs().max() > 1e-3
-    again = mini.img2img(x, strength=0.5, steps=4, scheduler=scheduler, seed=1, progress=False, batch_size=1)
+    again = mini.img2img(x, strength=0.5, num_inference_steps=4, scheduler=scheduler, seed=1, progress=False,
+                         batch_size=1)
     assert torch.allclose(half[:1], again[:1], atol=1e-5)  # seeded; the first batch sees the same noise
 
 
@@ -162,23 +163,23 @@ def test_base_img2img_rejects_bad_input(mini):
         mini.img2img(torch.rand(1, 3, 64, 64), strength=1.5, progress=False)
     with pytest.raises(ValueError, match=r"shape \(1, 3, 32, 32\).*\[B, 3, 64, 64\]"):
         mini.img2img(torch.rand(1, 3, 32, 32), progress=False)
-    with pytest.raises(ValueError, match="steps=0"):
-        mini.img2img(torch.rand(1, 3, 64, 64), steps=0, progress=False)
+    with pytest.raises(ValueError, match="num_inference_steps=0"):
+        mini.img2img(torch.rand(1, 3, 64, 64), num_inference_steps=0, progress=False)
 
 
 def test_base_sample_guidance_contrasts_prompt_and_null():
     base = miniature_base(pixel=True)
-    plain = base.sample(2, steps=2, scheduler="ddim", seed=0, progress=False)
+    plain = base.sample(2, num_inference_steps=2, scheduler="ddim", seed=0, progress=False)
     assert plain.shape == (2, 3, 16, 16) and torch.isfinite(plain).all()
-    guided = base.sample(2, steps=2, scheduler="ddim", seed=0, guidance_scale=3.0, progress=False)
+    guided = base.sample(2, num_inference_steps=2, scheduler="ddim", seed=0, guidance_scale=3.0, progress=False)
     assert (guided - plain).abs().max() > 1e-4  # the null prompt differs, so guidance moves the samples
     base.null_embeds.copy_(base.prompt_embeds)  # with null == prompt, guidance is the identity
-    same = base.sample(2, steps=2, scheduler="ddim", seed=0, guidance_scale=3.0, progress=False)
+    same = base.sample(2, num_inference_steps=2, scheduler="ddim", seed=0, guidance_scale=3.0, progress=False)
     assert torch.allclose(same, plain, atol=1e-5)
     with pytest.raises(ValueError, match="guidance_scale=0.5"):
-        base.sample(1, steps=2, guidance_scale=0.5, progress=False)
-    with pytest.raises(ValueError, match="n=0"):
-        base.sample(0, steps=2, progress=False)
+        base.sample(1, num_inference_steps=2, guidance_scale=0.5, progress=False)
+    with pytest.raises(ValueError, match="num_images=0"):
+        base.sample(0, num_inference_steps=2, progress=False)
 
 
 def test_prompt_embedding_is_computed_once_from_a_clip_text_encoder(mini, tmp_path):
@@ -218,9 +219,9 @@ def mini_inv(mini, resnet):
 
 def test_same_seed_same_images_whatever_the_batch_size(mini_inv):
     inv, feats = mini_inv
-    a = inv.invert(feats, num_samples=2, steps=2, seed=3, progress=False, batch_size=64)
-    b = inv.invert(feats, num_samples=2, steps=2, seed=3, progress=False, batch_size=2)
-    c = inv.invert(feats, num_samples=2, steps=2, seed=4, progress=False)
+    a = inv.invert(feats, num_samples=2, num_inference_steps=2, seed=3, progress=False, batch_size=64)
+    b = inv.invert(feats, num_samples=2, num_inference_steps=2, seed=3, progress=False, batch_size=2)
+    c = inv.invert(feats, num_samples=2, num_inference_steps=2, seed=4, progress=False)
     assert torch.allclose(a, b, atol=1e-5)
     assert not torch.allclose(a, c)
 
@@ -229,14 +230,16 @@ def test_same_seed_same_images_whatever_the_batch_size(mini_inv):
 @pytest.mark.parametrize("mode", ["features", "prompt"])
 def test_schedulers_and_guidance_modes(mini_inv, scheduler, mode):
     inv, feats = mini_inv
-    out = inv.invert(feats[:1], num_samples=1, steps=2, scheduler=scheduler, guidance_mode=mode, progress=False)
+    out = inv.invert(feats[:1], num_samples=1, num_inference_steps=2, scheduler=scheduler, guidance_mode=mode,
+                     progress=False)
     assert out.shape == (1, 1, 3, 64, 64) and torch.isfinite(out).all()
 
 
 def test_guidance_modes_differ(mini_inv):
     inv, feats = mini_inv
-    a = inv.invert(feats[:1], num_samples=1, steps=2, guidance=3.0, guidance_mode="features", progress=False)
-    b = inv.invert(feats[:1], num_samples=1, steps=2, guidance=3.0, guidance_mode="prompt", progress=False)
+    kw = dict(num_samples=1, num_inference_steps=2, guidance_scale=3.0, progress=False)
+    a = inv.invert(feats[:1], guidance_mode="features", **kw)
+    b = inv.invert(feats[:1], guidance_mode="prompt", **kw)
     assert not torch.allclose(a, b)
 
 

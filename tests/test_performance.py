@@ -29,13 +29,7 @@ def load_benchmark(name: str):
 slow_invert = load_benchmark("sampling_path").slow_invert
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a small shared CPU, more threads per process make these tests many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,8 @@ def mini_inv():
 @pytest.mark.parametrize("batch_size", [64, 4])  # 4 splits the second map's samples across chunks
 def test_fast_sampling_matches_the_slow_path(mini_inv, guidance, mode, scheduler, batch_size):
     inv, feats = mini_inv
-    kw = dict(num_samples=3, steps=2, guidance=guidance, scheduler=scheduler, seed=1, guidance_mode=mode)
+    kw = dict(num_samples=3, num_inference_steps=2, guidance_scale=guidance, scheduler=scheduler, seed=1,
+              guidance_mode=mode)
     fast = inv.invert(feats, progress=False, batch_size=batch_size, **kw)
     slow = slow_invert(inv, feats, batch_size=batch_size, **kw)
     assert fast.shape == slow.shape == (2, 3, 3, 64, 64)
@@ -70,14 +65,14 @@ def test_sampling_restores_the_conditioning_module_even_after_an_error(mini_inv,
         raise RuntimeError("boom")
     monkeypatch.setattr(inv.base, "decode", boom)
     with pytest.raises(RuntimeError, match="boom"):
-        inv.invert(feats[:1], num_samples=1, steps=1, progress=False)
+        inv.invert(feats[:1], num_samples=1, num_inference_steps=1, progress=False)
     assert isinstance(inv.controlnet.controlnet_cond_embedding, FeatureConditioning)
 
 
 def test_sampling_output_is_an_ordinary_tensor(mini_inv):
     """Inference mode inside ``invert`` must not leak inference tensors to the caller."""
     inv, feats = mini_inv
-    out = inv.invert(feats[:1], num_samples=1, steps=1, progress=False)
+    out = inv.invert(feats[:1], num_samples=1, num_inference_steps=1, progress=False)
     assert not out.is_inference()
     out.requires_grad_(True)  # would raise on an inference tensor
 
@@ -85,7 +80,8 @@ def test_sampling_output_is_an_ordinary_tensor(mini_inv):
 def test_shipped_inverter_fast_path_matches_slow_path():
     inv = wb.load_inverter("tinyworld-cnn/stages.3")
     feats = torch.randn(2, *inv.feature_shape).abs()
-    kw = dict(num_samples=2, steps=2, guidance=2.0, scheduler="dpm++", seed=0, guidance_mode="features")
+    kw = dict(num_samples=2, num_inference_steps=2, guidance_scale=2.0, scheduler="dpm++", seed=0,
+              guidance_mode="features")
     fast = inv.invert(feats, progress=False, batch_size=3, **kw)
     slow = slow_invert(inv, feats, batch_size=3, **kw)
     assert (fast - slow).abs().max() < 1e-4
@@ -98,7 +94,7 @@ def test_chunked_sampling_memory_is_bounded_by_batch_size(mini_inv):
     seen = []
     hook = inv.base.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
     try:
-        inv.invert(feats.repeat(4, 1, 1, 1), num_samples=2, steps=1, progress=False, batch_size=5)
+        inv.invert(feats.repeat(4, 1, 1, 1), num_samples=2, num_inference_steps=1, progress=False, batch_size=5)
     finally:
         hook.remove()
     assert max(seen) == 10 and sum(seen) == 2 * 16

@@ -68,7 +68,7 @@ def test_base_img2img_keeps_the_class_at_low_strength_only():
     x, y = ds.images(), ds.labels()
     kept = {}
     for strength in (0.3, 1.0):
-        out = base.img2img(x, strength=strength, steps=20, seed=0, progress=False)
+        out = base.img2img(x, strength=strength, num_inference_steps=20, seed=0, progress=False)
         with torch.no_grad():
             kept[strength] = (cnn(out).argmax(1) == y).float().mean().item()
     assert kept[0.3] >= 0.85 and kept[1.0] < kept[0.3] - 0.4, kept

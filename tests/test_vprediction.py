@@ -61,7 +61,7 @@ def test_samplers_read_the_prediction_type_from_the_base(kind, scheduler):
     ab = _sched(kind).alphas_cumprod
     emb = torch.zeros(1, 1, 4)
     base = DiffusionBase(OracleUNet(x0, ab, kind), tiny_scheduler_config(kind), emb, emb, None, image_size=8)
-    out = base.sample(2, steps=20, scheduler=scheduler, progress=False)
+    out = base.sample(2, num_inference_steps=20, scheduler=scheduler, progress=False)
     assert torch.allclose(out, image.expand(2, -1, -1, -1), atol=2e-3)
 
     other = "epsilon" if kind == "v_prediction" else "v_prediction"

@@ -28,7 +28,8 @@ def explorer():
     star = mean_difference(extract_features(cnn, x, "stages.3"), y == 3, name="star", layer="stages.3",
                            classifier_name="tinyworld-cnn")
     inv = wb.load_inverter("tinyworld-cnn/stages.3")
-    return Explorer(cnn, {"stages.3": inv}, x[:4], labels=y[:4], concepts={"star": star}, num_samples=2, steps=2)
+    return Explorer(cnn, {"stages.3": inv}, x[:4], labels=y[:4], concepts={"star": star}, num_samples=2,
+                    num_inference_steps=2)
 
 
 def test_explorer_builds_and_runs(explorer):

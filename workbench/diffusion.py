@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -27,6 +27,11 @@ from .paths import data_dir
 
 SHIPPED_BASES = ("tinyworld-base",)
 DEFAULT_PROMPT = "a high-quality, detailed photograph"
+#: The scheduler of every sampler here (``DiffusionBase.sample``, ``DiffusionBase.img2img``, ``FeatInv.invert``).
+DEFAULT_SCHEDULER = "ddim"
+
+#: A denoiser as :func:`denoise` calls it: ``(model_input [B, C, h, w], t) -> prediction [B, C, h, w]``.
+Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def tiny_unet_config(*, sample_size: int = 16, in_channels: int = 4, widths=(64, 128, 128),
@@ -62,8 +67,7 @@ def tiny_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
 
     ``timestep_spacing="leading"`` matters: the capped cosine schedule has ``alpha_bar ~ 0`` at
     ``t = 999``, where an epsilon-predicting sampler divides by ``sqrt(alpha_bar)``; "linspace" and
-    "trailing" spacings start there and DPM-Solver++ then returns noise (feature cosine 0.33 against
-    0.95 with "leading", measured on ``tinyworld-cnn/stages.3``).
+    "trailing" spacings start there, and DPM-Solver++ then returns noise.
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type {prediction_type!r}: expected one of {PREDICTION_TYPES}")
@@ -82,6 +86,61 @@ def training_target(noise_scheduler, sample: torch.Tensor, noise: torch.Tensor, 
         return noise_scheduler.get_velocity(sample, noise, timesteps)
     raise ValueError(f"prediction_type {kind!r} of this scheduler is not supported; expected one of "
                      f"{PREDICTION_TYPES}")
+
+
+def denoise(predict: Predictor, latents: torch.Tensor, scheduler, *, timesteps: torch.Tensor | None = None,
+            guidance_scale: float = 1.0, callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+            ) -> torch.Tensor:
+    """The denoising loop of every sampler here (:meth:`DiffusionBase.sample`, :meth:`DiffusionBase.img2img`,
+    :meth:`FeatInv.invert <workbench.inverters.featinv.FeatInv.invert>`), as diffusers' pipelines write it.
+
+    Args:
+        predict: the denoiser, ``predict(model_input, t) -> prediction`` (the noise or ``v``, as the scheduler's
+            ``prediction_type`` says). Without guidance ``model_input`` is ``[B, C, h, w]``. With guidance it is
+            the scaled latents twice, ``[2B, C, h, w]``: the predictor conditions the first half and leaves the
+            second half unconditional (see :meth:`DiffusionBase.prompt_predictor`).
+        latents: ``Tensor[B, C, h, w]`` to start from: noise times ``scheduler.init_noise_sigma``, or (img2img)
+            latents noised to the first of ``timesteps``.
+        scheduler: a diffusers scheduler whose timesteps are set (``set_timesteps``).
+        timesteps: the timesteps to run; default ``scheduler.timesteps`` (img2img runs only their tail).
+        guidance_scale: classifier-free guidance, ``uncond + guidance_scale * (cond - uncond)``; 1.0 turns it
+            off and runs the predictor on the batch once.
+        callback: called after every step as ``callback(i, t, latents)``, e.g. to move a progress bar.
+
+    Returns:
+        the denoised latents, ``Tensor[B, C, h, w]``.
+
+    Example:
+        >>> sched = base.make_scheduler("ddim", num_inference_steps=8)
+        >>> z = torch.randn(2, *base.latent_shape) * sched.init_noise_sigma
+        >>> images = base.decode(denoise(base.prompt_predictor(2), z, sched))
+    """
+    guided = guidance_scale != 1.0
+    for i, t in enumerate(scheduler.timesteps if timesteps is None else timesteps):
+        # 1. the scheduler's scaling of the input, twice over for guidance
+        model_input = scheduler.scale_model_input(latents, t)
+        if guided:
+            model_input = torch.cat([model_input, model_input])
+        # 2. the denoiser's prediction
+        prediction = predict(model_input, t)
+        # 3. classifier-free guidance, linear in the noise and in v alike
+        if guided:
+            cond, uncond = prediction.chunk(2)
+            prediction = uncond + guidance_scale * (cond - uncond)
+        # 4. one scheduler step
+        latents = scheduler.step(prediction, t, latents).prev_sample
+        if callback is not None:
+            callback(i, t, latents)
+    return latents
+
+
+def _check_sampling(what: str, guidance_scale: float, **counts: int) -> None:
+    """The argument checks every sampler shares: each count at least 1, ``guidance_scale >= 1``."""
+    if any(v < 1 for v in counts.values()):
+        given = ", ".join(f"{k}={v}" for k, v in counts.items())
+        raise ValueError(f"{what}({given}): each must be at least 1")
+    if not guidance_scale >= 1.0:
+        raise ValueError(f"guidance_scale={guidance_scale}: must be >= 1.0 (1.0 turns guidance off)")
 
 
 def sd_miniature_configs() -> dict[str, dict[str, Any]]:
@@ -209,65 +268,85 @@ class DiffusionBase(nn.Module):
             x = self.vae.decode((latents / self.scaling_factor).to(self.vae.dtype)).sample.float()
         return ((x + 1) / 2).clamp(0, 1)
 
-    def embeds(self, batch: int, *, null: torch.Tensor | bool = False) -> torch.Tensor:
+    def embeds(self, batch_size: int, *, null: torch.Tensor | bool = False) -> torch.Tensor:
         """Prompt embeddings for a batch: ``[B, L, D]``. ``null`` is a bool or a ``Tensor[B]`` bool mask
         selecting the null prompt per item (condition dropout)."""
-        p = self.prompt_embeds.expand(batch, -1, -1)
+        p = self.prompt_embeds.expand(batch_size, -1, -1)
         if isinstance(null, bool):
-            return self.null_embeds.expand(batch, -1, -1) if null else p
-        return torch.where(null.view(-1, 1, 1), self.null_embeds.expand(batch, -1, -1), p)
+            return self.null_embeds.expand(batch_size, -1, -1) if null else p
+        return torch.where(null.view(-1, 1, 1), self.null_embeds.expand(batch_size, -1, -1), p)
 
-    def make_scheduler(self, kind: str = "ddpm"):
-        """A fresh diffusers scheduler from this base's config: ``"ddpm"`` (training), ``"ddim"`` or ``"dpm++"``."""
+    def make_scheduler(self, kind: str = "ddpm", num_inference_steps: int | None = None):
+        """A fresh diffusers scheduler from this base's config: ``"ddpm"`` (training), ``"ddim"`` or ``"dpm++"``.
+
+        With ``num_inference_steps``, its timesteps are set for sampling, on the base's device.
+        """
         from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
         if kind == "ddpm":
-            return DDPMScheduler.from_config(self.scheduler_config)
-        if kind == "ddim":
-            return DDIMScheduler.from_config(self.scheduler_config)
-        if kind in ("dpm++", "dpmsolver++", "dpm"):
-            return DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++",
-                                                           solver_order=2)
-        raise ValueError(f"unknown scheduler {kind!r}; expected 'ddpm', 'ddim' or 'dpm++'")
+            sched = DDPMScheduler.from_config(self.scheduler_config)
+        elif kind == "ddim":
+            sched = DDIMScheduler.from_config(self.scheduler_config)
+        elif kind in ("dpm++", "dpmsolver++", "dpm"):
+            sched = DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++",
+                                                            solver_order=2)
+        else:
+            raise ValueError(f"unknown scheduler {kind!r}; expected 'ddpm', 'ddim' or 'dpm++'")
+        if num_inference_steps is not None:
+            sched.set_timesteps(num_inference_steps, device=self.prompt_embeds.device)
+        return sched
 
     # ------------------------------------------------------------------ sampling (unconditional)
     @torch.no_grad()
-    def sample(self, n: int, *, steps: int = 20, scheduler: str = "dpm++", seed: int = 0, batch_size: int = 256,
-               guidance_scale: float = 1.0, progress: bool = True) -> torch.Tensor:
-        """Samples from the base with its own prompt (no feature condition): ``Tensor[n, 3, H, W]`` in [0, 1].
+    def sample(self, num_images: int, *, num_inference_steps: int = 20, scheduler: str = DEFAULT_SCHEDULER,
+               seed: int = 0, batch_size: int = 256, guidance_scale: float = 1.0,
+               progress: bool = True) -> torch.Tensor:
+        """Samples from the base with its own prompt (no feature condition): ``Tensor[num_images, 3, H, W]`` in [0, 1].
 
-        ``guidance_scale`` is SD's prompt-vs-null classifier-free guidance (1.0: none, one UNet pass per step).
-        For the tiny base it changes little: prompt and null prompt were trained on the same images (256 samples:
-        confident fraction 0.707 at 1.0, 0.684 at 1.5). ``batch_size`` bounds the memory, whatever ``n`` is.
+        Args:
+            num_images: how many images to draw.
+            num_inference_steps: denoising steps.
+            scheduler: ``"ddim"`` or ``"dpm++"`` (see :meth:`make_scheduler`).
+            seed: the same seed gives the same images for the same ``batch_size``.
+            batch_size: images denoised at once; bounds the memory, whatever ``num_images`` is.
+            guidance_scale: SD's prompt-vs-null classifier-free guidance (1.0: none, one UNet pass per step). For
+                the tiny base it changes little: its prompt and null prompt were trained on the same images.
+            progress: show a progress bar over batches.
+
+        Example:
+            >>> base.sample(4, num_inference_steps=20, scheduler="dpm++", seed=0).shape   # [4, 3, 32, 32]
         """
         from tqdm.auto import tqdm
 
-        if n < 1 or steps < 1 or batch_size < 1:
-            raise ValueError(f"sample(n={n}, steps={steps}, batch_size={batch_size}): each must be at least 1")
-        if not guidance_scale >= 1.0:
-            raise ValueError(f"guidance_scale={guidance_scale}: must be >= 1.0 (1.0 turns guidance off)")
+        _check_sampling("sample", guidance_scale, num_images=num_images, num_inference_steps=num_inference_steps,
+                        batch_size=batch_size)
         device = self.prompt_embeds.device
         g = torch.Generator("cpu").manual_seed(seed)
         out = []
-        for start in tqdm(range(0, n, batch_size), desc="base samples", disable=not progress):
-            b = min(batch_size, n - start)
-            sched = self.make_scheduler(scheduler)
-            sched.set_timesteps(steps, device=device)
+        for start in tqdm(range(0, num_images, batch_size), desc="base samples", disable=not progress):
+            b = min(batch_size, num_images - start)
+            # 1. a fresh scheduler, and this batch's noise from the one seeded generator
+            sched = self.make_scheduler(scheduler, num_inference_steps)
             z = torch.randn((b, *self.latent_shape), generator=g).to(device) * sched.init_noise_sigma
-            out.append(self.decode(self._denoise(z, sched, sched.timesteps, guidance_scale)).cpu())
+            # 2. the denoising loop with the base's prompt; 3. decode
+            z = denoise(self.prompt_predictor(b, guidance_scale), z, sched, guidance_scale=guidance_scale)
+            out.append(self.decode(z).cpu())
         return torch.cat(out)
 
     @torch.no_grad()
-    def img2img(self, images: torch.Tensor, *, strength: float = 0.5, steps: int = 20, scheduler: str = "ddim",
-                seed: int = 0, batch_size: int = 256, guidance_scale: float = 1.0,
+    def img2img(self, images: torch.Tensor, *, strength: float = 0.5, num_inference_steps: int = 20,
+                scheduler: str = DEFAULT_SCHEDULER, seed: int = 0, batch_size: int = 256, guidance_scale: float = 1.0,
                 progress: bool = True) -> torch.Tensor:
         """SDEdit, as diffusers' img2img pipelines do it: noise each image's latent to ``strength`` of the schedule
         and denoise it with the base alone. ``images``: ``Tensor[B, 3, H, W]`` in [0, 1] -> the same shape.
 
         ``strength`` 0 gives the VAE reconstruction, 1 nearly a fresh sample (as in diffusers, the noise goes to the
-        schedule's first timestep, which keeps a trace of the image: the tiny base keeps the class of 19 % of test
-        images at strength 1, against 12.5 % by chance). In between, what survives tells which structure the base
-        keeps and which it must invent. Only ``int(steps * strength)`` UNet passes run.
+        schedule's first timestep, which keeps a trace of the image). In between, what survives tells which
+        structure the base keeps and which it must invent. Only ``int(num_inference_steps * strength)`` UNet passes
+        run. The other arguments are those of :meth:`sample`.
+
+        Example:
+            >>> base.img2img(images, strength=0.5, seed=0).shape     # images.shape
         """
         from tqdm.auto import tqdm
 
@@ -277,40 +356,38 @@ class DiffusionBase(nn.Module):
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"img2img(strength={strength}): must be in [0, 1] "
                              "(0: no noise, 1: noise to the first timestep)")
-        if steps < 1 or batch_size < 1:
-            raise ValueError(f"img2img(steps={steps}, batch_size={batch_size}): each must be at least 1")
-        if not guidance_scale >= 1.0:
-            raise ValueError(f"guidance_scale={guidance_scale}: must be >= 1.0 (1.0 turns guidance off)")
+        _check_sampling("img2img", guidance_scale, num_inference_steps=num_inference_steps, batch_size=batch_size)
         device = self.prompt_embeds.device
         g = torch.Generator("cpu").manual_seed(seed)
         out = []
         for start in tqdm(range(0, len(images), batch_size), desc="img2img", disable=not progress):
-            z0 = self.encode(images[start:start + batch_size].to(device))
-            noise = torch.randn(z0.shape, generator=g).to(device)
-            sched = self.make_scheduler(scheduler)
-            sched.set_timesteps(steps, device=device)
-            n_run = int(steps * strength)
+            # 1. the latents and this batch's noise from the one seeded generator
+            z = self.encode(images[start:start + batch_size].to(device))
+            noise = torch.randn(z.shape, generator=g).to(device)
+            # 2. a fresh scheduler; the last int(num_inference_steps * strength) timesteps, noised to the first
+            sched = self.make_scheduler(scheduler, num_inference_steps)
+            n_run = int(num_inference_steps * strength)
             timesteps = sched.timesteps[len(sched.timesteps) - n_run:] if n_run else sched.timesteps[:0]
             if n_run:
                 if hasattr(sched, "set_begin_index"):
                     sched.set_begin_index(len(sched.timesteps) - n_run)
-                z0 = sched.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))
-            out.append(self.decode(self._denoise(z0, sched, timesteps, guidance_scale)).cpu())
+                z = sched.add_noise(z, noise, timesteps[:1].repeat(len(z)))
+            # 3. the denoising loop with the base's prompt; 4. decode
+            z = denoise(self.prompt_predictor(len(z), guidance_scale), z, sched, timesteps=timesteps,
+                        guidance_scale=guidance_scale)
+            out.append(self.decode(z).cpu())
         return torch.cat(out)
 
-    def _denoise(self, z: torch.Tensor, sched, timesteps: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-        """Run ``sched`` over ``timesteps`` from latents ``z`` ``[B, C, h, w]`` with the base's prompt."""
-        b = len(z)
-        guided = guidance_scale != 1.0
-        emb = torch.cat([self.embeds(b, null=True), self.embeds(b)]) if guided else self.embeds(b)
-        for t in timesteps:
-            zin = sched.scale_model_input(z, t)
-            out = self.unet(torch.cat([zin, zin]) if guided else zin, t, encoder_hidden_states=emb).sample
-            if guided:  # the noise or v, as the scheduler's prediction_type says; guidance is linear in either
-                out_null, out_prompt = out.chunk(2)
-                out = out_null + guidance_scale * (out_prompt - out_null)
-            z = sched.step(out, t, z).prev_sample
-        return z
+    def prompt_predictor(self, batch_size: int, guidance_scale: float = 1.0) -> Predictor:
+        """The UNet with the base's prompt, as :func:`denoise` calls it: ``(model_input, t) -> prediction``.
+
+        With guidance (``guidance_scale != 1``) the model input is a batch twice over; its first half sees the
+        prompt and its second half the null prompt.
+        """
+        emb = self.embeds(batch_size)
+        if guidance_scale != 1.0:
+            emb = torch.cat([emb, self.embeds(batch_size, null=True)])
+        return lambda model_input, t: self.unet(model_input, t, encoder_hidden_states=emb).sample
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:

@@ -229,7 +229,8 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
             images of another size itself. Default: the reference's pooled features.
         progress: show the inverter's progress bar.
         return_reconstructions: also return ``(originals [n, 3, H, W], reconstructions [n, S, 3, H, W])``.
-        **invert_kwargs: passed to ``inverter.invert`` (``steps=`` for FeatInv and the optimisation baseline).
+        **invert_kwargs: passed to ``inverter.invert`` (FeatInv's ``num_inference_steps=``, the optimisation
+            baseline's ``num_optimizer_steps=``).
 
     Returns:
         :class:`EvalTable` (``n * num_samples`` rows; see the module docstring), or
@@ -239,7 +240,7 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
         ValueError: ``n`` larger than the dataset; a layer or classifier the inverter was not built for.
 
     Example:
-        >>> t = wb.evaluate(inv, cnn, "stages.3", wb.TinyWorld("test", size=256), n=32, steps=8)
+        >>> t = wb.evaluate(inv, cnn, "stages.3", wb.TinyWorld("test", size=256), n=32, num_inference_steps=8)
         >>> t.summary()
     """
     from .hooks import extract_features

@@ -15,7 +15,7 @@ features of the *condition's* images, and every metric compares the reconstructi
 Example:
     >>> x = wb.TinyWorld("test", size=64).images()[:8]
     >>> conds = corruptions(x) + adversarial(cnn, x) + out_of_distribution(8)
-    >>> result = robustness_study(inv, cnn, conds, steps=8)
+    >>> result = robustness_study(inv, cnn, conds, num_inference_steps=8)
     >>> result.summary                    # one row per condition
 """
 from __future__ import annotations
@@ -253,13 +253,13 @@ def robustness_study(inverter: nn.Module, classifier: nn.Module, conditions: Seq
         seed: seeds the inverter.
         reference: the independent classifier (see :func:`workbench.evaluation.evaluate`).
         progress: a progress bar over conditions.
-        **invert_kwargs: passed to ``inverter.invert`` (``steps=``).
+        **invert_kwargs: passed to ``inverter.invert`` (FeatInv's ``num_inference_steps=``).
 
     Returns:
         :class:`RobustnessResult`.
 
     Example:
-        >>> res = robustness_study(inv, cnn, corruptions(x, ["jpeg"]), clean=x, steps=8)
+        >>> res = robustness_study(inv, cnn, corruptions(x, ["jpeg"]), clean=x, num_inference_steps=8)
         >>> res.summary[["name", "severity", "feature_cosine", "top1"]]
     """
     from tqdm.auto import tqdm

@@ -71,7 +71,7 @@ class Explorer:
         concepts: ``{name: Concept}``; a concept is offered only for its own layer.
         class_names: names by class index (default: the tiny world's).
         num_samples: inversions per run.
-        steps: denoising steps (default: the inverter's).
+        num_inference_steps: denoising steps (default: the inverter's).
         seed: sampling seed.
         top_k: classes listed in the logits table.
 
@@ -82,8 +82,8 @@ class Explorer:
 
     def __init__(self, classifier: nn.Module, inverters: Mapping[str, nn.Module], images: Tensor, *,
                  labels: Tensor | None = None, concepts: Mapping[str, object] | None = None,
-                 class_names: Sequence[str] | None = None, num_samples: int = 2, steps: int | None = None,
-                 seed: int = 0, top_k: int = 3):
+                 class_names: Sequence[str] | None = None, num_samples: int = 2,
+                 num_inference_steps: int | None = None, seed: int = 0, top_k: int = 3):
         import ipywidgets as w
 
         from .tinyworld import CLASSES
@@ -94,7 +94,7 @@ class Explorer:
         self.labels = labels
         self.concepts = dict(concepts or {})
         self.class_names = list(class_names or CLASSES)
-        self.steps, self.seed, self.top_k = steps, seed, top_k
+        self.num_inference_steps, self.seed, self.top_k = num_inference_steps, seed, top_k
         self.result: dict = {}
         self._channel_means: dict[str, Tensor] = {}
 
@@ -180,7 +180,8 @@ class Explorer:
         self.status.value = f"sampling {n} image(s) from {layer} ..."
         outs = []
         for s in range(n):   # one sample at a time, so the bar moves
-            outs.append(inverter.invert(edited, num_samples=1, steps=self.steps, seed=self.seed + s, progress=False))
+            outs.append(inverter.invert(edited, num_samples=1, num_inference_steps=self.num_inference_steps,
+                                        seed=self.seed + s, progress=False))
             self.progress.value = s + 1
         samples = torch.cat(outs, 1)                                               # [1, S, 3, H, W]
         self.picture.value = _png(torch.cat([x, samples[0]]))

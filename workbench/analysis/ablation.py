@@ -255,7 +255,8 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
         acc, cos = [], []
         for n in counts:
             edited = ablate_features(feats, order[:int(n)], mode=mode, means=means)
-            out = inverter.invert(edited, num_samples=num_samples, steps=steps, seed=seed, progress=progress)
+            out = inverter.invert(edited, num_samples=num_samples, num_inference_steps=steps, seed=seed,
+                                  progress=progress)
             scores = score_inversions(classifier, layer, edited, out)
             samples[int(n)] = out
             acc.append(float((torch.tensor(scores.predicted.to_numpy()) == labels.repeat_interleave(out.shape[1])).float().mean()))

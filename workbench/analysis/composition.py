@@ -150,7 +150,7 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
     fa = extract_features(classifier, images_a, inverter.layer).float().cpu()
     fb = extract_features(classifier, images_b, inverter.layer).float().cpu()
     spliced = splice(fa, fb, downsample_mask(mask, fa.shape[-2:]))
-    out = inverter.invert(spliced, num_samples=num_samples, steps=steps, seed=seed, progress=progress)
+    out = inverter.invert(spliced, num_samples=num_samples, num_inference_steps=steps, seed=seed, progress=progress)
     b, s = out.shape[:2]
     ca = class_probabilities(classifier, images_a).argmax(1) if classes_a is None else torch.as_tensor(classes_a)
     cb = class_probabilities(classifier, images_b).argmax(1) if classes_b is None else torch.as_tensor(classes_b)
@@ -228,8 +228,8 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
     if sequence.ndim != 5:
         raise AnalysisError(f"sequence is Tensor[B, T, C, h, w], got {list(sequence.shape)}")
     b, t = sequence.shape[:2]
-    out = inverter.invert(sequence.reshape(b * t, *sequence.shape[2:]), num_samples=num_samples, steps=steps,
-                          seed=seed, progress=progress)
+    out = inverter.invert(sequence.reshape(b * t, *sequence.shape[2:]), num_samples=num_samples,
+                          num_inference_steps=steps, seed=seed, progress=progress)
     s = out.shape[1]
     probs = class_probabilities(classifier, out.reshape(b * t * s, *out.shape[2:]))
     grid = torch.stack(torch.meshgrid(torch.arange(b), torch.arange(t), torch.arange(s), indexing="ij"), -1).reshape(-1, 3)

@@ -392,8 +392,8 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, concept: Con
     concept.check(f, layer=inverter.layer, classifier_name=inverter.classifier_name)
     seq = steering_sweep(f, concept, alphas, mask)                        # [B, A, C, h, w]
     b, a = seq.shape[:2]
-    out = inverter.invert(seq.reshape(b * a, *seq.shape[2:]), num_samples=num_samples, steps=steps, seed=seed,
-                          progress=progress)
+    out = inverter.invert(seq.reshape(b * a, *seq.shape[2:]), num_samples=num_samples, num_inference_steps=steps,
+                          seed=seed, progress=progress)
     s = out.shape[1]
     flat = out.reshape(b * a * s, *out.shape[2:])
     probs = class_probabilities(classifier, flat)

@@ -305,7 +305,7 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
         trunc = pca.reconstruct(full, k)
         cos = torch.nn.functional.cosine_similarity(trunc.flatten(1), full.flatten(1), dim=1)
         logits = map_logits(classifier, images, inverter.layer, trunc)
-        out = inverter.invert(trunc, num_samples=num_samples, steps=steps, seed=seed, progress=progress)
+        out = inverter.invert(trunc, num_samples=num_samples, num_inference_steps=steps, seed=seed, progress=progress)
         scores = score_inversions(classifier, inverter.layer, full, out, reference_logits=base_logits)
         samples[int(k)] = out
         rows.append({"k": int(k), "variance": float(cumulative[pca._k(k)]), "map_cosine": float(cos.mean()),

@@ -1,7 +1,8 @@
 """Inverters: from a classifier's feature map back to images.
 
-Every inverter has the same call, ``invert(features, num_samples=..., seed=...) -> Tensor[B, S, 3, H, W]``,
-and the same attributes: ``classifier_name``, ``layer``, ``feature_shape``, ``pooling``, ``image_size``.
+Every inverter has the same call, ``invert(features, num_samples=..., seed=..., progress=..., batch_size=...)
+-> Tensor[B, S, 3, H, W]``, and the same attributes: ``classifier_name``, ``layer``, ``feature_shape``, ``pooling``,
+``image_size`` (the :class:`~workbench.inverters.interface.Inverter` protocol).
 
 Shipped inverters live in ``data/inverters/<classifier>/<layer>[-pooled|-decoder]/`` and are named
 ``<classifier>/<layer>[-pooled|-decoder]`` by :func:`list_inverters`; ``optimization:<classifier>/<layer>`` names the
@@ -73,6 +74,10 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
         from .decoder import DecoderInverter
 
         return DecoderInverter.from_pretrained(path, device=device)
+    if kind == "OptimizationInverter":
+        from .optimization import OptimizationInverter
+
+        return OptimizationInverter.from_pretrained(path, device=device)
     raise ValueError(f"{path / 'config.json'} names an unknown inverter class {kind!r}")
 
 

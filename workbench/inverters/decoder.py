@@ -16,7 +16,6 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +23,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import InverterMismatchError
+from .interface import (
+    capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
+    read_card, read_config, register_feature_statistics, register_to_config, set_feature_statistics,
+    write_pretrained)
 
 
 class _UpBlock(nn.Sequential):
@@ -47,7 +49,8 @@ class DecoderInverter(nn.Module):
         hidden_channels: width of the first block; each upsampling block halves it, down to ``min_channels``.
         min_channels: narrowest block width.
 
-    The constructor arguments are the config (:attr:`config`), saved as JSON by :meth:`save_pretrained`.
+    The constructor arguments are the config (:attr:`config`), saved as JSON by :meth:`save_pretrained`. It
+    implements :class:`~workbench.inverters.interface.Inverter`.
 
     Example:
         >>> dec = DecoderInverter("tinyworld-cnn", "stages.3", (192, 4, 4), image_size=32)
@@ -57,6 +60,7 @@ class DecoderInverter(nn.Module):
     kind = "decoder"
     pooling = "none"
 
+    @register_to_config
     def __init__(self, classifier_name: str, layer: str, feature_shape: Sequence[int], image_size: int = 32, *,
                  hidden_channels: int = 128, min_channels: int = 16):
         super().__init__()
@@ -70,8 +74,7 @@ class DecoderInverter(nn.Module):
         self.classifier_name, self.layer = classifier_name, layer
         self.feature_shape, self.image_size = (c, h, w), int(image_size)
         self.hidden_channels, self.min_channels = int(hidden_channels), int(min_channels)
-        self.register_buffer("feature_mean", torch.zeros(c))
-        self.register_buffer("feature_std", torch.ones(c))
+        register_feature_statistics(self, c)
         widths = [max(self.min_channels, self.hidden_channels // 2 ** i) for i in range(int(ups) + 1)]
         self.stem = nn.Sequential(nn.Conv2d(c, widths[0], 3, padding=1), nn.GELU())
         self.blocks = nn.Sequential(*[_UpBlock(a, b) for a, b in zip(widths[:-1], widths[1:])])
@@ -80,38 +83,26 @@ class DecoderInverter(nn.Module):
     # ------------------------------------------------------------------ config
     @property
     def config(self) -> dict[str, Any]:
-        return {"class": "DecoderInverter", "classifier_name": self.classifier_name, "layer": self.layer,
-                "feature_shape": list(self.feature_shape), "image_size": self.image_size,
-                "hidden_channels": self.hidden_channels, "min_channels": self.min_channels, "pooling": self.pooling}
+        """The constructor's arguments, plus ``pooling`` (always ``"none"``)."""
+        return inverter_config(self, extra={"pooling": self.pooling})
 
-    def extra_repr(self) -> str:
-        return f"classifier={self.classifier_name!r}, layer={self.layer!r}, feature_shape={self.feature_shape}"
-
-    def check_features(self, features: torch.Tensor) -> None:
-        if features.ndim != 4 or tuple(features.shape[1:]) != self.feature_shape:
-            raise InverterMismatchError(
-                f"this decoder was trained on {self.classifier_name!r} at {self.layer!r} with maps of shape "
-                f"{self.feature_shape}, but got features of shape {tuple(features.shape)}. Capture them with "
-                f"wb.run_with_cache(classifier, images, {self.layer!r}), or pick the decoder of your layer from "
-                f"wb.list_inverters().")
-        if not torch.isfinite(features).all():
-            raise ValueError("features contain NaN or Inf; decoding them would give NaN images")
+    def __repr__(self) -> str:
+        return describe(self, widths=f"{self.hidden_channels} -> {self.min_channels} channels")
 
     @torch.no_grad()
     def set_feature_stats(self, features: torch.Tensor) -> None:
         """Fix the per-channel normalisation from a sample of maps ``[N, C, h, w]`` (once, before training)."""
-        self.feature_mean.copy_(features.float().mean((0, 2, 3)))
-        self.feature_std.copy_(features.float().std((0, 2, 3)).clamp_min(1e-4))
+        set_feature_statistics(self, features)
 
     # ------------------------------------------------------------------ the network
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``features: Tensor[B, C, h, w]`` -> images ``Tensor[B, 3, H, W]`` in [0, 1] (differentiable)."""
-        x = (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+        x = normalize_features(self, features)
         return torch.sigmoid(self.to_rgb(self.blocks(self.stem(x))))
 
     @torch.no_grad()
-    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = False,
-               batch_size: int = 256) -> torch.Tensor:
+    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = True,
+               batch_size: int = 64) -> torch.Tensor:
         """Decode maps into images; the decoder is deterministic, so the ``S`` samples are identical.
 
         Args:
@@ -128,54 +119,29 @@ class DecoderInverter(nn.Module):
 
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
-        self.check_features(features)
+        check_features(self, features)
         dev = self.feature_mean.device
         out = [self(features[s:s + batch_size].to(dev).float()).float().cpu()
                for s in tqdm(range(0, len(features), batch_size), desc="decoder", disable=not progress)]
         images = torch.cat(out) if out else torch.empty(0, 3, self.image_size, self.image_size)
         return images[:, None].expand(-1, num_samples, -1, -1, -1).contiguous()
 
-    @torch.no_grad()
     def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
         """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` with ``classifier`` (default: the shipped or
-        timm model named ``self.classifier_name``), then :meth:`invert` -> ``[B, S, 3, H, W]``."""
-        from ..hooks import extract_features
-
-        if classifier is None:
-            from ..models import load_classifier
-
-            classifier = load_classifier(self.classifier_name, device=self.feature_mean.device)
-        return self.invert(extract_features(classifier, images, self.layer), **kwargs)
+        timm model named ``self.classifier_name``), resized to its input size, then :meth:`invert`
+        -> ``[B, S, 3, H, W]``."""
+        return capture_and_invert(self, images, classifier, device=self.feature_mean.device, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
         """Write ``config.json`` + ``decoder.safetensors`` (+ ``card.json``) into ``path``."""
-        from ..weights import save_state
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_state(self, path / "decoder.safetensors", fp16=fp16)
-        (path / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
-        if card is not None:
-            (path / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        write_pretrained(self, path, {"decoder.safetensors": self}, fp16=fp16, card=card)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "DecoderInverter":
         """Rebuild from :meth:`save_pretrained`'s folder, in eval mode on ``device``."""
-        from ..weights import load_state
-
         path = Path(path)
-        cfg = json.loads((path / "config.json").read_text())
-        if cfg.get("class") != "DecoderInverter":
-            raise InverterMismatchError(f"{path / 'config.json'} holds a {cfg.get('class')!r}, not a DecoderInverter; "
-                                        f"load it with wb.load_inverter({str(path)!r})")
-        dec = cls(cfg["classifier_name"], cfg["layer"], cfg["feature_shape"], cfg["image_size"],
-                  hidden_channels=cfg["hidden_channels"], min_channels=cfg["min_channels"])
-        state = load_state(path / "decoder.safetensors")
-        missing, unexpected = dec.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise InverterMismatchError(f"{path / 'decoder.safetensors'} does not match its config.json "
-                                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        card = path / "card.json"
-        dec.card = json.loads(card.read_text()) if card.is_file() else {}
+        dec = cls(**init_kwargs(cls, read_config(path, cls)))
+        load_weights(dec, path / "decoder.safetensors")
+        dec.card = read_card(path)
         return dec.to(device).eval()

@@ -23,23 +23,25 @@ Example:
 """
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion import diffusion_loss
+from ..diffusion import DEFAULT_SCHEDULER, Predictor, denoise, diffusion_loss
 from ..errors import InverterMismatchError
-from ..models import classifier_view
+from .interface import (
+    capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
+    read_card, read_config, register_feature_statistics, register_to_config, set_feature_statistics,
+    write_pretrained)
 
-#: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md).
-DEFAULT_STEPS = 8
-DEFAULT_SCHEDULER = "ddim"
-DEFAULT_GUIDANCE = 3.0
+#: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md); the scheduler,
+#: :data:`~workbench.diffusion.DEFAULT_SCHEDULER` (``"ddim"``), is that of every sampler.
+DEFAULT_NUM_INFERENCE_STEPS = 8
+DEFAULT_GUIDANCE_SCALE = 3.0
 DEFAULT_GUIDANCE_MODE = "features"
 
 
@@ -65,8 +67,7 @@ class FeatureConditioning(nn.Module):
             raise ValueError(f"pooling={pooling!r}; expected 'none' (spatial) or 'mean' (pooled ablation)")
         self.pooling = pooling
         self.latent_size = tuple(int(s) for s in latent_size)
-        self.register_buffer("feature_mean", torch.zeros(feature_channels))
-        self.register_buffer("feature_std", torch.ones(feature_channels))
+        register_feature_statistics(self, feature_channels)
         self.encoder = nn.Sequential(
             nn.Conv2d(feature_channels, hidden_channels, 3, padding=1), nn.SiLU(),
             nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1), nn.SiLU(),
@@ -78,11 +79,10 @@ class FeatureConditioning(nn.Module):
     @torch.no_grad()
     def set_feature_stats(self, features: torch.Tensor) -> None:
         """Fix the per-channel normalisation from a sample of maps ``[N, C_f, h, w]`` (done once before training)."""
-        self.feature_mean.copy_(features.float().mean((0, 2, 3)))
-        self.feature_std.copy_(features.float().std((0, 2, 3)).clamp_min(1e-4))
+        set_feature_statistics(self, features)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+        x = normalize_features(self, features)
         if self.pooling == "mean":
             x = x.mean((2, 3), keepdim=True)
         x = F.interpolate(x, size=self.latent_size, mode="bilinear", align_corners=False) \
@@ -101,13 +101,14 @@ class FeatInv(nn.Module):
         pooling: ``"none"`` (spatial conditioning) or ``"mean"`` (pooled ablation).
         hidden_channels: width of the conditioning encoder.
 
-    The constructor arguments are the config: they are kept as attributes (``inv.classifier_name``,
-    ``inv.layer``, ``inv.feature_shape``, ``inv.pooling``, ``inv.image_size``) and saved as JSON by
-    :meth:`save_pretrained`.
+    The constructor arguments are the config (:attr:`config`, with the base recorded by name): they are kept as
+    attributes (``inv.classifier_name``, ``inv.layer``, ``inv.feature_shape``, ``inv.pooling``) and saved as JSON
+    by :meth:`save_pretrained`. It implements :class:`~workbench.inverters.interface.Inverter`.
     """
 
     kind = "featinv"
 
+    @register_to_config
     def __init__(self, base, classifier_name: str, layer: str, feature_shape: Sequence[int], pooling: str = "none",
                  *, hidden_channels: int = 64):
         super().__init__()
@@ -131,28 +132,20 @@ class FeatInv(nn.Module):
     # ------------------------------------------------------------------ config
     @property
     def config(self) -> dict[str, Any]:
-        return {"class": "FeatInv", "base": self.base.name, "classifier_name": self.classifier_name,
-                "layer": self.layer, "feature_shape": list(self.feature_shape), "pooling": self.pooling,
-                "hidden_channels": self.hidden_channels, "image_size": self.image_size,
-                "latent_shape": list(self.base.latent_shape)}
+        """The constructor's arguments (the base by name), plus the base's image size and latent shape, which
+        loading checks."""
+        return inverter_config(self, objects={"base": ("base", self.base.name)},
+                               extra={"image_size": self.image_size, "latent_shape": self.base.latent_shape})
 
     @property
     def conditioning(self) -> FeatureConditioning:
         return self.controlnet.controlnet_cond_embedding
 
-    def extra_repr(self) -> str:
-        return (f"classifier={self.classifier_name!r}, layer={self.layer!r}, feature_shape={self.feature_shape}, "
-                f"pooling={self.pooling!r}, image_size={self.image_size}")
+    def __repr__(self) -> str:
+        c, h, w = self.base.latent_shape
+        return describe(self, pooling=repr(self.pooling), base=f"{self.base.name} (latents {c}x{h}x{w})",
+                        sampler=sampler_description())
 
-    def check_features(self, features: torch.Tensor) -> None:
-        if features.ndim != 4 or tuple(features.shape[1:]) != self.feature_shape:
-            raise InverterMismatchError(
-                f"this inverter was trained on {self.classifier_name!r} at {self.layer!r} with maps of shape "
-                f"{self.feature_shape}, but got features of shape {tuple(features.shape)}. Capture the features "
-                f"with wb.run_with_cache(classifier, images, {self.layer!r}) from {self.classifier_name!r}, or load "
-                f"the inverter trained for your classifier and layer (wb.list_inverters()).")
-        if not torch.isfinite(features).all():
-            raise ValueError("features contain NaN or Inf; inverting them would give NaN images")
 
     # ------------------------------------------------------------------ the network
     def predict_noise(self, z: torch.Tensor, t: torch.Tensor, features: torch.Tensor, embeds: torch.Tensor,
@@ -183,21 +176,23 @@ class FeatInv(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def invert(self, features: torch.Tensor, *, num_samples: int = 4, steps: int | None = None,
-               guidance: float | None = None, scheduler: str | None = None, seed: int = 0, progress: bool = True,
-               guidance_mode: str = DEFAULT_GUIDANCE_MODE, batch_size: int = 64) -> torch.Tensor:
+    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = True,
+               batch_size: int = 64, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+               scheduler: str | None = None, guidance_mode: str = DEFAULT_GUIDANCE_MODE) -> torch.Tensor:
         """Sample images whose features at ``self.layer`` match ``features``.
 
         Args:
             features: ``Tensor[B, C, h, w]`` maps from ``self.classifier_name`` at ``self.layer``.
             num_samples: ``S`` samples per map.
-            steps: denoising steps (default :data:`DEFAULT_STEPS`).
-            guidance: classifier-free guidance scale; 1 disables guidance (default :data:`DEFAULT_GUIDANCE`).
-            scheduler: ``"dpm++"`` (DPM-Solver++ 2M) or ``"ddim"`` (default :data:`DEFAULT_SCHEDULER`).
             seed: the same seed gives the same images, whatever ``batch_size``.
-            progress: show a progress bar.
-            guidance_mode: ``"features"`` or ``"prompt"``, see the module docstring.
+            progress: show a progress bar over denoising steps.
             batch_size: images denoised at once; bounds the memory, not the input size.
+            num_inference_steps: denoising steps (default :data:`DEFAULT_NUM_INFERENCE_STEPS`).
+            guidance_scale: classifier-free guidance scale; 1 disables guidance (default
+                :data:`DEFAULT_GUIDANCE_SCALE`).
+            scheduler: ``"ddim"`` or ``"dpm++"`` (DPM-Solver++ 2M) (default
+                :data:`~workbench.diffusion.DEFAULT_SCHEDULER`).
+            guidance_mode: ``"features"`` or ``"prompt"``, see the module docstring.
 
         Returns:
             ``Tensor[B, S, 3, H, W]`` in [0, 1], on the CPU.
@@ -207,105 +202,83 @@ class FeatInv(nn.Module):
         """
         from tqdm.auto import tqdm
 
-        steps = DEFAULT_STEPS if steps is None else int(steps)
-        guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
+        num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else int(num_inference_steps)
+        guidance_scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
         scheduler = DEFAULT_SCHEDULER if scheduler is None else scheduler
         if guidance_mode not in ("features", "prompt"):
             raise ValueError(f"guidance_mode={guidance_mode!r}; expected 'features' or 'prompt'")
-        if num_samples < 1 or steps < 1 or batch_size < 1:
-            raise ValueError(f"num_samples, steps and batch_size must be >= 1 (got {num_samples}, {steps}, {batch_size})")
-        self.check_features(features)
+        if num_samples < 1 or num_inference_steps < 1 or batch_size < 1:
+            raise ValueError(f"num_samples, num_inference_steps and batch_size must be >= 1 (got {num_samples}, "
+                             f"{num_inference_steps}, {batch_size})")
+        check_features(self, features)
         device = self.base.prompt_embeds.device
         B, S = features.shape[0], num_samples
-        # all noise up front on the CPU, so results do not depend on batch_size or device
+        # 1. all noise up front on the CPU, so results do not depend on batch_size or device
         g = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn((B * S, *self.base.latent_shape), generator=g)
         maps = features.detach().float()
         out = torch.empty(B * S, 3, self.image_size, self.image_size)
-        chunks = list(range(0, B * S, batch_size))
-        bar = tqdm(total=len(chunks) * steps, desc="FeatInv", disable=not progress)
-        with torch.inference_mode(), _embedded_condition(self.controlnet) as embed:
+        chunks = range(0, B * S, batch_size)
+        with tqdm(total=len(chunks) * num_inference_steps, desc="FeatInv", disable=not progress) as bar, \
+                torch.inference_mode(), _embedded_condition(self.controlnet) as embed:
             for s in chunks:
                 e = min(s + batch_size, B * S)
-                n = e - s
-                # 1. the condition, embedded once per chunk (not at every step), each map once for its S samples:
-                #    rows s..e-1 are samples of maps s // S .. (e - 1) // S
-                first, last = s // S, (e - 1) // S
-                cond = embed(maps[first:last + 1].to(device)).repeat_interleave(S, 0)[s - first * S:e - first * S]
-                if guidance_mode == "features":  # the dropped condition (zero features) is the same for every row
-                    uncond = embed(torch.zeros_like(maps[:1], device=device)).expand_as(cond)
-                else:
-                    uncond = cond
-                cond_emb, null_emb = self.base.embeds(n), self.base.embeds(n, null=True)
-                if guidance != 1.0:
-                    both_cond, both_emb = torch.cat([cond, uncond]), torch.cat([cond_emb, null_emb])
-                # 2. a fresh scheduler and this chunk's share of the noise
-                sched = self.base.make_scheduler(scheduler)
-                sched.set_timesteps(steps, device=device)
+                # 2. the denoiser, conditioned on this chunk's maps (embedded once, not at every step)
+                predict = self._predictor(embed, maps, range(s, e), S, guidance_scale != 1.0, guidance_mode)
+                # 3. a fresh scheduler and this chunk's share of the noise
+                sched = self.base.make_scheduler(scheduler, num_inference_steps)
                 z = noise[s:e].to(device) * sched.init_noise_sigma
-                # 3. the denoising loop, with classifier-free guidance
-                for t in sched.timesteps:
-                    zin = sched.scale_model_input(z, t)
-                    if guidance == 1.0:
-                        eps = self.predict_noise(zin, t, cond, cond_emb)
-                    else:
-                        eps_c, eps_u = self.predict_noise(torch.cat([zin, zin]), t, both_cond, both_emb).chunk(2)
-                        eps = eps_u + guidance * (eps_c - eps_u)
-                    z = sched.step(eps, t, z).prev_sample
-                    bar.update(1)
-                # 4. decode into the output
+                # 4. the denoising loop, with classifier-free guidance
+                z = denoise(predict, z, sched, guidance_scale=guidance_scale, callback=lambda *_: bar.update(1))
+                # 5. decode into the output
                 out[s:e] = self.base.decode(z).float().cpu()
-        bar.close()
         return out.view(B, S, 3, self.image_size, self.image_size)
 
-    @torch.no_grad()
+    def _predictor(self, embed: Callable[[torch.Tensor], torch.Tensor], maps: torch.Tensor, rows: range, S: int,
+                   guided: bool, guidance_mode: str) -> Predictor:
+        """The denoiser of output rows ``rows`` (row ``i`` is sample ``i % S`` of map ``i // S``), as
+        :func:`~workbench.diffusion.denoise` calls it. With guidance, the second half of its batch is unconditional:
+        zero features and the null prompt (``"features"``), or the same features and the null prompt
+        (``"prompt"``)."""
+        device = self.base.prompt_embeds.device
+        first, last = rows.start // S, (rows.stop - 1) // S
+        cond = embed(maps[first:last + 1].to(device)).repeat_interleave(S, 0)[
+            rows.start - first * S:rows.stop - first * S]
+        emb = self.base.embeds(len(rows))
+        if guided:
+            uncond = cond if guidance_mode == "prompt" else \
+                embed(torch.zeros_like(maps[:1], device=device)).expand_as(cond)  # the same for every row
+            cond, emb = torch.cat([cond, uncond]), torch.cat([emb, self.base.embeds(len(rows), null=True)])
+        return lambda model_input, t: self.predict_noise(model_input, t, cond, emb)
+
     def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
         """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` in [0, 1] with ``classifier`` (default: the
-        shipped or timm model named ``self.classifier_name``), then :meth:`invert` them -> ``[B, S, 3, H, W]``."""
-        from ..hooks import extract_features
-
-        if classifier is None:
-            from ..models import load_classifier
-
-            classifier = load_classifier(self.classifier_name, device=self.base.prompt_embeds.device)
-        return self.invert(extract_features(classifier, classifier_view(images, classifier), self.layer), **kwargs)
+        shipped or timm model named ``self.classifier_name``), resized to its input size, then :meth:`invert`
+        them with ``kwargs`` -> ``[B, S, 3, H, W]``."""
+        return capture_and_invert(self, images, classifier, device=self.base.prompt_embeds.device, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
         """Write ``config.json`` + ``controlnet.safetensors`` (+ ``card.json``). The base is referenced by
         name or path, never copied."""
-        from ..weights import save_state
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_state(self.controlnet, path / "controlnet.safetensors", fp16=fp16)
-        (path / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
-        if card is not None:
-            (path / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        write_pretrained(self, path, {"controlnet.safetensors": self.controlnet}, fp16=fp16, card=card)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, base=None, device: str | torch.device = "cpu") -> "FeatInv":
         """Rebuild from :meth:`save_pretrained`'s folder; the base is loaded by its recorded name unless given."""
         from ..diffusion import DiffusionBase
-        from ..weights import load_state
 
         path = Path(path)
-        cfg = json.loads((path / "config.json").read_text())
+        cfg = read_config(path, cls)
         if base is None:
             base = DiffusionBase.from_pretrained(cfg["base"], device=device)
         if list(base.latent_shape) != list(cfg["latent_shape"]) or base.image_size != cfg["image_size"]:
             raise InverterMismatchError(
                 f"the inverter in {path} was trained on a base with latents {tuple(cfg['latent_shape'])} at "
                 f"{cfg['image_size']} px, but the given base has {base.latent_shape} at {base.image_size} px")
-        inv = cls(base, cfg["classifier_name"], cfg["layer"], cfg["feature_shape"], cfg["pooling"],
-                  hidden_channels=cfg.get("hidden_channels", 64))
-        state = load_state(path / "controlnet.safetensors")
-        missing, unexpected = inv.controlnet.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise InverterMismatchError(f"{path / 'controlnet.safetensors'} does not match its config.json "
-                                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        card = path / "card.json"
-        inv.card = json.loads(card.read_text()) if card.is_file() else {}
+        inv = cls(**init_kwargs(cls, cfg, base=base))
+        load_weights(inv.controlnet, path / "controlnet.safetensors")
+        inv.card = read_card(path)
         return inv.to(device).eval()
 
 
@@ -336,8 +309,9 @@ def invariance_map(samples: torch.Tensor) -> torch.Tensor:
     return samples.float().std(1).mean(1, keepdim=True)
 
 
-def sampler_description(steps: int | None = None, guidance: float | None = None, scheduler: str | None = None,
-                        guidance_mode: str = DEFAULT_GUIDANCE_MODE, **_) -> str:
-    """How a metric's samples were drawn, for cards: e.g. ``"dpm++ 20 steps, guidance 2.0 (features)"``."""
-    return (f"{scheduler or DEFAULT_SCHEDULER} {steps or DEFAULT_STEPS} steps, "
-            f"guidance {DEFAULT_GUIDANCE if guidance is None else guidance} ({guidance_mode})")
+def sampler_description(num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                        scheduler: str | None = None, guidance_mode: str = DEFAULT_GUIDANCE_MODE, **_) -> str:
+    """How a metric's samples were drawn, for cards, from :meth:`FeatInv.invert`'s sampler arguments (the others
+    are ignored): e.g. ``"dpm++ 20 steps, guidance 2.0 (features)"``."""
+    return (f"{scheduler or DEFAULT_SCHEDULER} {num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS} steps, "
+            f"guidance {DEFAULT_GUIDANCE_SCALE if guidance_scale is None else guidance_scale} ({guidance_mode})")

@@ -8,23 +8,26 @@ find ``x`` minimising
 where ``Φ`` is the classifier's map at ``layer``, ``TV_β`` the mean of ``(dx² + dy²)^(β/2)`` over pixels
 (β = 2) and the α-norm (α = 6) keeps pixels inside their range. The image is parameterised as
 ``x = sigmoid(p)`` so it always lies in [0, 1], ``p`` starts from seeded Gaussian noise, and Adam runs for
-``steps`` steps with a cosine learning-rate decay and a random jitter of up to ``jitter`` pixels per step
+``num_optimizer_steps`` steps with a cosine learning-rate decay and a random jitter of up to ``jitter`` pixels per step
 (Mahendran & Vedaldi 2016). Each sample of a map starts from its own noise.
 
 Example:
-    >>> opt = OptimizationInverter(cnn, "stages.3", steps=200)
+    >>> opt = OptimizationInverter(cnn, "stages.3", num_optimizer_steps=200)
     >>> images = opt.invert(features, num_samples=2, seed=0)      # Tensor[B, 2, 3, 32, 32] in [0, 1]
     >>> images, losses = opt.fit(features[:4], seed=0)            # one sample, with the loss of every step
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import InverterMismatchError
+from .interface import (
+    capture_and_invert, check_features, describe, init_kwargs, inverter_config, read_card, read_config,
+    register_to_config, write_pretrained)
 
 
 def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
@@ -40,7 +43,7 @@ class OptimizationInverter(nn.Module):
     Args:
         classifier: the classifier, in eval mode (its parameters are never changed or given gradients).
         layer: the layer name, as in ``layer_table`` (``"stages.3"``).
-        steps: Adam steps per image.
+        num_optimizer_steps: Adam steps per image (optimiser iterations, not denoising steps).
         tv_weight: weight of the total-variation prior.
         lr: Adam learning rate on the sigmoid logits (cosine decay to 10%).
         norm_weight: weight of the α-norm prior.
@@ -50,28 +53,33 @@ class OptimizationInverter(nn.Module):
 
     Attributes:
         classifier_name, layer, feature_shape ``(C, h, w)``, pooling (``"none"``), image_size: the shared
-        inverter attributes.
+        inverter attributes (:class:`~workbench.inverters.interface.Inverter`).
+
+    The constructor arguments are the config (:attr:`config`, with the classifier recorded by name), saved as
+    JSON by :meth:`save_pretrained`; there are no weights.
 
     Example:
-        >>> opt = OptimizationInverter(cnn, "stages.3", steps=100, tv_weight=0.5)
+        >>> opt = OptimizationInverter(cnn, "stages.3", num_optimizer_steps=100, tv_weight=0.5)
         >>> opt.invert(wb.metrics.extract_features(cnn, x, "stages.3")).shape   # [B, 1, 3, 32, 32]
     """
 
     kind = "optimization"
     pooling = "none"
 
-    def __init__(self, classifier: nn.Module, layer: str, steps: int = 200, tv_weight: float = 10.0, *,
-                 lr: float = 0.1, norm_weight: float = 0.1, jitter: int = 0, alpha: float = 6.0, beta: float = 2.0):
+    @register_to_config
+    def __init__(self, classifier: nn.Module, layer: str, num_optimizer_steps: int = 200, tv_weight: float = 10.0,
+                 *, lr: float = 0.1, norm_weight: float = 0.1, jitter: int = 0, alpha: float = 6.0, beta: float = 2.0):
         super().__init__()
         from ..hooks import extract_features
 
-        if steps < 1 or lr <= 0 or tv_weight < 0 or norm_weight < 0 or jitter < 0:
-            raise ValueError(f"steps >= 1, lr > 0 and tv_weight, norm_weight, jitter >= 0 are needed; got steps={steps}, "
-                             f"lr={lr}, tv_weight={tv_weight}, norm_weight={norm_weight}, jitter={jitter}")
+        if num_optimizer_steps < 1 or lr <= 0 or tv_weight < 0 or norm_weight < 0 or jitter < 0:
+            raise ValueError(f"num_optimizer_steps >= 1, lr > 0 and tv_weight, norm_weight, jitter >= 0 are needed; "
+                             f"got num_optimizer_steps={num_optimizer_steps}, lr={lr}, tv_weight={tv_weight}, "
+                             f"norm_weight={norm_weight}, jitter={jitter}")
         self.classifier = classifier
         self.classifier_name = getattr(classifier, "name", type(classifier).__name__)
         self.layer = layer
-        self.steps, self.tv_weight, self.lr = int(steps), float(tv_weight), float(lr)
+        self.num_optimizer_steps, self.tv_weight, self.lr = int(num_optimizer_steps), float(tv_weight), float(lr)
         self.norm_weight, self.jitter, self.alpha, self.beta = float(norm_weight), int(jitter), float(alpha), float(beta)
         size = tuple(getattr(classifier, "input_size", (3, 224, 224)))
         self.image_size = int(size[-1])
@@ -80,23 +88,14 @@ class OptimizationInverter(nn.Module):
                                                                     layer).shape[1:])
 
     @property
-    def config(self) -> dict:
-        return {"class": "OptimizationInverter", "classifier_name": self.classifier_name, "layer": self.layer,
-                "steps": self.steps, "tv_weight": self.tv_weight, "lr": self.lr, "norm_weight": self.norm_weight,
-                "jitter": self.jitter, "alpha": self.alpha, "beta": self.beta}
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments, the classifier by name."""
+        return inverter_config(self, objects={"classifier": ("classifier_name", self.classifier_name)})
 
-    def extra_repr(self) -> str:
-        return (f"classifier={self.classifier_name!r}, layer={self.layer!r}, feature_shape={self.feature_shape}, "
-                f"steps={self.steps}, tv_weight={self.tv_weight}")
+    def __repr__(self) -> str:
+        return describe(self, optimiser=f"Adam, {self.num_optimizer_steps} steps at lr {self.lr}",
+                        priors=f"tv_weight {self.tv_weight}, norm_weight {self.norm_weight}")
 
-    def check_features(self, features: torch.Tensor) -> None:
-        if features.ndim != 4 or tuple(features.shape[1:]) != self.feature_shape:
-            raise InverterMismatchError(
-                f"{self.classifier_name!r} at {self.layer!r} gives maps of shape {self.feature_shape}, but got "
-                f"features of shape {tuple(features.shape)}; capture them with "
-                f"wb.run_with_cache(classifier, images, {self.layer!r}) from the same classifier")
-        if not torch.isfinite(features).all():
-            raise ValueError("features contain NaN or Inf; there is nothing finite to match")
 
     def loss(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The objective per image: ``images [B, 3, H, W]`` in [0, 1], ``target [B, C, h, w]`` -> ``Tensor[B]``."""
@@ -108,7 +107,7 @@ class OptimizationInverter(nn.Module):
                  + self.norm_weight * (2 * images - 1).abs().pow(self.alpha).flatten(1).mean(1))
         return diff + prior
 
-    def _optimise(self, target: torch.Tensor, generator: torch.Generator, steps: int,
+    def _optimise(self, target: torch.Tensor, generator: torch.Generator, n_steps: int,
                   losses: list[float] | None, bar) -> torch.Tensor:
         """Optimise one batch of images ``[b, 3, H, W]`` against ``target [b, C, h, w]``."""
         dev = target.device
@@ -117,9 +116,9 @@ class OptimizationInverter(nn.Module):
         p.requires_grad_(True)
         opt = torch.optim.Adam([p], lr=self.lr)
         with torch.enable_grad():  # also under a caller's no_grad
-            for i in range(steps):
+            for i in range(n_steps):
                 for group in opt.param_groups:
-                    group["lr"] = self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / max(1, steps))))
+                    group["lr"] = self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / max(1, n_steps))))
                 x = torch.sigmoid(p)
                 if self.jitter > 0:
                     dy, dx = torch.randint(-self.jitter, self.jitter + 1, (2,), generator=generator).tolist()
@@ -133,44 +132,44 @@ class OptimizationInverter(nn.Module):
                     bar.update(1)
         return torch.sigmoid(p.detach())
 
-    def fit(self, features: torch.Tensor, *, seed: int = 0, steps: int | None = None,
+    def fit(self, features: torch.Tensor, *, seed: int = 0, num_optimizer_steps: int | None = None,
             progress: bool = False) -> tuple[torch.Tensor, list[float]]:
         """One image per map, with the mean objective at every step (to check that it goes down).
 
         Args:
             features: ``Tensor[B, C, h, w]``.
             seed: seeds the initial noise and the jitter.
-            steps: overrides ``self.steps``.
+            num_optimizer_steps: overrides ``self.num_optimizer_steps``.
             progress: show a progress bar.
 
         Returns:
-            ``(images, losses)``: ``Tensor[B, 3, H, W]`` in [0, 1] on the CPU, and ``steps`` floats.
+            ``(images, losses)``: ``Tensor[B, 3, H, W]`` in [0, 1] on the CPU, and one float per step.
 
         Example:
-            >>> _, losses = opt.fit(f, steps=10); losses[-1] < losses[0]     # True
+            >>> _, losses = opt.fit(f, num_optimizer_steps=10); losses[-1] < losses[0]     # True
         """
         from tqdm.auto import tqdm
 
-        self.check_features(features)
-        steps = self.steps if steps is None else int(steps)
+        check_features(self, features)
+        n = self.num_optimizer_steps if num_optimizer_steps is None else int(num_optimizer_steps)
         losses: list[float] = []
         dev = next(self.classifier.parameters()).device
-        with tqdm(total=steps, desc="optimisation", disable=not progress) as bar:
-            images = self._optimise(features.detach().float().to(dev), torch.Generator().manual_seed(seed), steps,
+        with tqdm(total=n, desc="optimisation", disable=not progress) as bar:
+            images = self._optimise(features.detach().float().to(dev), torch.Generator().manual_seed(seed), n,
                                     losses, bar)
         return images.cpu(), losses
 
-    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, steps: int | None = None,
-               progress: bool = True, batch_size: int = 64) -> torch.Tensor:
+    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = True,
+               batch_size: int = 64, num_optimizer_steps: int | None = None) -> torch.Tensor:
         """Optimise ``S`` images per map, each from its own noise.
 
         Args:
             features: ``Tensor[B, C, h, w]`` maps from ``self.classifier`` at ``self.layer``.
             num_samples: ``S`` images per map.
             seed: the same seed gives the same images for the same ``batch_size``.
-            steps: overrides ``self.steps``.
             progress: show a progress bar.
             batch_size: images optimised at once.
+            num_optimizer_steps: overrides ``self.num_optimizer_steps``.
 
         Returns:
             ``Tensor[B, S, 3, H, W]`` in [0, 1], on the CPU.
@@ -179,22 +178,45 @@ class OptimizationInverter(nn.Module):
 
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
-        self.check_features(features)
-        steps = self.steps if steps is None else int(steps)
+        check_features(self, features)
+        n = self.num_optimizer_steps if num_optimizer_steps is None else int(num_optimizer_steps)
         B, S = features.shape[0], num_samples
         dev = next(self.classifier.parameters()).device
         feats = features.detach().float().repeat_interleave(S, 0)
         out = torch.empty(B * S, 3, self.image_size, self.image_size)
         g = torch.Generator().manual_seed(seed)
         chunks = range(0, B * S, batch_size)
-        with tqdm(total=len(chunks) * steps, desc="optimisation", disable=not progress) as bar:
+        with tqdm(total=len(chunks) * n, desc="optimisation", disable=not progress) as bar:
             for s in chunks:
-                out[s:s + batch_size] = self._optimise(feats[s:s + batch_size].to(dev), g, steps, None, bar).cpu()
+                out[s:s + batch_size] = self._optimise(feats[s:s + batch_size].to(dev), g, n, None, bar).cpu()
         return out.view(B, S, 3, self.image_size, self.image_size)
 
     def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
-        """Capture ``self.layer`` of ``images [B, 3, H, W]`` (with ``self.classifier`` unless given), then
-        :meth:`invert` -> ``[B, S, 3, H, W]``."""
-        from ..hooks import extract_features
+        """Capture ``self.layer`` of ``images [B, 3, H, W]`` with ``classifier`` (default ``self.classifier``),
+        resized to its input size, then :meth:`invert` -> ``[B, S, 3, H, W]``."""
+        classifier = self.classifier if classifier is None else classifier
+        return capture_and_invert(self, images, classifier, device=None, **kwargs)
 
-        return self.invert(extract_features(classifier or self.classifier, images, self.layer), **kwargs)
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path, *, card: dict[str, Any] | None = None, **_) -> None:
+        """Write ``config.json`` (+ ``card.json``) into ``path``: the settings; the classifier is recorded by name."""
+        write_pretrained(self, path, {}, card=card)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, classifier: nn.Module | None = None,
+                        device: str | torch.device = "cpu") -> "OptimizationInverter":
+        """Rebuild from :meth:`save_pretrained`'s folder, on ``classifier`` (default: the shipped or timm model of
+        the recorded name, on ``device``)."""
+        from ..errors import InverterMismatchError
+        from ..models import load_classifier
+
+        cfg = read_config(path, cls)
+        if classifier is None:
+            classifier = load_classifier(cfg["classifier_name"], device=device)
+        name = getattr(classifier, "name", type(classifier).__name__)
+        if name != cfg["classifier_name"]:
+            raise InverterMismatchError(f"{Path(path) / 'config.json'} was written for {cfg['classifier_name']!r}, "
+                                        f"but the given classifier is {name!r}")
+        opt = cls(**init_kwargs(cls, cfg, classifier=classifier))
+        opt.card = read_card(path)
+        return opt

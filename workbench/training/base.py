@@ -115,7 +115,7 @@ def sample_quality(base, cnn, vit, *, n: int = 512, steps: int = 20, scheduler: 
     from ..metrics import frechet_distance, pooled_extractor
 
     device = base.prompt_embeds.device
-    samples = base.sample(n, steps=steps, scheduler=scheduler, seed=seed, progress=progress)
+    samples = base.sample(n, num_inference_steps=steps, scheduler=scheduler, seed=seed, progress=progress)
     probs = torch.cat([cnn(samples[s:s + 256].to(device)).softmax(-1).cpu() for s in range(0, n, 256)])
     real_a, _ = tinyworld_images(n, split="test", seed=seed)
     real_b, _ = tinyworld_images(2 * n, split="val", seed=seed)

@@ -1,0 +1,214 @@
+"""What every inverter is, written down once: the :class:`Inverter` protocol and the helpers its three
+implementations share (the feature check, the feature statistics, the config and its files).
+
+An inverter turns maps ``Tensor[B, C, h, w]`` that one classifier gives at one layer into images
+``Tensor[B, S, 3, H, W]``. FeatInv (:mod:`.featinv`), the decoder baseline (:mod:`.decoder`) and the
+optimisation baseline (:mod:`.optimization`) each implement it in their own module; they share these
+functions, not a base class.
+
+As in diffusers, the constructor's arguments are the config: :func:`register_to_config` records them when
+``__init__`` runs, :func:`inverter_config` turns them into the ``config.json`` that :func:`write_pretrained`
+writes next to the safetensors weights, and :func:`init_kwargs` hands them back to the constructor.
+
+Example:
+    >>> inv: Inverter = wb.load_inverter("tinyworld-cnn/stages.3-decoder")
+    >>> inv.invert(features, num_samples=1, seed=0).shape       # [B, 1, 3, 32, 32]
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import numbers
+from pathlib import Path
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from ..errors import InverterMismatchError
+from ..models import classifier_view
+
+
+@runtime_checkable
+class Inverter(Protocol):
+    """The call and the attributes every inverter has.
+
+    Attributes:
+        classifier_name: the classifier the features come from (``"tinyworld-cnn"``, ``"resnet50"``...).
+        layer: the inverted layer, as ``model.named_modules()`` names it (``"stages.3"``).
+        feature_shape: ``(C, h, w)`` of the maps at that layer.
+        image_size: ``H == W`` of the images it returns.
+    """
+
+    classifier_name: str
+    layer: str
+    feature_shape: tuple[int, int, int]
+    image_size: int
+
+    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = True,
+               batch_size: int = 64) -> torch.Tensor:
+        """Maps ``Tensor[B, C, h, w]`` -> images ``Tensor[B, S, 3, H, W]`` in [0, 1] on the CPU
+        (``S = num_samples``); the same ``seed`` gives the same images."""
+        ...
+
+    def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
+        """Capture ``layer`` of ``images [B, 3, H, W]`` with ``classifier``, then :meth:`invert` them."""
+        ...
+
+
+# ---------------------------------------------------------------------- features
+def check_features(inverter: Inverter, features: torch.Tensor) -> None:
+    """Refuse maps the inverter was not built for (:class:`~workbench.errors.InverterMismatchError`) and
+    non-finite maps (``ValueError``)."""
+    if features.ndim != 4 or tuple(features.shape[1:]) != tuple(inverter.feature_shape):
+        raise InverterMismatchError(
+            f"this {type(inverter).__name__} inverts {inverter.classifier_name!r} at {inverter.layer!r}, whose maps "
+            f"have shape {tuple(inverter.feature_shape)}, but got features of shape {tuple(features.shape)}. Capture "
+            f"them with wb.run_with_cache(classifier, images, {inverter.layer!r}) from {inverter.classifier_name!r}, "
+            f"or load the inverter of your classifier and layer (wb.list_inverters()).")
+    if not torch.isfinite(features).all():
+        raise ValueError("features contain NaN or Inf; inverting them would give NaN images")
+
+
+def register_feature_statistics(module: nn.Module, channels: int) -> None:
+    """Give ``module`` the buffers ``feature_mean`` (zeros) and ``feature_std`` (ones), ``[channels]`` each, that
+    normalise its input maps; they are saved with its weights."""
+    module.register_buffer("feature_mean", torch.zeros(channels))
+    module.register_buffer("feature_std", torch.ones(channels))
+
+
+@torch.no_grad()
+def set_feature_statistics(module: nn.Module, features: torch.Tensor) -> None:
+    """Fix ``module``'s normalisation to the per-channel mean and standard deviation of maps ``[N, C, h, w]``,
+    once before training (the deviation is kept above 1e-4, so a dead channel does not divide by 0)."""
+    features = features.float()
+    module.feature_mean.copy_(features.mean((0, 2, 3)))
+    module.feature_std.copy_(features.std((0, 2, 3)).clamp_min(1e-4))
+
+
+def normalize_features(module: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """``(features - mean) / std`` per channel with ``module``'s statistics: ``[B, C, h, w]`` -> the same."""
+    return (features - module.feature_mean.view(1, -1, 1, 1)) / module.feature_std.view(1, -1, 1, 1)
+
+
+@torch.no_grad()
+def capture_and_invert(inverter: Inverter, images: torch.Tensor, classifier: nn.Module | None, *,
+                  device: str | torch.device, **kwargs) -> torch.Tensor:
+    """Capture ``inverter.layer`` of ``images [B, 3, H, W]`` in [0, 1] with ``classifier`` (default: the shipped
+    or timm model named ``inverter.classifier_name``, on ``device``), resized to the classifier's input size
+    first, then ``inverter.invert(features, **kwargs)`` -> ``[B, S, 3, H, W]``."""
+    from ..hooks import extract_features
+
+    if classifier is None:
+        from ..models import load_classifier
+
+        classifier = load_classifier(inverter.classifier_name, device=device)
+    features = extract_features(classifier, classifier_view(images, classifier), inverter.layer)
+    return inverter.invert(features, **kwargs)
+
+
+def describe(inverter: Inverter, **details: Any) -> str:
+    """A short repr: the class with what it inverts, then one line per detail (base, sampler...)."""
+    head = (f"{type(inverter).__name__}(classifier={inverter.classifier_name!r}, layer={inverter.layer!r}, "
+            f"feature_shape={tuple(inverter.feature_shape)}, image_size={inverter.image_size})")
+    return "\n".join([head] + [f"  {key}: {value}" for key, value in details.items()])
+
+
+# ---------------------------------------------------------------------- config
+def register_to_config(init):
+    """Decorate an inverter's ``__init__`` so that it records its arguments, defaults included, in
+    ``self.init_arguments`` (an ordered dict, parameter order), as diffusers' ``register_to_config`` does."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording_init(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(self, *args, **kwargs)
+        self.init_arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+
+    return recording_init
+
+
+def _to_json(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (tuple, list, torch.Size)):
+        return [_to_json(name, v) for v in value]
+    raise TypeError(f"constructor argument {name}={type(value).__name__} cannot be written as JSON; record it "
+                    f"under a name through inverter_config(objects=...)")
+
+
+def inverter_config(inverter: nn.Module, *, objects: Mapping[str, tuple[str, Any]] | None = None,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON config of an inverter: ``{"class": ..., <constructor arguments>..., <extra>...}``.
+
+    Args:
+        inverter: an inverter whose ``__init__`` is decorated with :func:`register_to_config`.
+        objects: constructor arguments that are objects, recorded as ``{argument: (key, JSON value)}``, e.g.
+            ``{"base": ("base", base.name)}``.
+        extra: derived values that loading checks (``{"image_size": 32}``), after the arguments.
+    """
+    objects = dict(objects or {})
+    out: dict[str, Any] = {"class": type(inverter).__name__}
+    for name, value in inverter.init_arguments.items():
+        key, value = objects.pop(name) if name in objects else (name, value)
+        out[key] = _to_json(name, value)
+    if objects:
+        raise TypeError(f"{sorted(objects)} are not arguments of {type(inverter).__name__}")
+    return out | {k: _to_json(k, v) for k, v in (extra or {}).items()}
+
+
+def init_kwargs(cls: type, config: Mapping[str, Any], **objects: Any) -> dict[str, Any]:
+    """The keyword arguments that rebuild ``cls`` from its ``config``: the keys that are parameters of
+    ``cls.__init__`` (missing ones take their defaults), with ``objects`` (the base, the classifier) in place of
+    their recorded names. The other keys (``class``, derived values) are the caller's to check."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in config.items() if k in params and k != "self"} | objects
+
+
+# ---------------------------------------------------------------------- files
+def write_pretrained(inverter: nn.Module, path: str | Path, weights: Mapping[str, nn.Module], *, fp16: bool = True,
+                    card: dict[str, Any] | None = None) -> None:
+    """Write ``config.json`` (``inverter.config``), each of ``weights`` (file name -> module) as safetensors,
+    and ``card.json`` when a card is given, into the folder ``path``."""
+    from ..weights import save_state
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, module in weights.items():
+        save_state(module, path / name, fp16=fp16)
+    (path / "config.json").write_text(json.dumps(inverter.config, indent=2) + "\n")
+    if card is not None:
+        (path / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def read_config(path: str | Path, cls: type) -> dict[str, Any]:
+    """``path/config.json``, refused unless it holds a ``cls`` (a config without ``"class"`` is a FeatInv's)."""
+    file = Path(path) / "config.json"
+    cfg = json.loads(file.read_text())
+    if cfg.get("class", "FeatInv") != cls.__name__:
+        raise InverterMismatchError(f"{file} holds a {cfg.get('class')!r}, not a {cls.__name__}; load it with "
+                                    f"wb.load_inverter({str(path)!r})")
+    return cfg
+
+
+def load_weights(module: nn.Module, file: Path) -> None:
+    """Load a safetensors file into ``module``; every tensor must match (no missing or unexpected key)."""
+    from ..weights import load_state
+
+    missing, unexpected = module.load_state_dict(load_state(file), strict=False)
+    if missing or unexpected:
+        raise InverterMismatchError(f"{file} does not match its config.json "
+                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """``path/card.json`` (the training record and metrics), or ``{}`` when there is none."""
+    card = Path(path) / "card.json"
+    return json.loads(card.read_text()) if card.is_file() else {}
