@@ -6,7 +6,7 @@ UNet, ``block_out_channels=(320, 640, 1280, 1280)``, ``cross_attention_dim=768``
 ``swinv2_tiny_window8_256``). With ``--tiny`` the same code runs at miniature widths (the configs of
 ``sd_miniature_configs()``, 64 px, small timm models) on the CPU in about a minute, so it cannot rot.
 
-Training, per classifier, ``--batch`` images per step (timed in interleaved blocks, medians):
+Training, per classifier, ``--batch-size`` images per step (timed in interleaved blocks, medians):
 
 * ``train_official``: fp32, classic (non-SDPA) attention, the prompt encoded at every step by a
   CLIP-L-shaped text encoder (random weights, 12 layers, width 768, 77 tokens) for every item, features
@@ -53,11 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="miniature widths on the CPU (CI)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--batch", type=int, default=None, help="images per training step (default 8; 2 with --tiny)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per training step (default 8; 2 with --tiny)")
     p.add_argument("--classifiers", nargs="+", default=None)
     p.add_argument("--blocks", type=int, default=None, help="interleaved timing blocks (default 3; 1 with --tiny)")
     p.add_argument("--steps-per-block", type=int, default=None, help="training steps per block (default 4; 1 tiny)")
-    p.add_argument("--sample-n", type=int, default=None, help="images sampled (default 8; 1 with --tiny)")
+    p.add_argument("--sample-images", type=int, default=None, help="images sampled (default 8; 1 with --tiny)")
     p.add_argument("--compile", choices=["first", "none"], default="first",
                    help="time a torch.compile'd variant for the first classifier (CUDA only)")
     p.add_argument("--out", default=None, help="default benchmarks/results/gpu_scale[_tiny].json")
@@ -67,10 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     tiny = args.tiny
     args.out = args.out or f"benchmarks/results/gpu_scale{'_tiny' if tiny else ''}.json"
-    args.batch = args.batch or (2 if tiny else 8)
+    args.batch_size = args.batch_size or (2 if tiny else 8)
     args.blocks = args.blocks or (1 if tiny else 3)
     args.steps_per_block = args.steps_per_block or (1 if tiny else 4)
-    args.sample_n = args.sample_n or (1 if tiny else 8)
+    args.sample_images = args.sample_images or (1 if tiny else 8)
     args.classifiers = args.classifiers or list((TINY_CLASSIFIERS if tiny else FULL_CLASSIFIERS))
     return args
 
@@ -209,7 +209,7 @@ def time_designs(designs: list[Design], args, device) -> dict:
     out = {}
     for d in designs:
         s = statistics.median(times[d.name])
-        out[d.name] = {"images_per_s": round(args.batch / s, 3), "s_per_step": round(s, 4),
+        out[d.name] = {"images_per_s": round(args.batch_size / s, 3), "s_per_step": round(s, 4),
                        "warmup_s": round(warm_s[d.name], 1),
                        "peak_gib": round(max(peaks[d.name]) / 2**30, 2) if peaks[d.name] else None}
     return out
@@ -251,11 +251,11 @@ def main(args: argparse.Namespace) -> dict:
     base = build_base(args.tiny, device)
     text = build_text_encoder(args.tiny, base.prompt_embeds.shape[-1], device)
     g = torch.Generator().manual_seed(0)
-    images = torch.rand(args.batch, 3, base.image_size, base.image_size, generator=g).to(device)
+    images = torch.rand(args.batch_size, 3, base.image_size, base.image_size, generator=g).to(device)
     record = {"date": date.today().isoformat(), "tiny": args.tiny,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
               f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "batch": args.batch, "image_size": base.image_size, "classifiers": {}}
+              "torch": torch.__version__, "batch": args.batch_size, "image_size": base.image_size, "classifiers": {}}
     for i, name in enumerate(args.classifiers):
         layer, kw = zoo.get(name, ("layer4", {}))
         clf = wb.load_classifier(name, pretrained=False, device=device, **kw).eval().requires_grad_(False)
@@ -272,7 +272,7 @@ def main(args: argparse.Namespace) -> dict:
         if i == 0:  # sampling, with the first classifier's (untrained) inverter in eval mode
             inv = designs[1].inv.eval()
             inv.controlnet.requires_grad_(False)
-            feats = wb.metrics.extract_features(clf, designs[1].view(images[:args.sample_n]), layer).float()
+            feats = wb.metrics.extract_features(clf, designs[1].view(images[:args.sample_images]), layer).float()
             samp = time_sampling(inv, feats, args, device)
             record.update(samp)
             record["sampling_ratio_default_over_ddim50"] = round(

@@ -23,10 +23,10 @@ caches (per 1,000 training images) and compiling. ``--amortise-steps`` spreads t
 of the default batch to give an effective rate.
 
 The designs are interleaved step by step (each design's step is timed as a whole, data included); medians over
-``--repeats`` steps. Goal: ours / official >= 3.
+``--timed-steps`` steps. Goal: ours / official >= 3.
 
 Usage:
-    .venv/bin/python benchmarks/train_throughput.py [--threads 2] [--repeats 5] [--no-compile]
+    .venv/bin/python benchmarks/train_throughput.py [--threads 2] [--timed-steps 5] [--no-compile]
 """
 from __future__ import annotations
 
@@ -44,11 +44,11 @@ PAIRS = {"tinyworld-cnn": "tinyworld-cnn/stages.3", "tinyworld-vit": "tinyworld-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--classifiers", nargs="+", default=list(PAIRS))
-    p.add_argument("--batch", type=int, default=128, help="our batch (train-inverter's default)")
-    p.add_argument("--official-batch", type=int, default=8, help="the official script's batch_size")
-    p.add_argument("--images", type=int, default=1024, help="training images held in memory")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per design")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per design first")
+    p.add_argument("--batch-size", type=int, default=128, help="our batch size (train-inverter's default)")
+    p.add_argument("--official-batch-size", type=int, default=8, help="the official script's batch_size")
+    p.add_argument("--train-images", type=int, default=1024, help="training images held in memory")
+    p.add_argument("--timed-steps", type=int, default=5, help="timed steps per design")
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per design first")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="also time ours with --compile (minutes of compile time on a CPU)")
@@ -87,21 +87,21 @@ def clip_text_emulator(width: int):
 
 def main(args: argparse.Namespace) -> dict:
     import workbench as wb
-    from workbench.training.common import TensorStream, resolve_mixed_precision, tinyworld_images
+    from workbench.training.common import TensorStream, encode_all, resolve_mixed_precision, tinyworld_images
     from workbench.training.featinv import extract_all
-    from workbench.training.base import encode_all
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     precision = resolve_mixed_precision("auto", "cpu")
-    results = {"threads": args.threads, "precision_auto": precision, "batch": args.batch,
-               "official_batch": args.official_batch, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    results = {"threads": args.threads, "precision_auto": precision, "batch": args.batch_size,
+               "official_batch": args.official_batch_size, "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d")}
     for name in args.classifiers:
         inv = wb.load_inverter(PAIRS[name])
         clf = wb.load_classifier(name).eval().requires_grad_(False)
         base = inv.base
         unet = base.unet
-        images, _ = tinyworld_images(args.images, split="train", seed=0)
+        images, _ = tinyworld_images(args.train_images, split="train", seed=0)
 
         # one-time costs of our data path, per 1,000 images
         t = time.perf_counter()
@@ -118,8 +118,9 @@ def main(args: argparse.Namespace) -> dict:
         noise_sched = base.make_scheduler("ddpm")
         g = torch.Generator().manual_seed(0)
         text = clip_text_emulator(base.prompt_embeds.shape[-1])
-        token_ids = torch.randint(0, 49408, (args.official_batch, 77), generator=g)
-        loader = torch.utils.data.DataLoader(PerSampleFeatures(images, clf, inv.layer), batch_size=args.official_batch,
+        token_ids = torch.randint(0, 49408, (args.official_batch_size, 77), generator=g)
+        loader = torch.utils.data.DataLoader(PerSampleFeatures(images, clf, inv.layer),
+                                             batch_size=args.official_batch_size,
                                              shuffle=True, num_workers=0, drop_last=True,
                                              generator=torch.Generator().manual_seed(0))
 
@@ -127,8 +128,8 @@ def main(args: argparse.Namespace) -> dict:
             while True:
                 yield from it
         official_batches = endless(loader)
-        ours_small = iter(TensorStream(latents, feats, batch_size=args.official_batch, seed=0))
-        ours_big = iter(TensorStream(latents, feats, batch_size=args.batch, seed=0))
+        ours_small = iter(TensorStream(latents, feats, batch_size=args.official_batch_size, seed=0))
+        ours_big = iter(TensorStream(latents, feats, batch_size=args.batch_size, seed=0))
 
         def update(z0, f, amp: bool, compiled: bool):
             inv.controlnet = compiled_cnet if compiled else cnet
@@ -160,8 +161,9 @@ def main(args: argparse.Namespace) -> dict:
             z0, f = next(ours_big)
             update(z0, f.float(), amp=precision == "bf16", compiled=True)
 
-        designs = {"official": (official, args.official_batch), "ours_b8_fp32": (ours_b8_fp32, args.official_batch),
-                   "ours": (ours, args.batch)}
+        designs = {"official": (official, args.official_batch_size),
+                   "ours_b8_fp32": (ours_b8_fp32, args.official_batch_size),
+                   "ours": (ours, args.batch_size)}
         compile_s = None
         compiled_cnet, compiled_unet = cnet, unet
         if args.compile:
@@ -175,22 +177,22 @@ def main(args: argparse.Namespace) -> dict:
             t = time.perf_counter()
             ours_compiled()  # the first call compiles forward and backward
             compile_s = time.perf_counter() - t
-            designs["ours_compiled"] = (ours_compiled, args.batch)
+            designs["ours_compiled"] = (ours_compiled, args.batch_size)
 
         times: dict[str, list[float]] = {k: [] for k in designs}
-        for i in range(args.warmup + args.repeats):
+        for i in range(args.warmup_steps + args.timed_steps):
             order = list(designs.items())
             order = order[i % len(order):] + order[:i % len(order)]  # rotate which goes first
             for key, (fn, _) in order:
                 start = time.perf_counter()
                 fn()
-                if i >= args.warmup:
+                if i >= args.warmup_steps:
                     times[key].append(time.perf_counter() - start)
         ips = {k: designs[k][1] / statistics.median(v) for k, v in times.items()}
         best = "ours_compiled" if "ours_compiled" in ips else "ours"
         # effective rate of a run of --amortise-steps default batches, one-time costs included
-        n_img = args.amortise_steps * args.batch
-        train_images = 50_000  # train-inverter's --train-size default: the caches cover these once
+        n_img = args.amortise_steps * args.batch_size
+        train_images = 50_000  # train-inverter's --train-images default: the caches cover these once
         one_time = cache_s_per_1k * train_images / 1000 + (compile_s if best == "ours_compiled" else 0.0)
         eff = n_img / (n_img / ips[best] + one_time)
         r = {"images_per_s": ips, "cache_s_per_1k_images": cache_s_per_1k, "compile_s": compile_s,
@@ -198,7 +200,7 @@ def main(args: argparse.Namespace) -> dict:
              "ratio_effective": eff / ips["official"], "ratio_design_only": ips["ours_b8_fp32"] / ips["official"]}
         results[name] = r
         print(f"{PAIRS[name]}, CPU, {torch.get_num_threads()} thread(s), autocast: {precision}, "
-              f"{args.repeats} interleaved steps per design (medians)")
+              f"{args.timed_steps} interleaved steps per design (medians)")
         for k, v in ips.items():
             print(f"  {k:16s} batch {designs[k][1]:4d}  {v:7.2f} images/s   ({designs[k][1] / v:.3f} s/step)")
         print(f"  one-time: caches {cache_s_per_1k:.2f} s per 1k images; compile "

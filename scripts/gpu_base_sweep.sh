@@ -21,7 +21,7 @@
 #   cat OUTDIR/weights.tar.part-* | tar -x -C data/
 # WORK (default /tmp/wb-sweep) holds the runs; PYTHON (default python3) runs them.
 # Smoke test on CPU (PICK forces a candidate, to try both inverter paths; tests/test_training.py runs it):
-#   DEVICE=cpu BASE_ARGS='--steps 3 --batch-size 8 --train-size 64 --eval-samples 8' PROFILE=smoke-data \
+#   DEVICE=cpu BASE_ARGS='--steps 3 --batch-size 8 --train-images 64 --eval-images 8' PROFILE=smoke-data \
 #   PICK=v-cont bash scripts/gpu_base_sweep.sh /tmp/sweep
 set -uo pipefail
 out=${1:?usage: gpu_base_sweep.sh OUTDIR}
@@ -49,7 +49,7 @@ elapsed() { echo $(( $(date +%s) - start )); }
   "$py" -c "import torch, timm, diffusers, accelerate; print('torch', torch.__version__, 'timm', timm.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)"
 } 2>&1 | tee "$log"
 
-common=(--vae data/tinyworld-base/vae --batch-size 256 --train-size 100000 --steps 4000 --max-minutes "$base_min"
+common=(--vae data/tinyworld-base/vae --batch-size 256 --train-images 100000 --steps 4000 --max-minutes "$base_min"
         --ema 0.998 --save-every 100000 --eval-classifiers data --device "$device" --no-progress)
 declare -A cand=(
   [eps-cont]="--init-from data/tinyworld-base --lr 3e-4"

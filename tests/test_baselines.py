@@ -56,7 +56,8 @@ def test_decoder_trains_for_5_steps_and_round_trips(tmp_path):
     from workbench.training import decoder as train
 
     args = train.parse_args(["--classifier", "tinyworld-cnn", "--layer", "stages.3", "--steps", "5",
-                             "--batch-size", "8", "--feature-batch", "4", "--train-size", "64", "--eval-n", "4",
+                             "--batch-size", "8", "--feature-loss-images", "4", "--train-images", "64",
+                             "--eval-images", "4",
                              "--hidden-channels", "32", "--out", str(tmp_path / "run"), "--ship", str(tmp_path / "data"),
                              "--device", "cpu", "--save-every", "3", "--no-progress"])
     dec, card = train.main(args)

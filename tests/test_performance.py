@@ -114,9 +114,9 @@ def test_gpu_scale_runs_tiny_on_cpu(tmp_path):
 
 def test_train_throughput_designs_run(tmp_path):
     bench = load_benchmark("train_throughput")
-    res = bench.main(bench.parse_args(["--batch", "4", "--official-batch", "2", "--images", "8", "--repeats", "1",
-                                       "--warmup", "0", "--classifiers", "tinyworld-cnn", "--no-compile",
-                                       "--threads", "1", "--json", str(tmp_path / "r.json")]))
+    res = bench.main(bench.parse_args(["--batch-size", "4", "--official-batch-size", "2", "--train-images", "8",
+                                       "--timed-steps", "1", "--warmup-steps", "0", "--classifiers", "tinyworld-cnn",
+                                       "--no-compile", "--threads", "1", "--json", str(tmp_path / "r.json")]))
     r = res["tinyworld-cnn"]
     assert set(r["images_per_s"]) == {"official", "ours_b8_fp32", "ours"}
     assert all(v > 0 for v in r["images_per_s"].values()) and r["cache_s_per_1k_images"] > 0
@@ -126,20 +126,21 @@ def test_train_throughput_designs_run(tmp_path):
 # ---------------------------------------------------------------- the optimised training path
 def test_cached_features_train_to_the_weights_of_in_step_features(tmp_path):
     """--feature-cache (features of the fixed training set computed once, kept as fp16) against features computed
-    in every step: the same batches, and the same ControlNet after a few steps."""
+    in every step: the same batches, and the same ControlNet after a few steps, up to the features' fp16 rounding
+    (a small fraction of one step's update at lr 3e-4)."""
     from workbench.training import featinv
 
     weights = {}
     for cache in (True, False):
         inv = featinv.train_featinv(classifier="tinyworld-cnn", layer="stages.3", steps=3, batch_size=4,
-                                    out=tmp_path / str(cache), device="cpu", train_size=16, eval_n=0, progress=False,
-                                    feature_cache=cache, mixed_precision="no")
+                                    out=tmp_path / str(cache), device="cpu", train_images=16, eval_images=0,
+                                    progress=False, feature_cache=cache, mixed_precision="no")
         weights[cache] = inv.controlnet.state_dict()
     for k, v in weights[True].items():
-        torch.testing.assert_close(v, weights[False][k], rtol=0, atol=1e-5, msg=k)
+        torch.testing.assert_close(v, weights[False][k], rtol=0, atol=1e-4, msg=k)
     cached = sorted(p.name.split("-")[0] for p in (tmp_path / "True" / "cache").iterdir())
     assert cached == ["features", "latents"]
-    assert not (tmp_path / "False" / "cache").joinpath("features").exists()
+    assert [p.name.split("-")[0] for p in (tmp_path / "False" / "cache").iterdir()] == ["latents"]
 
 
 def test_cached_tensor_is_computed_once_and_keyed(tmp_path):

@@ -50,11 +50,12 @@ def test_vae_reconstructs_held_out_images():
 
 def test_base_sample_quality_matches_its_card():
     """The card's 'CNN confident on X% of unconditional samples' holds on fresh samples (another seed, fewer)."""
-    from workbench.training.base import sample_quality
+    from workbench.evaluation import base_card_metrics
 
     base = wb.DiffusionBase.from_pretrained("tinyworld-base")
     card = json.loads((wb.data_dir() / "tinyworld-base" / "card.json").read_text())["metrics"]
-    m = sample_quality(base, wb.load_classifier("tinyworld-cnn"), wb.load_classifier("tinyworld-vit"), n=128, seed=7)
+    m = base_card_metrics(base, wb.load_classifier("tinyworld-cnn"), wb.load_classifier("tinyworld-vit"),
+                          num_images=128, seed=7)
     assert abs(m["confident_fraction"] - card["confident_fraction"]) < 0.12, (m, card)
     assert m["fd_samples_vs_real"] > m["fd_real_vs_real"]  # samples are told apart from real images, as the card says
 

@@ -19,12 +19,12 @@ from workbench.training import all as all_stages
 from workbench.training import base, classifier, featinv, vae
 
 TINY_CNN = ["--arch", '{"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}']
-SMALL = ["--batch-size", "8", "--train-size", "64", "--device", "cpu", "--no-progress"]
+SMALL = ["--batch-size", "8", "--train-images", "64", "--device", "cpu", "--no-progress"]
 
 
 def test_train_classifier_five_steps(tmp_path):
     card = classifier.main(classifier.parse_args(
-        ["--name", "tinyworld-cnn", "--out", str(tmp_path), "--steps", "5", "--test-size", "16", *SMALL, *TINY_CNN]))
+        ["--name", "tinyworld-cnn", "--out", str(tmp_path), "--steps", "5", "--test-images", "16", *SMALL, *TINY_CNN]))
     assert card["training"]["steps"] == 5
     assert 0 <= card["metrics"]["test_accuracy"] <= 1
     assert (tmp_path / "tinyworld-cnn.safetensors").is_file()
@@ -32,7 +32,7 @@ def test_train_classifier_five_steps(tmp_path):
 
 
 def test_train_classifier_init_from_records_the_starting_card(tmp_path):
-    first = ["--name", "tinyworld-cnn", "--test-size", "16", *SMALL, *TINY_CNN]
+    first = ["--name", "tinyworld-cnn", "--test-images", "16", *SMALL, *TINY_CNN]
     classifier.main(classifier.parse_args([*first, "--out", str(tmp_path / "a"), "--steps", "3"]))
     card = classifier.main(classifier.parse_args([*first, "--out", str(tmp_path / "b"), "--steps", "2",
                                                   "--init-from", str(tmp_path / "a")]))
@@ -71,26 +71,174 @@ def test_train_pixel_base_five_steps(tmp_path):
     assert card["space"] == "pixel" and card["latent_shape"] == [3, 32, 32]
 
 
-def test_min_snr_loss_weights_only_the_clean_timesteps():
+def _replayed_draws(seed: int, shape, min_timestep: int = 0):
+    """The noise and timesteps that diffusion_loss draws first from a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(shape, generator=g)
+    return noise, torch.randint(min_timestep, 1000, (shape[0],), generator=g)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_min_snr_loss_weights_only_the_clean_timesteps(kind):
+    """A prediction off the target by 1 everywhere has MSE 1; Min-SNR-gamma weights each item by min(SNR, 5)/SNR
+    (epsilon) or min(SNR, 5)/(SNR + 1) (v), which is below 1 only at the nearly clean timesteps."""
     from diffusers import DDPMScheduler
     from diffusers.training_utils import compute_snr
 
-    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
-    t = torch.tensor([0, 10, 500, 999])
-    pred, noise = torch.ones(4, 2, 3, 3), torch.zeros(4, 2, 3, 3)  # per-sample MSE of 1
-    assert base.diffusion_loss(pred, noise, t, sched) == 1.0
+    from workbench.diffusion import diffusion_loss, tiny_scheduler_config, training_target
+
+    sched = DDPMScheduler.from_config(tiny_scheduler_config(kind))
+    z0 = torch.randn(64, 2, 3, 3)
+    noise, t = _replayed_draws(0, z0.shape)
+    target = training_target(sched, z0, noise, t)
+    off_by_one = lambda z, tt: target + 1  # noqa: E731
+    assert diffusion_loss(off_by_one, z0, sched, generator=torch.Generator().manual_seed(0)) == 1.0
     snr = compute_snr(sched, t)
-    assert snr[0] > 5 > snr[2] and snr[3] >= 0  # clean at t=0, noisy at t=500
-    want = torch.where(snr > 5, 5 / snr, 1.0).mean()
-    got = base.diffusion_loss(pred, noise, t, sched, snr_gamma=5.0)
+    assert snr.max() > 5 > snr.min()
+    weight = torch.where(snr > 5, 5 / snr, torch.ones_like(snr)) if kind == "epsilon" else snr.clamp(max=5) / (snr + 1)
+    want = weight.mean()
+    got = diffusion_loss(off_by_one, z0, sched, generator=torch.Generator().manual_seed(0), snr_gamma=5.0)
     assert torch.isclose(got, want) and got.isfinite() and got < 1.0
+    with pytest.raises(ValueError, match="snr_gamma=0"):
+        diffusion_loss(off_by_one, z0, sched, snr_gamma=0)
+    with pytest.raises(ValueError, match="min_timestep=1000"):
+        diffusion_loss(off_by_one, z0, sched, min_timestep=1000)
 
 
-def test_train_base_eval_only_needs_no_out_but_training_does(capsys):
-    assert base.parse_args(["--eval-only", "some/base", "--eval-classifiers", "data"]).out is None
+# ---------------------------------------------------------------- one loss: the same numbers as before it
+def old_diffusion_loss(pred, target, t, noise_sched, snr_gamma=None):
+    """training/base.py's diffusion_loss before the whole step moved into workbench.diffusion.diffusion_loss."""
+    import torch.nn.functional as F
+    from diffusers.training_utils import compute_snr
+
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())
+    snr = compute_snr(noise_sched, t)
+    if noise_sched.config.prediction_type == "v_prediction":
+        weight = snr.clamp(max=snr_gamma) / (snr + 1)
+    else:
+        weight = torch.where(snr > snr_gamma, snr_gamma / snr, torch.ones_like(snr))  # safe where SNR is 0
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    return (per_sample * weight).mean()
+
+
+def old_base_step_loss(denoiser, base, z0, noise_sched, g, *, null_prob, min_timestep, snr_gamma):
+    """The loss of one step of train-base's loop before unet_loss (pasted from training/base.py's main)."""
+    from workbench.diffusion import training_target
+
+    b = z0.shape[0]
+    noise = torch.randn(z0.shape, generator=g, device=z0.device)
+    t = torch.randint(min_timestep, noise_sched.config.num_train_timesteps, (b,), generator=g,
+                      device=z0.device)
+    zt = noise_sched.add_noise(z0, noise, t)
+    drop = torch.rand(b, generator=g, device=z0.device) < null_prob
+    pred = denoiser(zt, t, encoder_hidden_states=base.embeds(b, null=drop)).sample
+    return old_diffusion_loss(pred, training_target(noise_sched, z0, noise, t), t, noise_sched, snr_gamma)
+
+
+def old_featinv_training_loss(self, latents, features, *, noise_scheduler, generator=None, drop_prob=0.15):
+    """FeatInv.training_loss before it called diffusion_loss (pasted from inverters/featinv.py)."""
+    import torch.nn.functional as F
+
+    from workbench.diffusion import training_target
+
+    b = latents.shape[0]
+    dev = latents.device
+    noise = torch.randn(latents.shape, generator=generator, device=dev)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator, device=dev)
+    zt = noise_scheduler.add_noise(latents, noise, t)
+    drop = torch.rand(b, generator=generator, device=dev) < drop_prob
+    feats = features * (~drop).view(-1, 1, 1, 1).to(features.dtype)
+    pred = self.predict_noise(zt, t, feats, self.base.embeds(b, null=drop))
+    return F.mse_loss(pred.float(), training_target(noise_scheduler, latents, noise, t).float())
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("snr_gamma,min_timestep", [(None, 0), (5.0, 0), (None, 600), (5.0, 600)])
+def test_base_loss_is_the_old_computation(kind, snr_gamma, min_timestep):
+    """unet_loss (diffusion_loss with the base's prompt dropout) gives the old loop's loss bit for bit and leaves
+    the generator where the old loop left it, so training at a fixed seed is unchanged."""
+    from diffusers import UNet2DConditionModel
+
+    from workbench.diffusion import DiffusionBase, tiny_scheduler_config, tiny_unet_config
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**tiny_unet_config(sample_size=8, in_channels=3, widths=(16, 32, 32)))
+    prompt, null = base.fixed_prompt_embeds(64)
+    diff = DiffusionBase(unet, tiny_scheduler_config(kind), prompt, null, None, image_size=8)
+    sched = diff.make_scheduler("ddpm")
+    z0 = torch.randn(6, 3, 8, 8)
+    g_new, g_old = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(2):  # two steps: the second starts where the first left the generator
+        new = base.unet_loss(unet, diff, z0, sched, generator=g_new, null_prob=0.5, min_timestep=min_timestep,
+                             snr_gamma=snr_gamma)
+        old = old_base_step_loss(unet, diff, z0, sched, g_old, null_prob=0.5, min_timestep=min_timestep,
+                                 snr_gamma=snr_gamma)
+        assert torch.equal(new, old), (new, old)
+    assert torch.equal(g_new.get_state(), g_old.get_state())
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_featinv_loss_is_the_old_computation(kind):
+    """FeatInv.training_loss (condition dropout around diffusion_loss) gives the old loss bit for bit, the
+    generator ends where it did, and snr_gamma weights it as train-base's loss."""
+    from test_featinv import miniature_base  # a tiny SD-shaped base with random weights
+
+    from workbench.inverters.featinv import FeatInv
+
+    mini = miniature_base(pixel=True)
+    mini.scheduler_config["prediction_type"] = kind
+    inv = FeatInv(mini, "toy", "layer", (6, 2, 2))
+    sched = mini.make_scheduler("ddpm")
+    z0, feats = torch.randn(4, *mini.latent_shape), torch.randn(4, 6, 2, 2)
+    g_new, g_old = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(2):
+        new = inv.training_loss(z0, feats, noise_scheduler=sched, generator=g_new, drop_prob=0.5)
+        old = old_featinv_training_loss(inv, z0, feats, noise_scheduler=sched, generator=g_old, drop_prob=0.5)
+        assert torch.equal(new, old), (new, old)
+    assert torch.equal(g_new.get_state(), g_old.get_state())
+    weighted = inv.training_loss(z0, feats, noise_scheduler=sched, generator=torch.Generator().manual_seed(5),
+                                 drop_prob=0.5, snr_gamma=5.0)
+    assert weighted.isfinite() and not torch.equal(weighted, new)
+
+
+def test_train_base_needs_out_and_has_no_eval_only(capsys):
+    """Measuring a saved base's card is training/cards.py's job; train-base trains, into --out."""
     with pytest.raises(SystemExit):
         base.parse_args(["--steps", "2"])
-    assert "--out (or --eval-only BASE_FOLDER)" in capsys.readouterr().err
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        base.parse_args(["--out", "x", "--eval-only", "some/base"])
+
+
+def test_configs_are_the_flags_with_the_dataclass_defaults():
+    """parse_args builds each script's config dataclass: every field is a --flag with the field's default, and
+    its comment is the flag's help; train_featinv takes a config or its fields, never argv strings."""
+    import dataclasses
+
+    from workbench.training import decoder
+    from workbench.training.common import config_parser, field_comments
+
+    required = {classifier: ["--name", "tinyworld-cnn", "--out", "o"], vae: ["--out", "o"], base: ["--out", "o"],
+                featinv: ["--classifier", "c", "--layer", "l", "--out", "o"],
+                decoder: ["--classifier", "c", "--layer", "l", "--out", "o"]}
+    for module, argv in required.items():
+        config = module.parse_args(argv)
+        cls = type(config)
+        assert dataclasses.is_dataclass(config) and cls.__name__.endswith("Config")
+        given = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        assert config == cls(**{k: getattr(config, k) for k in given}), module.__name__  # the rest: the defaults
+        comments = field_comments(cls)
+        assert all(comments.get(f.name) for f in dataclasses.fields(cls)), module.__name__  # every field documented
+    assert base.parse_args(["--out", "o", "--widths", "16,32,32"]).widths == (16, 32, 32)
+    assert classifier.parse_args(["--name", "n", "--out", "o", "--arch", '{"dims": [8]}']).arch == {"dims": [8]}
+    assert featinv.parse_args(["--classifier", "c", "--layer", "l", "--out", "o", "--no-feature-cache",
+                               "--snr-gamma", "5"]) == featinv.FeatInvConfig(classifier="c", layer="l", out="o",
+                                                                             feature_cache=False, snr_gamma=5.0)
+    help_text = config_parser(featinv.FeatInvConfig, prog="x", description="").format_help()
+    assert "--eval-images" in help_text and "held-out test images" in help_text and "--eval-n" not in help_text
+    with pytest.raises(TypeError, match="eval_n"):
+        featinv.train_featinv(classifier="c", layer="l", out="o", eval_n=4)
 
 
 def test_train_base_loss_options_and_their_bad_values(tmp_path):
@@ -129,11 +277,13 @@ def test_train_base_init_from_rejects_a_mismatched_base(tmp_path):
 
 def test_train_inverter_five_steps_and_ship(tmp_path):
     inv = featinv.train_featinv(classifier="tinyworld-cnn", layer="stages.3", steps=5, batch_size=8, out=tmp_path,
-                                device="cpu", train_size=64, eval_n=4, progress=False, ship=str(tmp_path / "ship"))
+                                device="cpu", train_images=64, eval_images=4, progress=False, snr_gamma=5.0,
+                                ship=str(tmp_path / "ship"))
     assert inv.feature_shape == (192, 4, 4)
     shipped = tmp_path / "ship" / "inverters" / "tinyworld-cnn" / "stages.3"
     card = json.loads((shipped / "card.json").read_text())
-    assert card["training"]["steps"] == 5 and "feature_cosine" in card["metrics"]
+    assert card["training"]["steps"] == 5 and card["training"]["snr_gamma"] == 5.0
+    assert card["metrics"]["test_images"] == 4 and "feature_cosine" in card["metrics"]
     assert load_file(str(shipped / "controlnet.safetensors"))["conv_in.weight"].dtype == torch.float16
 
 
@@ -143,8 +293,8 @@ def _run(args, **kw):
 
 
 def test_kill_and_resume_gives_the_uninterrupted_weights(tmp_path):
-    common = ["train-classifier", "--name", "tinyworld-cnn", "--steps", "40", "--save-every", "4", "--test-size", "8",
-              "--batch-size", "32", "--train-size", "64", "--device", "cpu", "--no-progress", *TINY_CNN]
+    common = ["train-classifier", "--name", "tinyworld-cnn", "--steps", "40", "--save-every", "4", "--test-images", "8",
+              "--batch-size", "32", "--train-images", "64", "--device", "cpu", "--no-progress", *TINY_CNN]
     ref = _run([*common, "--out", str(tmp_path / "ref")])
     assert ref.wait(timeout=300) == 0, ref.stdout.read()
     run = _run([*common, "--out", str(tmp_path / "run")])
@@ -231,7 +381,7 @@ def test_runs_with_different_precisions_share_one_process(tmp_path):
     """accelerate keeps one state per process; a notebook that trains in fp32 and then in bf16 must not fail."""
     for i, mp in enumerate(["no", "bf16", "no"]):
         card = classifier.main(classifier.parse_args(
-            ["--name", "tinyworld-cnn", "--out", str(tmp_path / str(i)), "--steps", "2", "--test-size", "8",
+            ["--name", "tinyworld-cnn", "--out", str(tmp_path / str(i)), "--steps", "2", "--test-images", "8",
              "--mixed-precision", mp, *SMALL, *TINY_CNN]))
         assert card["training"]["mixed_precision"] == mp
 
@@ -279,7 +429,7 @@ def test_gpu_base_sweep_script_smoke(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "DEVICE": "cpu", "PROFILE": "smoke-data", "PICK": "v-cont", "PYTHON": sys.executable,
            "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
-           "BASE_ARGS": "--steps 2 --batch-size 8 --train-size 64 --eval-samples 8 --mixed-precision no"}
+           "BASE_ARGS": "--steps 2 --batch-size 8 --train-images 64 --eval-images 8 --mixed-precision no"}
     out = tmp_path / "out"
     res = subprocess.run(["bash", str(root / "scripts" / "gpu_base_sweep.sh"), str(out)], cwd=root, env=env,
                          capture_output=True, text=True, timeout=500)
@@ -311,7 +461,7 @@ def test_gpu_base_sweep_script_refuses_a_bad_candidate_and_packs_no_half_result(
                          timeout=120)
     assert res.returncode == 2 and "unknown candidate v-typo" in res.stdout
     env.update(CANDS="v-new", TOTAL_S="60", PROFILE="smoke-data",
-               BASE_ARGS="--steps 2 --batch-size 8 --train-size 64 --eval-samples 8 --mixed-precision no")
+               BASE_ARGS="--steps 2 --batch-size 8 --train-images 64 --eval-images 8 --mixed-precision no")
     out = tmp_path / "out"
     res = subprocess.run(["bash", script, str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     log = (out / "log.txt").read_text()

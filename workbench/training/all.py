@@ -11,7 +11,7 @@ up where it left off. Finished weights are written (fp16) with their cards into 
 | cnn, vit    | ``train-classifier``                      |                |
 | vae         | ``train-vae``                             |                |
 | base        | ``train-base`` on cached VAE latents      | vae            |
-| base-card   | sample quality of the base for its card   | base, cnn, vit |
+| base-card   | ``cards --base`` (the base's card)        | base, cnn, vit |
 | inv-*       | ``train-inverter`` (5 inverters)          | base, cnn/vit  |
 """
 from __future__ import annotations
@@ -25,14 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-# stage -> (command, args, dependencies). Steps and batch sizes come from the profile below.
+# stage -> (command, args, dependencies): a ``workbench`` training command, or ``cards`` (``python -m
+# workbench.training.cards``, which measures a shipped artefact's card). Steps and batch sizes come from the profile.
 STAGES: dict[str, tuple[str, list[str], list[str]]] = {
     "cnn": ("train-classifier", ["--name", "tinyworld-cnn"], []),
     "vit": ("train-classifier", ["--name", "tinyworld-vit"], []),
     "vae": ("train-vae", [], []),
     "base": ("train-base", ["--vae", "{runs}/vae/vae"], ["vae"]),
-    "base-card": ("train-base", ["--vae", "{runs}/vae/vae", "--eval-only", "{ship}/tinyworld-base",
-                                 "--eval-classifiers", "{ship}"], ["base", "cnn", "vit"]),
+    "base-card": ("cards", ["--base"], ["base", "cnn", "vit"]),
     "inv-cnn-last": ("train-inverter", ["--classifier", "tinyworld-cnn", "--layer", "stages.3"], ["base", "cnn"]),
     "inv-vit-last": ("train-inverter", ["--classifier", "tinyworld-vit", "--layer", "blocks.5"], ["base", "vit"]),
     "inv-cnn-mid": ("train-inverter", ["--classifier", "tinyworld-cnn", "--layer", "stages.2"], ["base", "cnn"]),
@@ -41,49 +41,52 @@ STAGES: dict[str, tuple[str, list[str], list[str]]] = {
                        ["base", "cnn"]),
 }
 
-# profile -> stage -> extra arguments. "gpu" fits one H100 in about 9 minutes with --jobs 5.
+# profile -> stage -> extra arguments ("inv" serves every inv-* stage).
 PROFILES: dict[str, dict[str, list[str]]] = {
-    "cpu": {  # bf16 autocast where the CPU has it; the inverters compile (minutes once, ~1.3x per step after)
+    "cpu": {  # bf16 autocast where the CPU has it; the inverters compile (a one-off cost that a long run repays)
         "cnn": ["--steps", "3000", "--batch-size", "128", "--mixed-precision", "auto"],
         "vit": ["--steps", "4000", "--batch-size", "128", "--mixed-precision", "auto"],
         "vae": ["--steps", "3000", "--batch-size", "64"],
         "base": ["--steps", "8000", "--batch-size", "128", "--mixed-precision", "auto"],
         "inv": ["--steps", "6000", "--batch-size", "128", "--compile"],
     },
-    "gpu": {  # one H100, --jobs 6: about 9.5 minutes in all. Classifiers run beside the VAE and the base.
-        "cnn": ["--steps", "8000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "3.0",
+    "gpu": {  # one GPU, --jobs 6: the --max-minutes budgets fit one 10-minute call; classifiers run beside the VAE
+        # and the base
+        "cnn": ["--steps", "8000", "--batch-size", "256", "--train-images", "100000", "--max-minutes", "3.0",
                 "--mixed-precision", "bf16"],
-        "vit": ["--steps", "8000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "2.0",
+        "vit": ["--steps", "8000", "--batch-size", "256", "--train-images", "100000", "--max-minutes", "2.0",
                 "--mixed-precision", "bf16"],
-        "vae": ["--steps", "5000", "--batch-size", "128", "--train-size", "100000", "--max-minutes", "0.9"],
-        "base": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "3.2",
+        "vae": ["--steps", "5000", "--batch-size", "128", "--train-images", "100000", "--max-minutes", "0.9"],
+        "base": ["--steps", "20000", "--batch-size", "256", "--train-images", "100000", "--max-minutes", "3.2",
                  "--ema", "0.995"],
-        "inv": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "3.4",
+        "inv": ["--steps", "20000", "--batch-size", "256", "--train-images", "100000", "--max-minutes", "3.4",
                 "--ema", "0.995", "--save-every", "100000"],
     },
-    # one H100, --jobs 6, with --init-from data: the base continues for 4.5 minutes, then the five inverters are
-    # fine-tuned onto it side by side for 2.5 minutes (about 8.5 minutes in all with start-up and the base's card)
+    # one GPU, --jobs 6, with --init-from data: the base continues for its budget, then the five inverters are
+    # fine-tuned onto it side by side
     "gpu-refresh": {
-        "base": ["--steps", "40000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "4.5",
+        "base": ["--steps", "40000", "--batch-size", "256", "--train-images", "100000", "--max-minutes", "4.5",
                  "--lr", "3e-4", "--ema", "0.998"],
-        "inv": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "2.5",
+        "inv": ["--steps", "20000", "--batch-size", "256", "--train-images", "100000", "--max-minutes", "2.5",
                 "--ema", "0.995", "--save-every", "100000"],
     },
-    # the inverters of scripts/gpu_base_sweep.sh: five side by side on the picked base for 3 minutes
+    # the inverters of scripts/gpu_base_sweep.sh: five side by side on the picked base
     "gpu-sweep": {
-        "inv": ["--steps", "20000", "--batch-size", "256", "--train-size", "100000", "--max-minutes", "3.0",
+        "inv": ["--steps", "20000", "--batch-size", "256", "--train-images", "100000", "--max-minutes", "3.0",
                 "--ema", "0.995", "--save-every", "100000"],
     },
     # a few inverter steps that can start from data/'s inverters (the smoke test of scripts/gpu_base_sweep.sh)
-    "smoke-data": {"inv": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--eval-n", "4"]},
+    "smoke-data": {"inv": ["--steps", "3", "--batch-size", "8", "--train-images", "64", "--eval-images", "4"]},
     "smoke": {  # a few steps of everything, for tests of this orchestration
-        "cnn": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--test-size", "32", "--arch",
+        "cnn": ["--steps", "3", "--batch-size", "8", "--train-images", "64", "--test-images", "32", "--arch",
                 '{"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}'],
-        "vit": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--test-size", "32", "--arch",
+        "vit": ["--steps", "3", "--batch-size", "8", "--train-images", "64", "--test-images", "32", "--arch",
                 '{"embed_dim": 16, "depth": 6, "num_heads": 2}'],
-        "vae": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--widths", "16,16"],
-        "base": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--widths", "16,32,32", "--eval-samples", "8"],
-        "inv": ["--steps", "3", "--batch-size", "8", "--train-size", "64", "--hidden-channels", "8", "--eval-n", "4"],
+        "vae": ["--steps", "3", "--batch-size", "8", "--train-images", "64", "--widths", "16,16"],
+        "base": ["--steps", "3", "--batch-size", "8", "--train-images", "64", "--widths", "16,32,32"],
+        "base-card": ["--base-eval-images", "8"],
+        "inv": ["--steps", "3", "--batch-size", "8", "--train-images", "64", "--hidden-channels", "8",
+                "--eval-images", "4"],
     },
 }
 
@@ -109,16 +112,21 @@ def parse_args(argv=None):
 
 
 def stage_command(stage: str, args, profile: dict[str, list[str]]) -> list[str]:
+    """The command line of one stage: its command and arguments, the profile's, then ``--base-args`` /
+    ``--inv-args``. A training stage trains into ``RUNS/<stage>`` with ``--resume`` and ships into ``--ship``; the
+    ``cards`` stage measures what is in ``--ship`` (the ``WORKBENCH_DATA`` that :func:`main` sets)."""
     cmd, extra, _ = STAGES[stage]
     fill = {"runs": args.runs, "ship": args.ship}
-    out = [sys.executable, "-m", "workbench.cli", cmd, *[e.format(**fill) for e in extra],
-           "--out", f"{args.runs}/{stage}", "--device", args.device, "--resume"]
-    key = "inv" if stage.startswith("inv-") else "base" if stage.startswith("base") else stage
-    out += profile.get(key, [])
-    if stage != "base-card":
-        out += ["--ship", args.ship]
-    if args.init_from and stage != "base-card":
-        out += init_args(stage, args)
+    key = "inv" if stage.startswith("inv-") else stage
+    if cmd == "cards":
+        out = [sys.executable, "-m", "workbench.training.cards", *extra, "--device", args.device,
+               *profile.get(key, [])]
+    else:
+        out = [sys.executable, "-m", "workbench.cli", cmd, *[e.format(**fill) for e in extra],
+               "--out", f"{args.runs}/{stage}", "--device", args.device, "--resume", *profile.get(key, []),
+               "--ship", args.ship]
+        if args.init_from:
+            out += init_args(stage, args)
     if stage == "base" and args.base_args:
         out += shlex.split(args.base_args)
     if stage.startswith("inv-") and args.inv_args:

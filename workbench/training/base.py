@@ -8,57 +8,68 @@ the time the null embedding (zeros), so that prompt-vs-null guidance is defined 
 latents of the whole training set are encoded once, batched, and cached in memory, so each step
 runs only the UNet. An EMA of the weights is what gets saved. ``--init-from DIR`` continues from a
 saved base (``data/tinyworld-base``, say): its UNet config and weights are the start, and the card
-records the starting card.
+records the starting card. ``--eval-classifiers DATA`` measures the new base's samples for its card;
+``python -m workbench.training.cards --base`` re-measures a saved one.
 """
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from .common import (Steps, Timer, TensorStream, add_common_args, command_line, cosine_lr, init_card,
-                     load_checkpoint, make_accelerator, save_checkpoint, tinyworld_images)
+from .common import (EMA_DECAY, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, command_line,
+                     parse_config, ema_update, encode_all, init_card, optimiser_step, resume_run, save_if_due,
+                     start_run, tinyworld_images)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="workbench train-base", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vae", default=None, help="folder of a trained AutoencoderKL; omit for a pixel-space base")
-    p.add_argument("--train-size", type=int, default=50_000)
-    p.add_argument("--widths", default="48,96,96", help="UNet block widths")
-    p.add_argument("--layers-per-block", type=int, default=1, help="ResNet (and attention) layers per UNet block")
-    p.add_argument("--null-prob", type=float, default=0.1, help="fraction of steps with the null prompt")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
-    p.add_argument("--min-timestep", type=int, default=0,
-                   help="train only on timesteps >= this (of 1000): a fine-tune of the noisy, layout-deciding phase. "
-                        "Default 0: all timesteps")
-    p.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
-                   help="what the UNet predicts: the noise (SD 1.x) or v (SD 2.x; better conditioned at high noise, "
-                        "where the layout is decided). Default: epsilon, or that of the --init-from base, which "
-                        "this flag may switch")
-    p.add_argument("--snr-gamma", type=float, default=None,
-                   help="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice): each step's loss is "
-                        "weighted by min(SNR, gamma)/SNR, which takes weight off the nearly clean timesteps. "
-                        "Default: plain MSE")
-    p.add_argument("--eval-classifiers", default=None,
-                   help="data folder with tinyworld-cnn/vit to measure sample quality for the card")
-    p.add_argument("--eval-samples", type=int, default=512)
-    p.add_argument("--eval-only", default=None, help="a saved base folder: measure its samples and update its card")
-    p.add_argument("--init-from", default=None,
-                   help="a saved base folder (unet/ inside) to continue from; its UNet config replaces --widths and "
-                        "--layers-per-block")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet (minutes of compile time; pays off on long runs)")
-    p = add_common_args(p, steps=8000, batch_size=128, lr=1e-3, mixed_precision="auto")
-    next(a for a in p._actions if a.dest == "out").required = False  # --eval-only writes into the folder it measures
-    args = p.parse_args(argv)
-    if args.out is None and args.eval_only is None:
-        p.error("the following arguments are required: --out (or --eval-only BASE_FOLDER)")
-    return args
+@dataclass(kw_only=True)
+class BaseConfig(RunConfig):
+    """What ``workbench train-base`` takes: one field per flag (``--null-prob`` is ``null_prob``)."""
+
+    # RunConfig's fields with this script's defaults
+    steps: int = 8000
+    batch_size: int = 128
+    lr: float = 1e-3
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+
+    vae: str | None = None  # folder of a trained AutoencoderKL; none for a pixel-space base
+    train_images: int = 50_000  # tiny-world training images, encoded once into latents
+    widths: tuple[int, ...] = (48, 96, 96)  # UNet block widths
+    layers_per_block: int = 1  # ResNet (and attention) layers per UNet block
+    null_prob: float = 0.1  # fraction of items trained with the null prompt
+    ema: float = EMA_DECAY  # EMA decay of the saved weights
+    min_timestep: int = 0  # train only on timesteps >= this (of 1000): a fine-tune of the noisy, layout-deciding
+    # phase; 0: all timesteps
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None  # what the UNet predicts: the noise (SD 1.x)
+    # or v (SD 2.x; better conditioned at high noise, where the layout is decided). None: epsilon, or that of the
+    # --init-from base, which this may switch
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice): each
+    # item's loss is weighted by min(SNR, gamma)/SNR, which takes weight off the nearly clean timesteps. None: MSE
+    eval_classifiers: str | None = None  # data folder with tinyworld-cnn/vit to measure sample quality for the card
+    eval_images: int = 512  # samples drawn (and real test images compared) for the card's sample quality
+    init_from: str | None = None  # a saved base folder (unet/ inside) to continue from; its UNet config replaces
+    # --widths and --layers-per-block
+    compile: bool = False  # torch.compile the UNet (minutes of compile time; pays off on long runs)
+
+
+def parse_args(argv=None) -> BaseConfig:
+    return parse_config(BaseConfig, argv, prog="workbench train-base", description=__doc__)
+
+
+def check_config(config: BaseConfig) -> None:
+    """Refuse values the run would fail on later, naming the flag."""
+    if not 0 <= config.min_timestep < 1000:
+        raise SystemExit(f"--min-timestep {config.min_timestep}: must be in [0, 1000) (the scheduler's 1000 steps)")
+    if config.snr_gamma is not None and not config.snr_gamma > 0:
+        raise SystemExit(f"--snr-gamma {config.snr_gamma}: must be > 0 (5 is the paper's choice), or left out for "
+                         "plain MSE")
+    if config.layers_per_block < 1:
+        raise SystemExit(f"--layers-per-block {config.layers_per_block}: needs at least 1")
 
 
 def fixed_prompt_embeds(dim: int, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,64 +79,21 @@ def fixed_prompt_embeds(dim: int, seed: int = 1234) -> tuple[torch.Tensor, torch
     return p / p.pow(2).mean().sqrt(), torch.zeros(1, 1, dim)
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, noise_sched,
-                   snr_gamma: float | None = None) -> torch.Tensor:
-    """The denoising loss: MSE of ``pred`` against ``target`` (both ``[B, C, h, w]``; ``t``: ``[B]``), where the
-    target is the noise or ``v``, as :func:`workbench.diffusion.training_target` gives it for ``noise_sched``.
+def unet_loss(denoiser, base, latents: torch.Tensor, noise_scheduler, *, generator: torch.Generator,
+              null_prob: float, min_timestep: int = 0, snr_gamma: float | None = None) -> torch.Tensor:
+    """The base's loss on a batch of latents ``[B, C, h, w]``: :func:`~workbench.diffusion.diffusion_loss` with the
+    fixed prompt, which a ``null_prob`` share of the items (drawn after the noise and the timesteps) swap for the
+    null prompt. ``denoiser`` is the UNet (or its prepared / compiled wrapper)."""
+    from ..diffusion import diffusion_loss
 
-    With ``snr_gamma``, each sample's MSE is weighted by ``min(SNR(t), gamma) / SNR(t)`` for epsilon-prediction and
-    ``min(SNR(t), gamma) / (SNR(t) + 1)`` for v-prediction (Min-SNR-gamma, the weighting of diffusers' training
-    scripts, with ``diffusers.training_utils.compute_snr``).
-    """
-    if snr_gamma is None:
-        return F.mse_loss(pred.float(), target.float())
-    from diffusers.training_utils import compute_snr
+    b = latents.shape[0]
 
-    snr = compute_snr(noise_sched, t)
-    if noise_sched.config.prediction_type == "v_prediction":
-        weight = snr.clamp(max=snr_gamma) / (snr + 1)
-    else:
-        weight = torch.where(snr > snr_gamma, snr_gamma / snr, torch.ones_like(snr))  # safe where SNR is 0
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
-    return (per_sample * weight).mean()
+    def predict(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        drop = torch.rand(b, generator=generator, device=latents.device) < null_prob
+        return denoiser(noisy, t, encoder_hidden_states=base.embeds(b, null=drop)).sample
 
-
-@torch.no_grad()
-def encode_all(base, images_u8: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """Scaled latents of every image, batched: ``uint8 [N, 3, H, W]`` -> ``float [N, C, h, w]``."""
-    return torch.cat([base.encode(images_u8[s:s + batch].float() / 255) for s in range(0, len(images_u8), batch)])
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach().to(pe.dtype), 1 - decay)
-
-
-@torch.no_grad()
-def sample_quality(base, cnn, vit, *, n: int = 512, steps: int = 20, scheduler: str = "dpm++", seed: int = 0,
-                   progress: bool = False) -> dict:
-    """Quality of unconditional samples, as the base's card reports it.
-
-    Returns:
-        ``confident_fraction``: share of ``n`` samples to which ``cnn`` assigns some class with probability > 0.9;
-        ``fd_samples_vs_real``: Fréchet distance between the samples and ``n`` real test images in ``vit``'s pooled
-        features; ``fd_real_vs_real``: the same between two disjoint real sets (the noise floor).
-    """
-    from ..metrics import frechet_distance, pooled_extractor
-
-    device = base.prompt_embeds.device
-    samples = base.sample(n, num_inference_steps=steps, scheduler=scheduler, seed=seed, progress=progress)
-    probs = torch.cat([cnn(samples[s:s + 256].to(device)).softmax(-1).cpu() for s in range(0, n, 256)])
-    real_a, _ = tinyworld_images(n, split="test", seed=seed)
-    real_b, _ = tinyworld_images(2 * n, split="val", seed=seed)
-    ext = pooled_extractor(vit)
-    fd_s = frechet_distance(real_a.float() / 255, samples, ext)
-    fd_r = frechet_distance(real_a.float() / 255, real_b[n:].float() / 255, ext)
-    return {"samples": n, "sampler": f"{scheduler} {steps} steps",
-            "confident_fraction": round((probs.max(-1).values > 0.9).float().mean().item(), 4),
-            "fd_samples_vs_real": round(fd_s, 3), "fd_real_vs_real": round(fd_r, 3),
-            "class_histogram": torch.bincount(probs.argmax(-1), minlength=probs.shape[1]).tolist()}
+    return diffusion_loss(predict, latents, noise_scheduler, generator=generator, min_timestep=min_timestep,
+                          snr_gamma=snr_gamma)
 
 
 def init_unet(path: str | Path, ucfg: dict, *, latent_ch: int, size: int):
@@ -151,135 +119,112 @@ def init_prediction_type(path: str | Path) -> str:
     return json.loads(f.read_text()).get("prediction_type", "epsilon") if f.is_file() else "epsilon"
 
 
-def evaluate_saved(args, device) -> dict:
-    """Measure a saved base's sample quality with the classifiers in ``--eval-classifiers``; update its card."""
-    from ..diffusion import DiffusionBase
-    from ..models import load_shipped_classifier
-
-    if not args.eval_classifiers:
-        raise SystemExit("--eval-only needs --eval-classifiers DIR (a folder with tinyworld-cnn and tinyworld-vit)")
-    path = Path(args.eval_only)
-    base = DiffusionBase.from_pretrained(path, device=device)
-    cnn = load_shipped_classifier("tinyworld-cnn", device=device, root=args.eval_classifiers)
-    vit = load_shipped_classifier("tinyworld-vit", device=device, root=args.eval_classifiers)
-    metrics = sample_quality(base, cnn, vit, n=args.eval_samples, seed=args.seed, progress=args.progress)
-    card = json.loads((path / "card.json").read_text())
-    card["metrics"] = metrics
-    (path / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    print(f"base: {json.dumps(metrics)}")
-    return card
-
-
-def main(args) -> dict:
+def build_base(config: BaseConfig):
+    """``(config, base, unet_config)``: a :class:`~workbench.DiffusionBase` around a new UNet (or ``init_from``'s)
+    and ``config.vae``, with the config's ``prediction_type`` resolved (``init_from``'s when not given)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from ..diffusion import DiffusionBase, tiny_scheduler_config, tiny_unet_config, training_target
+    from ..diffusion import DiffusionBase, tiny_scheduler_config, tiny_unet_config
 
-    timer = Timer()
-    acc = make_accelerator(args)
-    torch.manual_seed(args.seed)
-    if args.eval_only:
-        return evaluate_saved(args, acc.device)
-    vae = AutoencoderKL.from_pretrained(args.vae) if args.vae else None
-    widths = tuple(int(w) for w in args.widths.split(","))
+    vae = AutoencoderKL.from_pretrained(config.vae) if config.vae else None
     latent_ch = vae.config.latent_channels if vae is not None else 3
     size = 32 // (2 ** (len(vae.config.block_out_channels) - 1)) if vae is not None else 32
-    if not 0 <= args.min_timestep < 1000:
-        raise SystemExit(f"--min-timestep {args.min_timestep}: must be in [0, 1000) (the scheduler's 1000 steps)")
-    if args.snr_gamma is not None and not args.snr_gamma > 0:
-        raise SystemExit(f"--snr-gamma {args.snr_gamma}: must be > 0 (5 is the paper's choice), or left out for "
-                         "plain MSE")
-    if args.layers_per_block < 1:
-        raise SystemExit(f"--layers-per-block {args.layers_per_block}: needs at least 1")
-    ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=widths, layers_per_block=args.layers_per_block)
-    if args.init_from:
-        unet = init_unet(args.init_from, ucfg, latent_ch=latent_ch, size=size)
-        widths = tuple(unet.config.block_out_channels)
-        ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=widths,
+    ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=config.widths,
+                            layers_per_block=config.layers_per_block)
+    if config.init_from:
+        unet = init_unet(config.init_from, ucfg, latent_ch=latent_ch, size=size)
+        ucfg = tiny_unet_config(sample_size=size, in_channels=latent_ch, widths=tuple(unet.config.block_out_channels),
                                 layers_per_block=unet.config.layers_per_block)
     else:
         unet = UNet2DConditionModel(**ucfg)
-    if args.prediction_type is None:
-        args.prediction_type = init_prediction_type(args.init_from) if args.init_from else "epsilon"
+    if config.prediction_type is None:
+        prediction_type = init_prediction_type(config.init_from) if config.init_from else "epsilon"
+        config = dataclasses.replace(config, prediction_type=prediction_type)
     prompt, null = fixed_prompt_embeds(ucfg["cross_attention_dim"])
-    base = DiffusionBase(unet, tiny_scheduler_config(args.prediction_type), prompt, null, vae, image_size=32,
+    base = DiffusionBase(unet, tiny_scheduler_config(config.prediction_type), prompt, null, vae, image_size=32,
                          name="tinyworld-base")
-    base.unet.requires_grad_(True).train()
-    base.to(acc.device)
+    return config, base, ucfg
+
+
+def train(config: BaseConfig, acc, base, latents: torch.Tensor) -> tuple[torch.nn.Module, Steps]:
+    """The training loop on ``latents`` ``[N, C, h, w]`` (resumed with ``config.resume``); returns the EMA UNet
+    and the finished loop."""
+    unet = base.unet.requires_grad_(True).train()
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
     noise_sched = base.make_scheduler("ddpm")
-    images, _ = tinyworld_images(args.train_size, split="train", seed=args.seed, device=acc.device,
-                                 progress=args.progress)
-    latents = encode_all(base, images)
-    del images
-    stream = TensorStream(latents, batch_size=args.batch_size, seed=args.seed)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = cosine_lr(opt, warmup=min(200, args.steps // 10), total=args.steps)
-    start = 0
-    if args.resume and (st := load_checkpoint(args.out, modules={"unet": unet, "ema": ema}, optimizer=opt,
-                                              lr_scheduler=sched)):
-        start = st["step"]
-        print(f"resumed from step {start} of {args.out}", flush=True)
-        stream.load_state_dict(st["extra"]["stream"])
+    stream = TensorStream(latents, batch_size=config.batch_size, seed=config.seed)
+    opt, sched = adamw_with_schedule(unet.parameters(), config, weight_decay=0.01)
+    state = resume_run(config, modules={"unet": unet, "ema": ema}, optimizer=opt, lr_scheduler=sched, stream=stream)
+    start = state["step"] if state else 0
     unet_p, opt = acc.prepare(unet, opt)
-    denoiser = torch.compile(unet_p) if args.compile else unet_p
+    denoiser = torch.compile(unet_p) if config.compile else unet_p
     it = iter(stream)
-    g = torch.Generator(acc.device).manual_seed(args.seed + start)
-    loop = Steps(start, args.steps, desc="base", max_minutes=args.max_minutes, lr_scheduler=sched,
-                 progress=args.progress)
+    g = torch.Generator(acc.device).manual_seed(config.seed + start)
+    loop = Steps(start, config.steps, desc="base", max_minutes=config.max_minutes, lr_scheduler=sched,
+                 progress=config.progress)
     for step in loop:
         (z0,) = next(it)
-        b = z0.shape[0]
-        noise = torch.randn(z0.shape, generator=g, device=z0.device)
-        t = torch.randint(args.min_timestep, noise_sched.config.num_train_timesteps, (b,), generator=g,
-                          device=z0.device)
-        zt = noise_sched.add_noise(z0, noise, t)
-        drop = torch.rand(b, generator=g, device=z0.device) < args.null_prob
         with acc.accumulate(unet_p):
-            pred = denoiser(zt, t, encoder_hidden_states=base.embeds(b, null=drop)).sample
-            loss = diffusion_loss(pred, training_target(noise_sched, z0, noise, t), t, noise_sched, args.snr_gamma)
-            acc.backward(loss)
-            acc.clip_grad_norm_(unet_p.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        ema_update(ema, acc.unwrap_model(unet_p), args.ema if step > 200 else 0.0)
+            loss = unet_loss(denoiser, base, z0, noise_sched, generator=g, null_prob=config.null_prob,
+                             min_timestep=config.min_timestep, snr_gamma=config.snr_gamma)
+            optimiser_step(acc, loss, unet_p, opt, sched, max_grad_norm=1.0)
+        ema_update(ema, acc.unwrap_model(unet_p), config.ema, step=step)
         loop.log(loss=loss.item())
-        if loop.should_save(step, args.save_every):
-            if acc.is_main_process:
-                save_checkpoint(args.out, step=step + 1, modules={"unet": acc.unwrap_model(unet_p), "ema": ema},
-                                optimizer=opt, lr_scheduler=sched, extra={"stream": stream.state_dict()})
-    base.unet = ema
-    base.requires_grad_(False).eval()
-    card = {"name": "tinyworld-base", "space": "latent" if vae is not None else "pixel",
-            "latent_shape": list(base.latent_shape), "unet_config": {k: list(v) if isinstance(v, tuple) else v
-                                                                    for k, v in ucfg.items()},
-            "parameters_unet": sum(p.numel() for p in ema.parameters()),
-            "training": {"command": command_line(), "seed": args.seed, "steps": loop.total,
-                         "batch_size": args.batch_size, "train_images": args.train_size, "ema": args.ema,
-                         "null_prob": args.null_prob, "snr_gamma": args.snr_gamma,
-                         "min_timestep": args.min_timestep, "prediction_type": args.prediction_type,
-                         "lr": args.lr, "init_from": args.init_from,
-                         "mixed_precision": args.mixed_precision, "compile": args.compile,
-                         "wall_time_s": timer.seconds, "device": str(acc.device)}}
-    prev = init_card(Path(args.init_from) / "card.json", also=("vae",)) if args.init_from else None
+        save_if_due(loop, step, acc, config, modules={"unet": acc.unwrap_model(unet_p), "ema": ema}, optimizer=opt,
+                    lr_scheduler=sched, extra={"stream": stream.state_dict()})
+    return ema, loop
+
+
+def base_card(config: BaseConfig, base, ucfg: dict, loop: Steps, *, wall_time_s: float, device) -> dict:
+    """The card of the trained base: its shape, UNet config, training record, starting card and VAE card."""
+    card = {"name": "tinyworld-base", "space": "latent" if base.vae is not None else "pixel",
+            "latent_shape": list(base.latent_shape),
+            "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in ucfg.items()},
+            "parameters_unet": sum(p.numel() for p in base.unet.parameters()),
+            "training": {"command": command_line(), "seed": config.seed, "steps": loop.total,
+                         "batch_size": config.batch_size, "train_images": config.train_images, "ema": config.ema,
+                         "null_prob": config.null_prob, "snr_gamma": config.snr_gamma,
+                         "min_timestep": config.min_timestep, "prediction_type": config.prediction_type,
+                         "lr": config.lr, "init_from": config.init_from,
+                         "mixed_precision": config.mixed_precision, "compile": config.compile,
+                         "wall_time_s": wall_time_s, "device": str(device)}}
+    prev = init_card(Path(config.init_from) / "card.json", also=("vae",)) if config.init_from else None
     start_vae = prev.pop("vae", None) if prev else None
     if prev:  # the starting weights' card
         card["training"]["init_card"] = prev
-    if vae is not None and (Path(args.vae) / "card.json").is_file():
-        card["vae"] = json.loads((Path(args.vae) / "card.json").read_text())
-    elif vae is not None and start_vae and Path(args.vae).resolve() == (Path(args.init_from) / "vae").resolve():
+    if config.vae and (Path(config.vae) / "card.json").is_file():
+        card["vae"] = json.loads((Path(config.vae) / "card.json").read_text())
+    elif config.vae and start_vae and Path(config.vae).resolve() == (Path(config.init_from) / "vae").resolve():
         card["vae"] = start_vae  # the VAE of the saved base we started from: its card lives in the base's card
-    if args.eval_classifiers:
-        from ..models import load_shipped_classifier
+    return card
 
-        cnn = load_shipped_classifier("tinyworld-cnn", device=acc.device, root=args.eval_classifiers)
-        vit = load_shipped_classifier("tinyworld-vit", device=acc.device, root=args.eval_classifiers)
-        card["metrics"] = sample_quality(base, cnn, vit, n=args.eval_samples, seed=args.seed,
-                                         progress=args.progress)
+
+def main(config: BaseConfig) -> dict:
+    """Train the base, write ``config.out/tinyworld-base`` (and ``config.ship``'s) with its card; measure its
+    samples for the card when ``config.eval_classifiers`` is given."""
+    from ..evaluation import base_card_metrics
+    from ..models import load_shipped_classifier
+
+    check_config(config)
+    timer = Timer()
+    config, acc = start_run(config)
+    config, base, ucfg = build_base(config)
+    base.to(acc.device)
+    images, _ = tinyworld_images(config.train_images, split="train", seed=config.seed, device=acc.device,
+                                 progress=config.progress)
+    latents = encode_all(base, images)
+    del images
+    base.unet, loop = train(config, acc, base, latents)
+    base.requires_grad_(False).eval()
+    card = base_card(config, base, ucfg, loop, wall_time_s=timer.seconds, device=acc.device)
+    if config.eval_classifiers:
+        cnn = load_shipped_classifier("tinyworld-cnn", device=acc.device, root=config.eval_classifiers)
+        vit = load_shipped_classifier("tinyworld-vit", device=acc.device, root=config.eval_classifiers)
+        card["metrics"] = base_card_metrics(base, cnn, vit, num_images=config.eval_images, seed=config.seed,
+                                            progress=config.progress)
     if acc.is_main_process:
-        base.save_pretrained(Path(args.out) / "tinyworld-base", fp16=False, card=card)
-        if args.ship:
-            base.save_pretrained(Path(args.ship) / "tinyworld-base", fp16=True, card=card)
+        base.save_pretrained(Path(config.out) / "tinyworld-base", fp16=False, card=card)
+        if config.ship:
+            base.save_pretrained(Path(config.ship) / "tinyworld-base", fp16=True, card=card)
     print(f"base: {json.dumps(card.get('metrics', {}))} {timer.seconds} s")
     return card
 

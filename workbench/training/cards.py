@@ -1,12 +1,15 @@
-"""Re-measure the metrics on the cards of shipped artefacts (after a sampler default changes, say).
+"""Re-measure the metrics on the cards of shipped artefacts (after a sampler default changes, say): the one way
+to measure a saved artefact's card.
 
-    python -m workbench.training.cards [--inverters [NAME ...]] [--base [--base-sampler ddpm:250]] [--n 256]
+    python -m workbench.training.cards [--inverters [NAME ...]] [--base [--base-sampler dpm++:20]]
+                                       [--eval-images 256] [--base-eval-images 512]
 
 With neither flag, every FeatInv inverter card; ``--base`` alone, only the base card; ``--inverters`` with no
-names, every FeatInv inverter card.
+names, every FeatInv inverter card. The cards are those of the data folder (``$WORKBENCH_DATA``, else ``data/``).
 
-Inverter cards get feature cosine and top-1 agreement on ``n`` held-out test images at the current
-sampler defaults; the base card gets its unconditional sample quality. Only ``metrics`` changes.
+Inverter cards get :func:`~workbench.evaluation.inverter_card_metrics` on held-out test images at the current
+sampler defaults; the base card gets :func:`~workbench.evaluation.base_card_metrics`, the quality of its
+unconditional samples. Only ``metrics`` changes.
 """
 from __future__ import annotations
 
@@ -17,14 +20,18 @@ import torch
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m workbench.training.cards", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m workbench.training.cards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inverters", nargs="*", default=None,
                    help="names to re-measure; no names: all FeatInv ones (also the default without --base)")
     p.add_argument("--base", action="store_true", help="re-measure the base's sample quality")
-    p.add_argument("--n", type=int, default=256)
-    p.add_argument("--base-samples", type=int, default=512)
+    p.add_argument("--eval-images", type=int, default=256, help="held-out test images per inverter card")
+    p.add_argument("--base-eval-images", type=int, default=512,
+                   help="samples drawn (and real test images compared) for the base card")
     p.add_argument("--base-sampler", default="dpm++:20", help="scheduler:steps of the base's unconditional samples")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0, help="seeds the test images and the samples")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     return p.parse_args(argv)
 
 
@@ -47,34 +54,36 @@ def parse_sampler(spec: str) -> tuple[str, int]:
     return sched, int(steps)
 
 
+def write_metrics(card_path, metrics: dict) -> None:
+    """Replace the ``metrics`` of the card at ``card_path``, leaving the rest as it is."""
+    card = json.loads(card_path.read_text())
+    card["metrics"] = metrics
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
 def main(args) -> int:
     from ..diffusion import DiffusionBase
+    from ..evaluation import base_card_metrics, inverter_card_metrics
     from ..inverters import list_inverters, load_inverter
     from ..models import load_classifier
     from ..paths import data_dir
-    from .base import sample_quality
-    from .featinv import evaluate_card
 
     names = inverter_names(args, list_inverters())
-    sched, steps = parse_sampler(args.base_sampler)
+    scheduler, num_inference_steps = parse_sampler(args.base_sampler)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.base:
-        base = DiffusionBase.from_pretrained("tinyworld-base", device=args.device)
-        cnn = load_classifier("tinyworld-cnn", device=args.device)
-        vit = load_classifier("tinyworld-vit", device=args.device)
-        m = sample_quality(base, cnn, vit, n=args.base_samples, scheduler=sched, steps=steps, progress=True)
-        path = data_dir() / "tinyworld-base" / "card.json"
-        card = json.loads(path.read_text())
-        card["metrics"] = m
-        path.write_text(json.dumps(card, indent=2) + "\n")
+        base = DiffusionBase.from_pretrained("tinyworld-base", device=device)
+        cnn = load_classifier("tinyworld-cnn", device=device)
+        vit = load_classifier("tinyworld-vit", device=device)
+        m = base_card_metrics(base, cnn, vit, num_images=args.base_eval_images, scheduler=scheduler,
+                              num_inference_steps=num_inference_steps, seed=args.seed, progress=args.progress)
+        write_metrics(data_dir() / "tinyworld-base" / "card.json", m)
         print("tinyworld-base", json.dumps(m), flush=True)
     for name in names:
-        inv = load_inverter(name, device=args.device)
-        clf = load_classifier(inv.classifier_name, device=args.device)
-        m = evaluate_card(inv, clf, n=args.n)
-        path = data_dir() / "inverters" / name / "card.json"
-        card = json.loads(path.read_text())
-        card["metrics"] = m
-        path.write_text(json.dumps(card, indent=2) + "\n")
+        inv = load_inverter(name, device=device)
+        clf = load_classifier(inv.classifier_name, device=device)
+        m = inverter_card_metrics(inv, clf, num_images=args.eval_images, seed=args.seed)
+        write_metrics(data_dir() / "inverters" / name / "card.json", m)
         print(name, json.dumps(m), flush=True)
     return 0
 

@@ -1,4 +1,9 @@
-"""What every training script shares: arguments, accelerate, data streams, atomic resumable checkpoints.
+"""What every training script shares: its config's common fields and their flags, accelerate, the LR schedule,
+data streams, the EMA, atomic resumable checkpoints and the step loop.
+
+Each script (``classifier``, ``vae``, ``base``, ``featinv``, ``decoder``) has a config dataclass that extends
+:class:`RunConfig`, ``parse_args(argv) -> config`` (one flag per field, built by :func:`config_parser`) and
+``main(config)``.
 
 Checkpoints never pickle code: model weights are safetensors, and optimiser / scheduler / RNG
 states are plain tensors and numbers saved with ``torch.save`` and read back with
@@ -8,56 +13,147 @@ renamed into place, so a kill at any moment leaves the previous checkpoint intac
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import math
+import re
 import shutil
 import sys
 import time
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import nn
 
+from ..tinyworld import tinyworld_images  # noqa: F401  (the training scripts' image source)
+
 CKPT = "checkpoint"
+WARMUP_STEPS = 200  # the LR warms up linearly over min(WARMUP_STEPS, steps // 10) steps, then decays (cosine_lr)
+EMA_DECAY = 0.999  # the default decay of the EMA weights that the diffusion scripts save
+EMA_START_STEP = 200  # up to this step the EMA copies the weights (decay 0) rather than averaging the early ones
 
 
-def add_common_args(p: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float,
-                    mixed_precision: str = "no") -> argparse.ArgumentParser:
-    p.add_argument("--out", required=True, help="run folder for checkpoints and the final weights")
-    p.add_argument("--steps", type=int, default=steps, help="optimiser steps in total (a resumed run continues to this)")
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (accelerate picks the GPU when 'auto')")
-    p.add_argument("--mixed-precision", default=mixed_precision, choices=["auto", "no", "fp16", "bf16"],
-                   help="autocast precision; 'auto' is bf16 where the device computes it natively (recent GPUs, CPUs "
-                        "with AVX512-BF16/AMX), else fp32 (default: %(default)s)")
-    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
-    p.add_argument("--ship", default=None, help="also write fp16 weights and card into this data folder")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="time budget: after 30 steps the total is cut to what fits (the LR schedule follows)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+# ---------------------------------------------------------------------- config
+@dataclass(kw_only=True)
+class RunConfig:
+    """The fields every training script shares; each script's config extends it (and sets the first three)."""
+
+    steps: int  # optimiser steps in total (a resumed run continues to this)
+    batch_size: int  # images per optimiser step on each process
+    lr: float  # peak learning rate (linear warm-up, then cosine decay to a tenth)
+    out: str  # run folder for checkpoints and the final weights
+    seed: int = 0  # seeds the weights, the data and every random draw of the loop
+    device: str = "auto"  # auto | cpu | cuda (accelerate picks the GPU when 'auto')
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "no"  # autocast precision; 'auto' is bf16 where the
+    # device computes it natively (recent GPUs, CPUs with AVX512-BF16/AMX), else fp32
+    grad_accum: int = 1  # gradient accumulation steps
+    save_every: int = 500  # steps between checkpoints
+    resume: bool = False  # continue from OUT/checkpoint if it exists
+    ship: str | None = None  # also write fp16 weights and card into this data folder
+    max_minutes: float | None = None  # time budget: after 30 steps the total is cut to what fits (the LR schedule
+    # follows)
+    progress: bool = True  # progress bars (without them, a log line every 100 steps)
+
+
+def field_comments(cls) -> dict[str, str]:
+    """The ``# comment`` beside each field of the config dataclass ``cls`` and its dataclass bases, with the
+    comment lines right below it: the config's documentation, which :func:`config_parser` shows as the flags' help.
+
+    Example:
+        >>> field_comments(RunConfig)["save_every"]
+        'steps between checkpoints'
+    """
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        name = None
+        for line in inspect.getsource(klass).splitlines():
+            if m := re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line):  # `name: type = default  # comment`
+                name, out[m[1]] = m[1], m[2]
+            elif name and (m := re.match(r"\s+#\s*(.*)$", line)):  # its continuation
+                out[name] += " " + m[1]
+            else:
+                name = None
+    return out
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """``"16,32,32"`` -> ``(16, 32, 32)``: how a ``tuple[int, ...]`` field is written on the command line."""
+    return tuple(int(w) for w in text.split(","))
+
+
+def config_parser(cls, *, prog: str, description: str) -> argparse.ArgumentParser:
+    """An argparse parser with one ``--flag-name`` per field of the config dataclass ``cls``: type, choices and
+    default from the field (no default: a required flag), help from its comment (:func:`field_comments`).
+
+    Types: ``int``, ``float``, ``str``, ``X | None``, ``Literal[...]`` (choices), ``tuple[int, ...]`` (written
+    ``16,32,32``), ``dict`` (JSON); a ``bool`` field is a switch (``--flag``), or ``--flag/--no-flag`` when it
+    defaults to true. The script's own fields come first, then :class:`RunConfig`'s.
+
+    Example:
+        >>> config_parser(VAEConfig, prog="workbench train-vae", description="").parse_args(["--out", "runs/vae"])
+    """
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints, comments = typing.get_type_hints(cls), field_comments(cls)
+    common = {f.name for f in dataclasses.fields(RunConfig)}
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name in common):
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if type(None) in args:  # X | None
+            kind = next(a for a in args if a is not type(None))
+        required = f.default is dataclasses.MISSING
+        kw: dict[str, Any] = {"dest": f.name, "help": comments.get(f.name, "").replace("%", "%%")}
+        if required:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default
+            kw["help"] += " (default: %(default)s)"
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        elif typing.get_origin(kind) is Literal:
+            kw.update(choices=list(typing.get_args(kind)), type=type(typing.get_args(kind)[0]))
+        elif typing.get_origin(kind) is tuple:
+            kw.update(type=int_tuple, metavar="N,N,...")
+            if not required:
+                kw["help"] = kw["help"].replace("%(default)s", ",".join(map(str, f.default)))
+        else:
+            kw["type"] = json.loads if kind is dict else kind
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
     return p
 
 
-def make_accelerator(args):
-    """An ``accelerate.Accelerator`` honouring ``--device``, ``--mixed-precision`` and ``--grad-accum``.
-    Under ``accelerate launch`` the launcher's settings win for the device."""
-    from accelerate import Accelerator
+def parse_config(cls, argv=None, *, prog: str, description: str):
+    """``argv`` (default ``sys.argv[1:]``) parsed by :func:`config_parser` into a ``cls`` instance: the body of
+    every training script's ``parse_args``."""
+    return cls(**vars(config_parser(cls, prog=prog, description=description).parse_args(argv)))
 
-    cpu = args.device == "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+
+# ---------------------------------------------------------------------- accelerate
+def start_run(config):
+    """The first step of every script's ``main``: ``(config, accelerator)``, the config with ``'auto'`` precision
+    resolved (what the card records), an ``accelerate.Accelerator`` honouring ``device``, ``mixed_precision`` and
+    ``grad_accum``, and torch seeded with ``config.seed``. Under ``accelerate launch`` the launcher's settings win for
+    the device."""
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    if AcceleratorState._shared_state:  # an earlier run in this process (a notebook, tests): accelerate keeps one
-        AcceleratorState._reset_state()  # state per process and refuses a new precision; the process group stays
-    args.mixed_precision = resolve_mixed_precision(args.mixed_precision, "cpu" if cpu or not torch.cuda.is_available()
-                                                   else "cuda")
-    return Accelerator(cpu=cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
+    cpu = config.device == "cpu"
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    # accelerate keeps one state per process, refusing a later run's other precision: only its private reset drops it
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state()
+    device_type = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
+    config = dataclasses.replace(config, mixed_precision=resolve_mixed_precision(config.mixed_precision, device_type))
+    acc = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    torch.manual_seed(config.seed)
+    return config, acc
 
 
 def resolve_mixed_precision(mode: str, device_type: str) -> str:
@@ -85,6 +181,33 @@ def cosine_lr(optimizer, *, warmup: int, total: int):
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, f)
     sched.horizon = horizon
     return sched
+
+
+def adamw_with_schedule(params, config: RunConfig, *, weight_decay: float, warmup: int = WARMUP_STEPS):
+    """``(AdamW, cosine_lr)`` for ``config.steps`` at ``config.lr``, warming up over ``min(warmup, steps // 10)``."""
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=weight_decay)
+    return opt, cosine_lr(opt, warmup=min(warmup, config.steps // 10), total=config.steps)
+
+
+def optimiser_step(acc, loss: torch.Tensor, model: nn.Module, optimizer, lr_scheduler, *,
+                   max_grad_norm: float | None = None) -> None:
+    """Backward ``loss`` through accelerate, clip ``model``'s gradients to ``max_grad_norm`` (if given), step the
+    optimiser and the LR schedule and clear the gradients (call it inside ``acc.accumulate(model)``)."""
+    acc.backward(loss)
+    if max_grad_norm is not None:
+        acc.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, *, step: int) -> None:
+    """Move ``ema``'s weights towards ``model``'s: ``ema += (1 - decay) * (model - ema)``; up to step
+    :data:`EMA_START_STEP` a copy (decay 0)."""
+    weight = 1 - (decay if step > EMA_START_STEP else 0.0)
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach().to(pe.dtype), weight)
 
 
 class StepBudget:
@@ -117,27 +240,11 @@ class StepBudget:
 
 
 # ---------------------------------------------------------------------- data
-def tinyworld_images(n: int, *, split: str = "train", seed: int = 0, device: str | torch.device = "cpu",
-                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render ``n`` tiny-world images in batches on ``device``: (``uint8 [n, 3, 32, 32]``, ``int64 [n]``).
-
-    The same items as ``TinyWorld(split, size=n, seed=seed)``, rendered straight on the training device."""
-    from tqdm.auto import tqdm
-
-    from ..tinyworld import TinyWorld, render_batch
-
-    ds = TinyWorld(split, size=n, seed=seed)
-    factors = ds.factors
-    imgs = []
-    chunk = 8192
-    for s in tqdm(range(0, n, chunk), desc=f"render {split}", disable=not progress):
-        part = {k: v[s:s + chunk] for k, v in factors.items()}
-        try:
-            x = render_batch(part, device=device)
-        except RuntimeError:  # a device the renderer cannot use: render on the CPU and move
-            x = render_batch(part, device="cpu").to(device)
-        imgs.append((x * 255).round().to(torch.uint8))
-    return torch.cat(imgs), ds.labels().to(device)
+@torch.no_grad()
+def encode_all(base, images_u8: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Scaled latents of every image, batched: ``uint8 [N, 3, H, W]`` -> ``float [N, C, h, w]``."""
+    return torch.cat([base.encode(images_u8[s:s + batch_size].float() / 255)
+                      for s in range(0, len(images_u8), batch_size)])
 
 
 class TensorStream:
@@ -292,12 +399,37 @@ def load_checkpoint(out: str | Path, *, modules: dict[str, nn.Module], optimizer
     return state
 
 
+def resume_run(config: RunConfig, *, modules: dict[str, nn.Module], optimizer, lr_scheduler,
+               stream: "TensorStream | None" = None) -> dict[str, Any] | None:
+    """With ``config.resume``, restore ``config.out``'s checkpoint into the modules, optimiser, LR schedule and
+    ``stream``; returns its state (``state["step"]``: where to start) or ``None`` (no resume, or no checkpoint)."""
+    if not config.resume:
+        return None
+    state = load_checkpoint(config.out, modules=modules, optimizer=optimizer, lr_scheduler=lr_scheduler)
+    if state is None:
+        return None
+    print(f"resumed from step {state['step']} of {config.out}", flush=True)
+    if stream is not None:
+        stream.load_state_dict(state["extra"]["stream"])
+    return state
+
+
+def save_if_due(loop: "Steps", step: int, acc, config: RunConfig, *, modules: dict[str, nn.Module], optimizer,
+                lr_scheduler, extra: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint after ``step`` every ``config.save_every`` steps and at the last one (main process only)."""
+    if loop.should_save(step, config.save_every):
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_checkpoint(config.out, step=step + 1, modules=modules, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                            extra=extra)
+
+
 def command_line() -> str:
     """The command that started this process, as a user would type it (``workbench train-...``)."""
-    argv0 = Path(sys.argv[0]).name if sys.argv else ""
-    if argv0 in ("workbench", "cli.py"):
+    argv0 = Path(sys.argv[0]) if sys.argv else Path()
+    if argv0.name == "workbench" or argv0.parent.name == "cli":  # the entry point, or python -m workbench.cli
         return " ".join(["workbench"] + sys.argv[1:])
-    return " ".join(["python -m workbench.training." + argv0.removesuffix(".py")] + sys.argv[1:])
+    return " ".join(["python -m workbench.training." + argv0.stem] + sys.argv[1:])
 
 
 class Timer:
@@ -314,10 +446,10 @@ class Steps:
     that :class:`StepBudget` may lower to fit ``--max-minutes``.
 
     Example:
-        >>> loop = Steps(start, args.steps, desc="vae", max_minutes=args.max_minutes, lr_scheduler=sched)
+        >>> loop = Steps(start, config.steps, desc="vae", max_minutes=config.max_minutes, lr_scheduler=sched)
         >>> for step in loop:
         ...     loss = ...; loop.log(loss=loss.item())
-        ...     if loop.should_save(step, args.save_every): save_checkpoint(...)
+        ...     save_if_due(loop, step, acc, config, modules=..., optimizer=opt, lr_scheduler=sched)
     """
 
     def __init__(self, start: int, total: int, *, desc: str, max_minutes: float | None = None, lr_scheduler=None,

@@ -12,213 +12,238 @@ batched; for an image folder they are encoded in the step.
 """
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Literal
 
 import torch
 
-from .common import (Steps, Timer, TensorStream, add_common_args, cached_tensor, command_line, cosine_lr,
-                     image_folder_stream, init_card, load_checkpoint, make_accelerator, save_checkpoint,
-                     state_fingerprint, tinyworld_images)
+from .common import (EMA_DECAY, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, cached_tensor,
+                     command_line, parse_config, ema_update, encode_all, image_folder_stream, init_card,
+                     optimiser_step, resume_run, save_if_due, start_run, state_fingerprint, tinyworld_images)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="workbench train-inverter", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--classifier", required=True, help="tinyworld-cnn, tinyworld-vit or any timm name")
-    p.add_argument("--classifier-checkpoint", default=None, help="local weights for a timm classifier")
-    p.add_argument("--layer", required=True)
-    p.add_argument("--base", default="tinyworld-base", help="shipped name, local folder or hub id")
-    p.add_argument("--data", default="tinyworld", help="'tinyworld' or an ImageFolder directory")
-    p.add_argument("--train-size", type=int, default=50_000, help="tiny-world training images")
-    p.add_argument("--pooling", default="none", choices=["none", "mean"])
-    p.add_argument("--hidden-channels", type=int, default=64)
-    p.add_argument("--drop-prob", type=float, default=0.15, help="condition dropout (features zeroed, null prompt)")
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--eval-n", type=int, default=256, help="held-out test images for the card's metrics")
-    p.add_argument("--num-workers", type=int, default=4)
-    p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction, default=True,
-                   help="tiny world: compute the classifier's features of the fixed training set once, batched, "
-                        "instead of in every step (default: on)")
-    p.add_argument("--cache-dir", default=None,
-                   help="where cached latents and features are kept across runs and --resume (default: OUT/cache; "
-                        "'none': memory only)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the ControlNet and the UNet (minutes of compile time; pays off on long runs)")
-    p.add_argument("--init-from", default=None,
-                   help="start from this saved inverter's ControlNet (e.g. after retraining the classifier); the "
-                        "feature normalisation is measured afresh")
-    return add_common_args(p, steps=6000, batch_size=128, lr=3e-4, mixed_precision="auto").parse_args(argv)
+@dataclass(kw_only=True)
+class FeatInvConfig(RunConfig):
+    """What ``workbench train-inverter`` and :func:`train_featinv` take: one field per flag (``--drop-prob`` is
+    ``drop_prob``)."""
+
+    # RunConfig's fields with this script's defaults
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 3e-4
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+
+    classifier: str  # tinyworld-cnn, tinyworld-vit or any timm name
+    layer: str  # the layer to invert, as the classifier's named_modules() names it (stages.3, blocks.5, layer4)
+    classifier_checkpoint: str | None = None  # local weights for a timm classifier
+    base: str = "tinyworld-base"  # the diffusion base: shipped name, local folder or hub id
+    data: str = "tinyworld"  # 'tinyworld' or an ImageFolder directory
+    train_images: int = 50_000  # tiny-world training images
+    pooling: Literal["none", "mean"] = "none"  # spatial conditioning, or the pooled ablation
+    hidden_channels: int = 64  # width of the conditioning encoder
+    drop_prob: float = 0.15  # condition dropout (features zeroed, null prompt)
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting, as train-base's (5 is the paper's choice);
+    # none: plain MSE
+    ema: float = EMA_DECAY  # EMA decay of the saved weights
+    eval_images: int = 256  # held-out test images for the card's metrics (tiny world only; 0: none)
+    num_workers: int = 4  # data-loading processes for an image folder
+    feature_cache: bool = True  # tiny world: compute the classifier's features of the fixed training set once,
+    # batched, instead of in every step
+    cache_dir: str | None = None  # where cached latents and features are kept across runs and --resume (none:
+    # OUT/cache; 'none': memory only)
+    compile: bool = False  # torch.compile the ControlNet and the UNet (minutes of compile time; pays off on long
+    # runs)
+    init_from: str | None = None  # start from this saved inverter's ControlNet (e.g. after retraining the
+    # classifier); the feature normalisation is measured afresh
 
 
-def train_featinv(*, classifier: str, layer: str, base: str = "tinyworld-base", data: str = "tinyworld",
-                  steps: int = 6000, batch_size: int = 128, lr: float = 3e-4, out: str | Path, resume: bool = False,
-                  pooling: str = "none", seed: int = 0, device: str = "auto", **kwargs):
+def parse_args(argv=None) -> FeatInvConfig:
+    return parse_config(FeatInvConfig, argv, prog="workbench train-inverter", description=__doc__)
+
+
+def train_featinv(config: FeatInvConfig | None = None, /, **kwargs):
     """Python entry point of ``workbench train-inverter``; returns the trained :class:`FeatInv` (EMA weights).
+
+    Args:
+        config: a :class:`FeatInvConfig`; without it, the fields come from ``kwargs``.
+        **kwargs: :class:`FeatInvConfig` fields (with ``config``: they replace its values).
 
     Example:
         >>> inv = wb.train_featinv(classifier="tinyworld-cnn", layer="stages.3", steps=50, out=tmp_path)
+        >>> inv = wb.train_featinv(FeatInvConfig(classifier="tinyworld-cnn", layer="stages.3", out="runs/x"))
     """
-    argv = ["--classifier", classifier, "--layer", layer, "--base", str(base), "--data", str(data),
-            "--steps", str(steps), "--batch-size", str(batch_size), "--lr", str(lr), "--out", str(out),
-            "--pooling", pooling, "--seed", str(seed), "--device", device]
-    for k, v in kwargs.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            argv += [flag] if v else ([] if k != "progress" else ["--no-progress"])
-        else:
-            argv += [flag, str(v)]
-    if resume:
-        argv.append("--resume")
-    return main(parse_args(argv))[0]
+    config = FeatInvConfig(**kwargs) if config is None else dataclasses.replace(config, **kwargs)
+    return main(config)[0]
 
 
-def main(args):
-    from ..diffusion import DiffusionBase
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [0, 1]; float images pass."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
+def training_batches(config: FeatInvConfig, clf, base, device) -> tuple[TensorStream | None, Iterator]:
+    """``(stream, batches)``: endless ``(images, latents or None, *cached features)`` batches. The tiny world's are
+    drawn from uint8 images whose latents (and, with ``feature_cache``, features) are computed once and cached;
+    an image folder's come from a loader (``stream`` is then ``None``: it has no resumable state)."""
+    if config.data != "tinyworld":
+        folder = image_folder_stream(config.data, image_size=base.image_size, batch_size=config.batch_size,
+                                     seed=config.seed, num_workers=config.num_workers)
+        return None, ((x, None) for x, _ in folder)
+    images, _ = tinyworld_images(config.train_images, split="train", seed=config.seed, device=device,
+                                 progress=config.progress)
+    cache_dir = None if config.cache_dir == "none" else Path(config.cache_dir or Path(config.out) / "cache")
+    data_key = f"tinyworld/{config.train_images}/{config.seed}"
+    latents = cached_tensor(cache_dir, "latents", state_fingerprint(base.vae or torch.nn.Identity(),
+                                                                      extra=f"{data_key}/{base.scaling_factor}"),
+                            lambda: encode_all(base, images)).to(device)
+    tensors = [images, latents]
+    if config.feature_cache:
+        key = state_fingerprint(clf, extra=f"{data_key}/{config.layer}/{base.image_size}")
+        feats = cached_tensor(cache_dir, f"features-{config.layer}", key,
+                              lambda: extract_all(clf, images, config.layer, progress=config.progress), half=True)
+        tensors.append(feats.to(device))
+    stream = TensorStream(*tensors, batch_size=config.batch_size, seed=config.seed)
+    return stream, iter(stream)
+
+
+def build_inverter(config: FeatInvConfig, clf, base, batches: Iterator, device):
+    """The FeatInv to train, its feature normalisation fixed from the first batch's maps (which also give the
+    feature shape); the ControlNet of ``config.init_from`` when given."""
+    from ..hooks import extract_features
     from ..inverters.featinv import FeatInv
     from ..models import classifier_view
-    from ..hooks import extract_features
-    from ..models import load_classifier
-    from .base import ema_update, encode_all
 
-    timer = Timer()
-    acc = make_accelerator(args)
-    torch.manual_seed(args.seed)
-    if acc.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    clf = load_classifier(args.classifier, checkpoint_path=args.classifier_checkpoint, device=acc.device).eval()
-    clf.requires_grad_(False)
-    base = DiffusionBase.from_pretrained(args.base, device=acc.device)
-    size = base.image_size
-
-    # ---- 1. data: uint8 images (tiny world: latents and features computed once) or an image folder
-    if args.data == "tinyworld":
-        images, _ = tinyworld_images(args.train_size, split="train", seed=args.seed, device=acc.device,
-                                     progress=args.progress)
-        cache_dir = None if args.cache_dir == "none" else Path(args.cache_dir or Path(args.out) / "cache")
-        data_key = f"tinyworld/{args.train_size}/{args.seed}"
-        latents = cached_tensor(cache_dir, "latents", state_fingerprint(base.vae or torch.nn.Identity(),
-                                                                          extra=f"{data_key}/{base.scaling_factor}"),
-                                lambda: encode_all(base, images)).to(acc.device)
-        tensors = [images, latents]
-        if args.feature_cache:
-            key = state_fingerprint(clf, extra=f"{data_key}/{args.layer}/{size}")
-            feats_all = cached_tensor(cache_dir, f"features-{args.layer}", key,
-                                      lambda: extract_all(clf, images, args.layer, progress=args.progress), half=True)
-            tensors.append(feats_all.to(acc.device))
-        stream = TensorStream(*tensors, batch_size=args.batch_size, seed=args.seed)
-        batches = iter(stream)
-    else:
-        stream = None
-        folder = image_folder_stream(args.data, image_size=size, batch_size=args.batch_size, seed=args.seed,
-                                     num_workers=args.num_workers)
-        batches = ((x, None) for x, _ in folder)
-
-    def to_float(x):
-        return x.float() / 255 if x.dtype == torch.uint8 else x.float()
-
-    # ---- 2. the inverter, with feature normalisation fixed from a first batch
-    probe = to_float(next(batches)[0].to(acc.device))
-    feats = extract_features(clf, classifier_view(probe, clf), args.layer)
-    inv = FeatInv(base, args.classifier, args.layer, tuple(feats.shape[1:]), args.pooling,
-                  hidden_channels=args.hidden_channels).to(acc.device)
-    if args.init_from:
+    probe = _as_float(next(batches)[0].to(device))
+    feats = extract_features(clf, classifier_view(probe, clf), config.layer)
+    inv = FeatInv(base, config.classifier, config.layer, tuple(feats.shape[1:]), config.pooling,
+                  hidden_channels=config.hidden_channels).to(device)
+    if config.init_from:
         from ..weights import load_state
 
-        state = load_state(Path(args.init_from) / "controlnet.safetensors")
+        state = load_state(Path(config.init_from) / "controlnet.safetensors")
         try:
             inv.controlnet.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise SystemExit(f"--init-from {args.init_from} does not fit a {args.classifier}/{args.layer} inverter "
-                             f"with --hidden-channels {args.hidden_channels}: {str(e).splitlines()[0]}") from e
+            raise SystemExit(f"--init-from {config.init_from} does not fit a {config.classifier}/{config.layer} "
+                             f"inverter with --hidden-channels {config.hidden_channels}: "
+                             f"{str(e).splitlines()[0]}") from e
     inv.conditioning.set_feature_stats(feats)
-    cnet = inv.controlnet
-    cnet.requires_grad_(True).train()
+    return inv
+
+
+@torch.no_grad()
+def batch_inputs(batch: tuple, clf, base, layer: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(latents, features)`` of one batch of :func:`training_batches`: cached where the batch has them, else
+    computed with the frozen models (batched, no gradients)."""
+    from ..hooks import extract_features
+    from ..models import classifier_view
+
+    x, z0, *cached = batch
+    if cached:
+        f = cached[0].float()
+    else:
+        x = _as_float(x.to(device))
+        f = extract_features(clf, classifier_view(x, clf), layer, batch_size=len(x))
+    return (base.encode(x) if z0 is None else z0), f
+
+
+def train(config: FeatInvConfig, acc, inv, clf, stream: TensorStream | None, batches: Iterator):
+    """The training loop of ``inv``'s ControlNet (resumed with ``config.resume``); afterwards ``inv`` holds the EMA
+    weights. Returns ``(losses, loop)``: this run's loss per step and the finished loop."""
+    cnet = inv.controlnet.requires_grad_(True).train()
     ema = copy.deepcopy(cnet).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(cnet.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = cosine_lr(opt, warmup=min(200, args.steps // 10), total=args.steps)
-    start = 0
-    if args.resume and (st := load_checkpoint(args.out, modules={"controlnet": cnet, "ema": ema}, optimizer=opt,
-                                              lr_scheduler=sched)):
-        start = st["step"]
-        print(f"resumed from step {start} of {args.out}", flush=True)
-        if stream is not None:
-            stream.load_state_dict(st["extra"]["stream"])
+    opt, sched = adamw_with_schedule(cnet.parameters(), config, weight_decay=0.01)
+    state = resume_run(config, modules={"controlnet": cnet, "ema": ema}, optimizer=opt, lr_scheduler=sched,
+                       stream=stream)
+    start = state["step"] if state else 0
     cnet_p, opt = acc.prepare(cnet, opt)
     inv.controlnet = cnet_p
-    unet = base.unet
-    if args.compile:  # the same modules and weights; only the forward and backward are compiled
+    base, unet = inv.base, inv.base.unet
+    if config.compile:  # the same modules and weights; only the forward and backward are compiled
         inv.controlnet = torch.compile(cnet_p)
         base.unet = torch.compile(unet)
     noise_sched = base.make_scheduler("ddpm")
-    g = torch.Generator(acc.device).manual_seed(args.seed + start)
-    loop = Steps(start, args.steps, desc=f"FeatInv {args.classifier}/{args.layer}", max_minutes=args.max_minutes, lr_scheduler=sched,
-                 progress=args.progress)
+    g = torch.Generator(acc.device).manual_seed(config.seed + start)
+    loop = Steps(start, config.steps, desc=f"FeatInv {config.classifier}/{config.layer}",
+                 max_minutes=config.max_minutes, lr_scheduler=sched, progress=config.progress)
     losses = []
     for step in loop:
-        x, z0, *cached = next(batches)
-        with torch.no_grad():  # 3. features and latents, batched, frozen models (or cached)
-            if cached:
-                f = cached[0].float()
-            else:
-                x = to_float(x.to(acc.device))
-                f = extract_features(clf, classifier_view(x, clf), args.layer, batch_size=len(x))
-            z0 = base.encode(x) if z0 is None else z0
+        z0, f = batch_inputs(next(batches), clf, base, config.layer, acc.device)
         with acc.accumulate(cnet_p), acc.autocast():
-            loss = inv.training_loss(z0, f, noise_scheduler=noise_sched, generator=g, drop_prob=args.drop_prob)
-            acc.backward(loss)
-            acc.clip_grad_norm_(cnet_p.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        ema_update(ema, acc.unwrap_model(cnet_p), args.ema if step > 200 else 0.0)
+            loss = inv.training_loss(z0, f, noise_scheduler=noise_sched, generator=g, drop_prob=config.drop_prob,
+                                     snr_gamma=config.snr_gamma)
+            optimiser_step(acc, loss, cnet_p, opt, sched, max_grad_norm=1.0)
+        ema_update(ema, acc.unwrap_model(cnet_p), config.ema, step=step)
         losses.append(loss.item())
         loop.log(loss=loss.item())
-        if loop.should_save(step, args.save_every):
-            if acc.is_main_process:
-                save_checkpoint(args.out, step=step + 1, modules={"controlnet": acc.unwrap_model(cnet_p), "ema": ema},
-                                optimizer=opt, lr_scheduler=sched,
-                                extra={"stream": stream.state_dict()} if stream is not None else {})
+        save_if_due(loop, step, acc, config, modules={"controlnet": acc.unwrap_model(cnet_p), "ema": ema},
+                    optimizer=opt, lr_scheduler=sched,
+                    extra={"stream": stream.state_dict()} if stream is not None else {})
     inv.controlnet = ema
     base.unet = unet
     inv.eval()
+    return losses, loop
+
+
+def main(config: FeatInvConfig):
+    """Train, write ``config.out/inverter`` (and ``config.ship``'s copy) with its card; returns ``(inv, card)``."""
+    from ..diffusion import DiffusionBase
+    from ..evaluation import inverter_card_metrics
+    from ..models import load_classifier
+
+    if config.snr_gamma is not None and not config.snr_gamma > 0:
+        raise SystemExit(f"--snr-gamma {config.snr_gamma}: must be > 0 (5 is the paper's choice), or left out for "
+                         "plain MSE")
+    timer = Timer()
+    config, acc = start_run(config)
+    if acc.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    clf = load_classifier(config.classifier, checkpoint_path=config.classifier_checkpoint, device=acc.device).eval()
+    clf.requires_grad_(False)
+    base = DiffusionBase.from_pretrained(config.base, device=acc.device)
+    stream, batches = training_batches(config, clf, base, acc.device)
+    inv = build_inverter(config, clf, base, batches, acc.device)
+    losses, loop = train(config, acc, inv, clf, stream, batches)
     card = {"config": inv.config,
-            "training": {"command": command_line(), "seed": args.seed, "steps": loop.total,
-                         "batch_size": args.batch_size, "lr": args.lr, "drop_prob": args.drop_prob, "ema": args.ema,
-                         "data": args.data, "mixed_precision": args.mixed_precision, "compile": args.compile,
-                         "init_from": args.init_from,
-                         "wall_time_s": timer.seconds, "device": str(acc.device),
+            "training": {"command": command_line(), "seed": config.seed, "steps": loop.total,
+                         "batch_size": config.batch_size, "lr": config.lr, "drop_prob": config.drop_prob,
+                         "snr_gamma": config.snr_gamma, "ema": config.ema, "data": config.data,
+                         "mixed_precision": config.mixed_precision, "compile": config.compile,
+                         "init_from": config.init_from, "wall_time_s": timer.seconds, "device": str(acc.device),
                          "loss_curve": _curve(losses)}}
-    if args.init_from and (prev := init_card(Path(args.init_from) / "card.json")):  # the starting weights' card
+    if config.init_from and (prev := init_card(Path(config.init_from) / "card.json")):  # the starting weights' card
         card["training"]["init_card"] = prev
     inv.card = card
-    if args.data == "tinyworld" and args.eval_n > 0:
-        card["metrics"] = evaluate_card(inv, clf, n=args.eval_n, seed=args.seed)
+    if config.data == "tinyworld" and config.eval_images > 0:
+        card["metrics"] = inverter_card_metrics(inv, clf, num_images=config.eval_images, seed=config.seed)
     if acc.is_main_process:
-        name = f"{args.layer}" + ("-pooled" if args.pooling == "mean" else "")
-        inv.save_pretrained(Path(args.out) / "inverter", fp16=False, card=card)
-        if args.ship:
-            inv.save_pretrained(Path(args.ship) / "inverters" / args.classifier / name, fp16=True, card=card)
-    print(f"FeatInv {args.classifier}/{args.layer} pooling={args.pooling}: {json.dumps(card.get('metrics', {}))} "
-          f"{timer.seconds} s")
+        name = f"{config.layer}" + ("-pooled" if config.pooling == "mean" else "")
+        inv.save_pretrained(Path(config.out) / "inverter", fp16=False, card=card)
+        if config.ship:
+            inv.save_pretrained(Path(config.ship) / "inverters" / config.classifier / name, fp16=True, card=card)
+    print(f"FeatInv {config.classifier}/{config.layer} pooling={config.pooling}: "
+          f"{json.dumps(card.get('metrics', {}))} {timer.seconds} s")
     return inv, card
 
 
 @torch.no_grad()
-def extract_all(clf, images_u8: torch.Tensor, layer: str, *, batch: int = 512, progress: bool = False) -> torch.Tensor:
+def extract_all(clf, images_u8: torch.Tensor, layer: str, *, batch_size: int = 512,
+                progress: bool = False) -> torch.Tensor:
     """The classifier's maps at ``layer`` for every image, batched, exactly as a training step computes them:
     ``uint8 [N, 3, H, W]`` -> ``float [N, C, h, w]``."""
     from tqdm.auto import tqdm
 
-    from ..models import classifier_view
     from ..hooks import extract_features
+    from ..models import classifier_view
 
     out = []
-    for s in tqdm(range(0, len(images_u8), batch), desc=f"features {layer}", disable=not progress):
-        x = images_u8[s:s + batch].float() / 255
+    for s in tqdm(range(0, len(images_u8), batch_size), desc=f"features {layer}", disable=not progress):
+        x = images_u8[s:s + batch_size].float() / 255
         out.append(extract_features(clf, classifier_view(x, clf), layer, batch_size=len(x)).cpu())
     return torch.cat(out)
 
@@ -229,23 +254,6 @@ def _curve(losses: list[float], points: int = 50) -> list[list[float]]:
         return []
     w = max(1, len(losses) // points)
     return [[i + w, round(sum(losses[i:i + w]) / len(losses[i:i + w]), 5)] for i in range(0, len(losses), w)]
-
-
-@torch.no_grad()
-def evaluate_card(inv, clf, *, n: int = 256, seed: int = 0, **invert_kwargs) -> dict:
-    """Feature cosine and top-1 agreement of one sample per image on ``n`` held-out test images."""
-    from ..metrics import feature_cosine, topk_agreement
-
-    images, _ = tinyworld_images(n, split="test", seed=seed)
-    x = images.float() / 255
-    rec = inv.invert_images(x, clf, num_samples=1, seed=seed, progress=False, **invert_kwargs)[:, 0]
-    cos = feature_cosine(clf, inv.layer, x, rec)
-    agree = topk_agreement(clf, x, rec, k=(1,))["top1"]
-    from .. import inverters
-
-    return {"test_images": n, "feature_cosine": round(cos.mean().item(), 4),
-            "top1_agreement": round(agree.float().mean().item(), 4),
-            "sampler": inverters.featinv.sampler_description(**invert_kwargs)}
 
 
 if __name__ == "__main__":
