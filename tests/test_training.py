@@ -468,3 +468,16 @@ def test_gpu_base_sweep_script_refuses_a_bad_candidate_and_packs_no_half_result(
     assert res.returncode == 1, log + res.stderr
     assert "[sweep] under 0.5 minutes left for the inverters: skipped" in log
     assert list(out.glob("cands.tar.part-*")) and not list(out.glob("weights.tar.part-*"))
+
+
+def test_card_evaluator_reproduces_a_shipped_card():
+    """evaluation.inverter_card_metrics, which training and training/cards.py share, gives the numbers on the
+    shipped decoder's card (the decoder is deterministic, so they must match exactly)."""
+    import workbench as wb
+    from workbench.evaluation import inverter_card_metrics
+
+    name = "tinyworld-cnn/stages.3-decoder"
+    card = json.loads((data_dir() / "inverters" / name / "card.json").read_text())["metrics"]
+    m = inverter_card_metrics(wb.load_inverter(name), wb.load_classifier("tinyworld-cnn"),
+                              num_images=card["test_images"])
+    assert m == card
