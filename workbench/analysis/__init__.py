@@ -7,6 +7,7 @@ module              what it answers
 ``ablation``        which channels matter, and what disappears from the image without them
 ``composition``     is the map spatially composite: splices, interpolations, factor probes
 ``concepts``        concept directions and subspaces, and steering a map along them
+``dictionary``      sparse autoencoders and other dictionaries, scored against known factors
 ==================  ========================================================================
 
 The helpers here are shared by the families: :func:`map_logits` runs the classifier with a layer's map
@@ -32,7 +33,7 @@ from ..errors import AnalysisError
 from ..hooks import _device
 from ..interventions import check_channels, check_mask
 
-_SUBMODULES = ("pca", "ablation", "composition", "concepts")
+_SUBMODULES = ("pca", "ablation", "composition", "concepts", "dictionary")
 
 
 def __getattr__(name: str):
