@@ -91,7 +91,7 @@ def test_pca_bad_input(f3):
 def test_component_inversion_runs(cnn, data, inverter):
     x = data[0][:2]
     fitted = pca.fit_pca(extract_features(cnn, data[0], "stages.3"), layer="stages.3")
-    table, samples = pca.component_inversion(cnn, inverter, fitted, x, ks=[1, 192], steps=2, progress=False)
+    table, samples = pca.component_inversion(cnn, inverter, fitted, x, ks=[1, 192], num_inference_steps=2, progress=False)
     assert list(table.k) == [1, 192] and samples[1].shape == (2, 1, 3, 32, 32)
     assert table.map_cosine.iloc[1] > 0.999 and table.map_agreement.iloc[1] == 1.0
     assert table.map_cosine.iloc[0] < table.map_cosine.iloc[1]
@@ -145,7 +145,7 @@ def test_ablate_features_modes_and_errors(f3):
 def test_ablation_sweep_with_inversion(cnn, data, inverter):
     x, y, _ = data
     table, samples = ablation.ablation_sweep(cnn, x[:2], y[:2], "stages.3", list(range(192)), [0, 192],
-                                             inverter=inverter, steps=2, progress=False)
+                                             inverter=inverter, num_inference_steps=2, progress=False)
     assert list(table.n) == [0, 192] and samples[192].shape == (2, 1, 3, 32, 32)
     assert table.accuracy.iloc[0] >= table.accuracy.iloc[1]
     assert {"inversion_accuracy", "inversion_cosine"} <= set(table.columns)
@@ -228,14 +228,14 @@ def test_concept_bad_input(f3, data):
 def test_steering_study_checks_layer_and_scores(cnn, data, f3, inverter):
     x, y, _ = data
     star = concepts.mean_difference(f3, y == 3, name="star", layer="stages.3", classifier_name="tinyworld-cnn")
-    table, samples = concepts.steering_study(cnn, inverter, x[:1], star, [0.0, 3.0], target_class=3, steps=2,
+    table, samples = concepts.steering_study(cnn, inverter, x[:1], star, [0.0, 3.0], target_class=3, num_inference_steps=2,
                                              progress=False)
     assert samples.shape == (1, 2, 1, 3, 32, 32) and len(table) == 2
     summary = concepts.steering_summary(table)
     assert "spearman_concept" in summary
     wrong = concepts.mean_difference(extract_features(cnn, x, "stages.2"), y == 3, layer="stages.2")
     with pytest.raises(AnalysisError, match="fitted at layer 'stages.2', not 'stages.3'"):
-        concepts.steering_study(cnn, inverter, x[:1], wrong, [0.0], steps=1, progress=False)
+        concepts.steering_study(cnn, inverter, x[:1], wrong, [0.0], num_inference_steps=1, progress=False)
 
 
 def test_score_inversions_shapes(cnn, data, f3):

@@ -216,7 +216,7 @@ def ablation_table(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
 @torch.no_grad()
 def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer: str, order: Sequence[int],
                    counts: Sequence[int], *, mode: str = "zero", means: Tensor | None = None, inverter=None,
-                   num_samples: int = 1, steps: int | None = None, seed: int = 0, progress: bool = True):
+                   num_samples: int = 1, num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
     """Ablate the first ``n`` channels of ``order`` for each ``n`` in ``counts``; optionally invert each edit.
 
     Args:
@@ -224,7 +224,7 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
         order: channels, most important first (from :func:`rank_channels`).
         counts: how many of them to ablate, e.g. ``[0, 4, 16, 64, 192]``.
         inverter: a FeatInv for ``layer``; if given, each edited map is inverted and scored.
-        num_samples, steps, seed, progress: passed to ``inverter.invert``.
+        num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
 
     Returns:
         ``(table, samples)``: the :func:`ablation_table` columns plus ``n`` and, with an inverter,
@@ -255,7 +255,7 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
         acc, cos = [], []
         for n in counts:
             edited = ablate_features(feats, order[:int(n)], mode=mode, means=means)
-            out = inverter.invert(edited, num_samples=num_samples, num_inference_steps=steps, seed=seed,
+            out = inverter.invert(edited, num_samples=num_samples, num_inference_steps=num_inference_steps, seed=seed,
                                   progress=progress)
             scores = score_inversions(classifier, layer, edited, out)
             samples[int(n)] = out

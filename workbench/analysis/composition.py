@@ -13,7 +13,7 @@ Four probes, following FeatInv's "composite nature of the feature space":
 
 Example:
     >>> a, b, info = make_splice_pairs(8, seed=0)
-    >>> table, samples = splice_study(cnn, inverter, a, b, info["mask"], steps=8)
+    >>> table, samples = splice_study(cnn, inverter, a, b, info["mask"], num_inference_steps=8)
     >>> factor_probes(cnn, x, ds.factor_table(), ["stages.1", "stages.3"])      # layers x factors
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ def region_probabilities(classifier: nn.Module, images: Tensor, mask: Tensor) ->
 @torch.no_grad()
 def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Tensor, mask: Tensor, *,
                  classes_a: Tensor | None = None, classes_b: Tensor | None = None, num_samples: int = 1,
-                 steps: int | None = None, seed: int = 0, progress: bool = True):
+                 num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
     """Splice A's map inside ``mask`` with B's outside, invert, and ask whether each region keeps its object.
 
     Args:
@@ -132,7 +132,7 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
         images_b: ``Tensor[B, 3, H, W]``; its object lies outside ``mask``.
         mask: ``Tensor[H, W]`` pixel mask (1 = A's region); it is area-downsampled to the map.
         classes_a, classes_b: ``Tensor[B]`` true classes (default: the classifier's predictions on the originals).
-        num_samples, steps, seed, progress: passed to ``inverter.invert``.
+        num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
 
     Returns:
         ``(table, samples)``: one row per (pair, sample) with ``class_a``, ``class_b``, ``pred_a`` / ``pred_b``
@@ -150,7 +150,7 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
     fa = extract_features(classifier, images_a, inverter.layer).float().cpu()
     fb = extract_features(classifier, images_b, inverter.layer).float().cpu()
     spliced = splice(fa, fb, downsample_mask(mask, fa.shape[-2:]))
-    out = inverter.invert(spliced, num_samples=num_samples, num_inference_steps=steps, seed=seed, progress=progress)
+    out = inverter.invert(spliced, num_samples=num_samples, num_inference_steps=num_inference_steps, seed=seed, progress=progress)
     b, s = out.shape[:2]
     ca = class_probabilities(classifier, images_a).argmax(1) if classes_a is None else torch.as_tensor(classes_a)
     cb = class_probabilities(classifier, images_b).argmax(1) if classes_b is None else torch.as_tensor(classes_b)
@@ -204,7 +204,8 @@ def arithmetic(features_a: Tensor, features_b: Tensor, features_c: Tensor) -> Te
 
 @torch.no_grad()
 def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes: Sequence[int] | None = None,
-                   endpoints: tuple[Tensor, Tensor] | None = None, num_samples: int = 1, steps: int | None = None, seed: int = 0, progress: bool = True):
+                   endpoints: tuple[Tensor, Tensor] | None = None, num_samples: int = 1,
+                   num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
     """Invert every step of a sequence of maps and score the class probabilities along it.
 
     Args:
@@ -214,7 +215,7 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
         classes: class indices whose probabilities get a column ``p_<k>`` (default: all classes).
         endpoints: ``(classes_start, classes_end)``, each ``Tensor[B]``: per-item classes whose probabilities go in
             columns ``p_start`` and ``p_end`` (e.g. the classes of A and B along an interpolation).
-        num_samples, steps, seed, progress: passed to ``inverter.invert``.
+        num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
 
     Returns:
         ``(table, samples)``: one row per (item, step, sample) with ``item``, ``step``, ``t`` (in [0, 1]),
@@ -229,7 +230,7 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
         raise AnalysisError(f"sequence is Tensor[B, T, C, h, w], got {list(sequence.shape)}")
     b, t = sequence.shape[:2]
     out = inverter.invert(sequence.reshape(b * t, *sequence.shape[2:]), num_samples=num_samples,
-                          num_inference_steps=steps, seed=seed, progress=progress)
+                          num_inference_steps=num_inference_steps, seed=seed, progress=progress)
     s = out.shape[1]
     probs = class_probabilities(classifier, out.reshape(b * t * s, *out.shape[2:]))
     grid = torch.stack(torch.meshgrid(torch.arange(b), torch.arange(t), torch.arange(s), indexing="ij"), -1).reshape(-1, 3)

@@ -357,7 +357,7 @@ def steering_logits(classifier: nn.Module, images: Tensor, concept: Concept, alp
 @torch.no_grad()
 def steering_study(classifier: nn.Module, inverter, images: Tensor, concept: Concept, alphas: Sequence[float], *,
                    mask: Tensor | None = None, target_class: int | None = None, readout=None,
-                   num_samples: int = 1, steps: int | None = None, seed: int = 0, progress: bool = True):
+                   num_samples: int = 1, num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
     """Steer each image's map along ``concept`` for every ``alpha``, invert, and read the results out.
 
     Args:
@@ -370,7 +370,7 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, concept: Con
         target_class: if given, its probability on each reconstruction goes in column ``p_target``.
         readout: a :class:`~workbench.analysis.composition.FactorReadout`; its factor values on each
             reconstruction go in columns ``readout_<factor>``.
-        num_samples, steps, seed, progress: passed to ``inverter.invert``.
+        num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
 
     Returns:
         ``(table, samples)``: one row per (image, alpha, sample) with ``image``, ``alpha``, ``sample``,
@@ -392,7 +392,7 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, concept: Con
     concept.check(f, layer=inverter.layer, classifier_name=inverter.classifier_name)
     seq = steering_sweep(f, concept, alphas, mask)                        # [B, A, C, h, w]
     b, a = seq.shape[:2]
-    out = inverter.invert(seq.reshape(b * a, *seq.shape[2:]), num_samples=num_samples, num_inference_steps=steps,
+    out = inverter.invert(seq.reshape(b * a, *seq.shape[2:]), num_samples=num_samples, num_inference_steps=num_inference_steps,
                           seed=seed, progress=progress)
     s = out.shape[1]
     flat = out.reshape(b * a * s, *out.shape[2:])

@@ -269,7 +269,7 @@ def fit_layer_pca(classifier: nn.Module, images: Tensor, layer: str, *, n_compon
 
 @torch.no_grad()
 def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images: Tensor, ks: Sequence[int], *,
-                        num_samples: int = 1, steps: int | None = None, seed: int = 0, progress: bool = True):
+                        num_samples: int = 1, num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
     """Rebuild each image's map from its top-k components for every ``k``, and invert it.
 
     Args:
@@ -278,7 +278,7 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
         pca: fitted on that layer.
         images: ``Tensor[B, 3, H, W]`` in [0, 1].
         ks: numbers of components to keep, e.g. ``[1, 2, 4, 8, 16, C]``.
-        num_samples, steps, seed, progress: passed to ``inverter.invert``.
+        num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
 
     Returns:
         ``(table, samples)``: a DataFrame with one row per ``k``: ``k``, ``variance`` (cumulative explained
@@ -288,7 +288,7 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
         ``{k: Tensor[B, S, 3, H, W]}``.
 
     Example:
-        >>> table, samples = component_inversion(cnn, inverter, pca, x[:8], ks=[1, 8, 192], steps=8)
+        >>> table, samples = component_inversion(cnn, inverter, pca, x[:8], ks=[1, 8, 192], num_inference_steps=8)
     """
     import pandas as pd
 
@@ -305,7 +305,7 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
         trunc = pca.reconstruct(full, k)
         cos = torch.nn.functional.cosine_similarity(trunc.flatten(1), full.flatten(1), dim=1)
         logits = map_logits(classifier, images, inverter.layer, trunc)
-        out = inverter.invert(trunc, num_samples=num_samples, num_inference_steps=steps, seed=seed, progress=progress)
+        out = inverter.invert(trunc, num_samples=num_samples, num_inference_steps=num_inference_steps, seed=seed, progress=progress)
         scores = score_inversions(classifier, inverter.layer, full, out, reference_logits=base_logits)
         samples[int(k)] = out
         rows.append({"k": int(k), "variance": float(cumulative[pca._k(k)]), "map_cosine": float(cos.mean()),
