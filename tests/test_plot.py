@@ -107,3 +107,26 @@ def test_one_row_inversion_figure_with_a_title_shows_its_images(tmp_path):
     union = max(b.y1 for b in boxes) - min(b.y0 for b in boxes)
     assert union >= 0.55 * height, f"the image panels fill {union / height:.0%} of the figure's height"
     assert min(b.height for b in boxes) >= 0.55 * height
+
+
+def test_a_notebook_shows_each_figure_once():
+    """In a real kernel with the inline backend, however the cell ends, each figure is one image output."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    cells = {  # source -> images the cell should show
+        "import torch, workbench as wb\nx = torch.rand(2, 3, 8, 8)": 0,
+        "wb.plot.image_grid([[x[0], x[1]]])": 1,                        # the last expression
+        "fig = wb.plot.image_grid([[x[0]]], title='assigned')": 1,      # assigned
+        "wb.plot.image_grid([[x[0]]])\nn = 1": 1,                       # followed by a statement
+        "wb.plot.image_grid([[x[0]]]);": 1,                             # silenced with ';'
+        "for _ in range(2):\n    wb.plot.image_grid([[x[1]]])": 2,     # one per call
+        "fig": 1,                                                       # asked for again later
+        "import matplotlib.pyplot as plt\nplt.get_fignums()": 0,        # none left open in pyplot
+    }
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    shown = [sum("image/png" in out.get("data", {}) for out in cell.outputs) for cell in nb.cells]
+    assert shown == list(cells.values()), shown
+    assert nb.cells[-1].outputs[0]["data"]["text/plain"] == "[]"
+    assert not [out for cell in nb.cells for out in cell.outputs if out.output_type in ("stream", "error")]

@@ -1,6 +1,10 @@
 """Figures. Every function takes tensors or DataFrames and returns a ``matplotlib.figure.Figure``;
-none of them shows or saves anything (the caller does, e.g. ``fig.savefig(path)``). Each takes ``title=``, set
+none of them saves anything (the caller does, e.g. ``fig.savefig(path)``). Each takes ``title=``, set
 by one helper as the figure's suptitle in a band of fixed height added above the panels.
+
+In a notebook a figure appears exactly once, however the cell ends: as its last expression
+(``wb.plot.image_grid(rows)``), assigned (``fig = wb.plot.image_grid(rows)``) or followed by other statements.
+See :class:`NotebookFigure`.
 
 Sections are owned by topic: core (grids), evaluation, analysis. Images follow the one convention,
 ``[..., 3, H, W]`` floats in [0, 1].
@@ -10,6 +14,42 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from matplotlib.figure import Figure
+
+
+class NotebookFigure(Figure):
+    """The ``Figure`` every function here returns: a notebook shows it once, whichever way the cell ends.
+
+    The figures are made with pyplot, so matplotlib-inline shows every figure still open at the end of a cell
+    (and closes it): that covers a figure assigned to a variable or followed by other statements. A figure that is
+    the cell's last expression is also displayed by IPython, and would appear twice; here displaying it closes it
+    in pyplot, so the end-of-cell flush skips it. ``display(fig)`` in a later cell shows it again, as asked.
+    Outside IPython nothing changes.
+    """
+
+    def _ipython_display_(self) -> None:
+        import matplotlib
+        import matplotlib.pyplot as plt
+        from IPython import get_ipython
+        from IPython.display import publish_display_data
+
+        data, metadata = {}, {}
+        for mime, formatter in get_ipython().display_formatter.formatters.items():  # what display(fig) would send
+            out = formatter(self)
+            if isinstance(out, tuple):
+                out, metadata[mime] = out
+            if out is not None:
+                data[mime] = out
+        publish_display_data(data, metadata)
+        if "inline" in matplotlib.get_backend():
+            plt.close(self)
+
+
+def _subplots(*args, **kwargs):
+    """``plt.subplots`` making a :class:`NotebookFigure`."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, FigureClass=NotebookFigure, **kwargs)
 
 
 def _hwc(img: torch.Tensor):
@@ -46,12 +86,10 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
     Returns:
         the ``Figure``.
     """
-    import matplotlib.pyplot as plt
-
     if isinstance(rows, torch.Tensor):
         rows = [list(r) for r in rows]
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows), squeeze=False)
+    fig, axes = _subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows), squeeze=False)
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -64,13 +102,13 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
                 continue
             img = row[j]
             if img.shape[0] == 1:
-                ax.imshow(img[0].detach().float().cpu().numpy(), cmap="magma")
+                ax.imshow(img[0].detach().float().cpu().numpy(), cmap="magma", interpolation="nearest")
             else:
-                ax.imshow(_hwc(img))
+                ax.imshow(_hwc(img), interpolation="nearest")
             if col_labels is not None and i == 0 and j < len(col_labels):
-                ax.set_title(col_labels[j], fontsize=8)
+                ax.set_title(col_labels[j], fontsize=9)
             if row_labels is not None and j == 0 and i < len(row_labels):
-                ax.set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center")
+                ax.set_ylabel(row_labels[i], fontsize=9, rotation=0, ha="right", va="center")
     return _finish(fig, title)
 
 
@@ -124,18 +162,23 @@ def metric_bars(table, metrics: Sequence[str] = ("feature_cosine", "cross_cosine
     Example:
         >>> fig = metric_bars(compare({"FeatInv": t1, "decoder": t2}))
     """
-    import matplotlib.pyplot as plt
-
     metrics = [m for m in metrics if m in table.columns]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 0.4 * len(table) + 1.2), squeeze=False)
+    n_cols = min(len(metrics), 2)                        # two panels a row: a notebook shows it at full size
+    n_rows = -(-len(metrics) // n_cols)
+    fig, axes = _subplots(n_rows, n_cols, figsize=(3.4 * n_cols + 1.5, (0.3 * len(table) + 0.8) * n_rows),
+                          squeeze=False)
     labels = [str(i) for i in table.index]
-    for ax, m in zip(axes[0], metrics):
+    for k, ax in enumerate(axes.flat):
+        if k >= len(metrics):
+            ax.axis("off")
+            continue
+        m = metrics[k]
         ax.barh(range(len(table)), table[m].astype(float).values, color="tab:blue")
         ax.set_yticks(range(len(table)))
-        ax.set_yticklabels(labels if ax is axes[0][0] else [], fontsize=7)
+        ax.set_yticklabels(labels if k % n_cols == 0 else [], fontsize=9)
         ax.invert_yaxis()
-        ax.set_title(m + (" (lower is better)" if m in ("frechet_distance", "seconds_per_image") else ""), fontsize=8)
-        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(m + (" (lower is better)" if m in ("frechet_distance", "seconds_per_image") else ""), fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
     return _finish(fig, title)
 
 
@@ -168,10 +211,8 @@ def robustness_curves(summary, metrics: Sequence[str] = ("feature_cosine", "top1
     Example:
         >>> fig = robustness_curves(result.summary)
     """
-    import matplotlib.pyplot as plt
-
     metrics = [m for m in metrics if m in summary.columns]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 2.8), squeeze=False)
+    fig, axes = _subplots(1, len(metrics), figsize=(3.6 * len(metrics), 2.8), squeeze=False)
     corr = summary[summary["family"] == "corruption"]
     clean = summary[summary["family"] == "clean"]
     for ax, m in zip(axes[0], metrics):
@@ -182,7 +223,7 @@ def robustness_curves(summary, metrics: Sequence[str] = ("feature_cosine", "top1
         ax.set_xlabel("severity")
         ax.set_title(m, fontsize=9)
         ax.set_xticks([1, 2, 3])
-    axes[0][-1].legend(fontsize=6, loc="best")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside
     return _finish(fig, title)
 
 
@@ -206,10 +247,8 @@ def pca_rgb_figure(images: torch.Tensor, rgb: torch.Tensor, *, alpha: float = 0.
 
 def explained_variance_figure(ratio: torch.Tensor, *, title: str | None = None):
     """Cumulative explained variance against the number of components (``ratio``: ``Tensor[K]``)."""
-    import matplotlib.pyplot as plt
-
     ratio = torch.as_tensor(ratio).float().cpu()
-    fig, ax = plt.subplots(figsize=(4.5, 3))
+    fig, ax = _subplots(figsize=(4.5, 3))
     ks = torch.arange(1, len(ratio) + 1)
     ax.plot(ks, ratio.cumsum(0), marker=".", label="cumulative")
     ax.bar(ks, ratio, alpha=0.4, label="per component")
@@ -227,10 +266,8 @@ def curves_figure(table, x: str, ys: Sequence[str], *, logx: bool = False, hline
 
     Rows that share an ``x`` value are averaged; ``hline`` draws a dashed reference (e.g. chance).
     """
-    import matplotlib.pyplot as plt
-
     means = table.groupby(x)[list(ys)].mean()
-    fig, ax = plt.subplots(figsize=(4.5, 3))
+    fig, ax = _subplots(figsize=(4.5, 3))
     for col in ys:
         ax.plot(means.index, means[col], marker="o", label=col)
     if hline is not None:
@@ -246,10 +283,8 @@ def curves_figure(table, x: str, ys: Sequence[str], *, logx: bool = False, hline
 
 def table_heatmap(table, *, fmt: str = "{:.2f}", vmin: float = 0.0, vmax: float = 1.0, title: str | None = None):
     """A DataFrame of scores (e.g. layers x factors) as an annotated heat map."""
-    import matplotlib.pyplot as plt
-
     values = table.to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(0.9 * values.shape[1] + 1.5, 0.45 * values.shape[0] + 1.2))
+    fig, ax = _subplots(figsize=(0.9 * values.shape[1] + 1.5, 0.45 * values.shape[0] + 1.2))
     ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(values.shape[1]), [str(c) for c in table.columns], rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(values.shape[0]), [str(i) for i in table.index], fontsize=8)
@@ -273,11 +308,11 @@ def sequence_figure(images: torch.Tensor, probs: torch.Tensor, *, class_names: S
 
     t = len(images)
     xs = list(range(t)) if steps is None else list(steps)
-    fig = plt.figure(figsize=(max(1.1 * t, 4), 3.4))
+    fig = plt.figure(figsize=(max(1.1 * t, 4), 3.4), FigureClass=NotebookFigure)
     grid = fig.add_gridspec(2, t, height_ratios=[1, 1.3])
     for i in range(t):
         ax = fig.add_subplot(grid[0, i])
-        ax.imshow(_hwc(images[i]))
+        ax.imshow(_hwc(images[i]), interpolation="nearest")
         ax.set_title(f"{xs[i]:.2g}", fontsize=8)
         ax.axis("off")
     ax = fig.add_subplot(grid[1, :])
