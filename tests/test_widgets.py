@@ -37,16 +37,20 @@ def test_explorer_builds_and_runs(explorer):
 
     assert isinstance(explorer.widget, ipywidgets.VBox)
     assert list(explorer.concept.options) == ["(none)", "star"]
-    first_png = explorer.picture.value
+    first_strip = explorer.strip.value
     explorer.image.value = 1                                  # callback: shows the new original
-    assert explorer.picture.value != first_png
+    assert explorer.strip.value != first_strip and "original" in explorer.strip.value
     explorer.channels.value = "0-191"
     explorer.run.click()                                      # fires update()
     result = explorer.result
     assert result["samples"].shape == (1, 2, 3, 32, 32)
     assert result["edited"].abs().max() == 0                  # every channel ablated
     assert explorer.progress.value == explorer.progress.max == 2
-    assert "<table>" in explorer.logits.value
+    assert "classifier on the edited map" in explorer.logits.value and "<table" in explorer.logits.value
+    assert "classifier on the inverted image" in explorer.inverted.value
+    assert result["image_probs"].shape == (2, 8) and torch.allclose(result["image_probs"].sum(1), torch.ones(2))
+    assert explorer.strip.value.count("<img") == 3 and "sample 2" in explorer.strip.value
+    assert not explorer.run.disabled
 
 
 def test_explorer_steering_and_errors(explorer):
@@ -64,3 +68,20 @@ def test_explorer_steering_and_errors(explorer):
     explorer.concept.value = "(none)"
     out = explorer.update()
     assert torch.allclose(out["edited"][0, :4, 0, 0], explorer._means()[:4])
+
+
+def test_explorer_concepts_per_layer():
+    """Concepts given as a list are offered by name, only for their own layer."""
+    cnn = wb.load_classifier("tinyworld-cnn")
+    ds = wb.TinyWorld("val", size=16, seed=0)
+    x, y = ds.images(), ds.labels()
+    found = [mean_difference(extract_features(cnn, x, layer), y == 3, name="star", layer=layer) for layer in
+             ("stages.2", "stages.3")]
+    inverters = {layer: wb.load_inverter(f"tinyworld-cnn/{layer}") for layer in ("stages.3", "stages.2")}
+    ex = Explorer(cnn, inverters, x[:2], concepts=found)
+    assert list(ex.concept.options) == ["(none)", "star"]
+    ex.concept.value, ex.alpha.value = "star", 1.0
+    assert torch.allclose(ex.edit(extract_features(cnn, x[:1], "stages.3")),
+                          wb.analysis.concepts.steer(extract_features(cnn, x[:1], "stages.3"), found[1], 1.0))
+    ex.layer.value = "stages.2"
+    assert list(ex.concept.options) == ["(none)", "star"] and ex.concept.value == "(none)"

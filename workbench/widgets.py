@@ -5,12 +5,14 @@ It works in JupyterLab (ipywidgets 8). All computing goes through :mod:`workbenc
 only wires controls to it, so tests can build it and fire its callbacks without a browser.
 
 Example:
+    >>> Explorer.tinyworld()                # in a notebook: the shipped CNN, its inverters and concepts
     >>> ex = Explorer(cnn, {"stages.3": wb.load_inverter("tinyworld-cnn/stages.3")}, x[:16], labels=y[:16])
-    >>> ex                                  # in a notebook: the controls, images and logits
     >>> ex.channels.value = "0-15"; ex.run.click()
 """
 from __future__ import annotations
 
+import base64
+import html
 import io
 from typing import Mapping, Sequence
 
@@ -48,40 +50,73 @@ def parse_channels(text: str, num_channels: int) -> list[int]:
     return check_channels(out, num_channels)
 
 
-def _png(images: Tensor, scale: int = 4) -> bytes:
-    """``Tensor[N, 3, H, W]`` in [0, 1] -> one PNG row, upscaled (nearest) for the screen."""
+#: Side of one image tile on screen, in CSS pixels: every image is drawn at this size, pixelated, whatever its
+#: resolution, and the strip keeps room for all tiles, so the layout does not move when the sample count changes.
+TILE = 96
+#: Tiles a row of the strip holds; the original and up to 8 samples fit in two rows.
+TILES_PER_ROW = 5
+
+
+def _png(image: Tensor) -> str:
+    """``Tensor[3, H, W]`` in [0, 1] -> a PNG data URL at the image's own resolution."""
     from PIL import Image
 
-    row = torch.cat(list(images.float().clamp(0, 1)), dim=2)                       # [3, H, N*W]
-    arr = (row.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _strip(images: Tensor, labels: Sequence[str]) -> str:
+    """HTML: a row of labelled tiles, one per ``Tensor[3, H, W]``, drawn at :data:`TILE` pixels, pixelated."""
+    tiles = "".join(
+        f"<figure style='margin:0 6px 6px 0;text-align:center'>"
+        f"<img src='{_png(img)}' style='width:{TILE}px;height:{TILE}px;image-rendering:pixelated;display:block'>"
+        f"<figcaption style='font-size:12px;line-height:16px'>{html.escape(label)}</figcaption></figure>"
+        for img, label in zip(images, labels))
+    return f"<div style='display:flex;flex-wrap:wrap'>{tiles}</div>"
+
+
+def _probability_table(columns: Mapping[str, Tensor], class_names: Sequence[str], top_k: int) -> str:
+    """HTML: ``{column: Tensor[K] probabilities}`` for the ``top_k`` classes most probable in any column."""
+    stacked = torch.stack(list(columns.values()))                                     # [columns, K]
+    order = torch.argsort(stacked.max(0).values, descending=True)[:top_k].tolist()
+    head = "".join(f"<th style='padding:0 6px'>{html.escape(c)}</th>" for c in columns)
+    rows = "".join(f"<tr><td>{html.escape(class_names[k])}</td>" +
+                   "".join(f"<td style='text-align:right;padding:0 6px'>{p[k]:.2f}</td>" for p in stacked) + "</tr>"
+                   for k in order)
+    return f"<table style='font-size:12px'><tr><th style='text-align:left'>class</th>{head}</tr>{rows}</table>"
 
 
 class Explorer:
     """Explore what a layer keeps: edit its map (ablate channels, steer along a concept) and invert the edit.
+
+    The widget shows a title and one line of help, the controls, then the image strip (the original and the
+    inversions, labelled, drawn pixelated at a fixed size) with two probability tables beside it:
+    *classifier on the edited map* (the rest of the network run on the original and the edited map) and
+    *classifier on the inverted image* (the classifier run on the original and on the inversions). They can
+    disagree: an edit can move the map's logits without the inversion looking like the new class.
 
     Args:
         classifier: a :class:`~workbench.models.Classifier`.
         inverters: ``{layer: FeatInv}``, the layers to choose from.
         images: ``Tensor[N, 3, H, W]`` in [0, 1] to choose from.
         labels: ``Tensor[N]`` true classes (shown if given).
-        concepts: ``{name: Concept}``; a concept is offered only for its own layer.
+        concepts: ``{name: Concept}`` or a list of concepts; a concept is offered only for its own layer.
         class_names: names by class index (default: the tiny world's).
         num_samples: inversions per run.
         num_inference_steps: denoising steps (default: the inverter's).
         seed: sampling seed.
-        top_k: classes listed in the logits table.
+        top_k: classes listed in each probability table.
 
     Attributes:
         widget: the ``ipywidgets.VBox`` to display.
-        result: after each run, ``{"features", "edited", "logits_before", "logits_after", "samples"}``.
+        result: after each run, ``{"features", "edited", "logits_before", "logits_after", "samples",
+            "image_probs"}`` (``image_probs``: ``Tensor[S, K]``, the classifier on each inversion).
     """
 
     def __init__(self, classifier: nn.Module, inverters: Mapping[str, nn.Module], images: Tensor, *,
-                 labels: Tensor | None = None, concepts: Mapping[str, object] | None = None,
+                 labels: Tensor | None = None, concepts: Mapping[str, object] | Sequence[object] | None = None,
                  class_names: Sequence[str] | None = None, num_samples: int = 2,
                  num_inference_steps: int | None = None, seed: int = 0, top_k: int = 3):
         import ipywidgets as w
@@ -92,51 +127,90 @@ class Explorer:
             raise AnalysisError("Explorer needs at least one inverter, e.g. {'stages.3': wb.load_inverter(...)}")
         self.classifier, self.inverters, self.images = classifier, dict(inverters), images
         self.labels = labels
+        if concepts is not None and not isinstance(concepts, Mapping):
+            concepts = {(c.layer, c.name): c for c in concepts}             # names repeat across layers
         self.concepts = dict(concepts or {})
         self.class_names = list(class_names or CLASSES)
         self.num_inference_steps, self.seed, self.top_k = num_inference_steps, seed, top_k
         self.result: dict = {}
         self._channel_means: dict[str, Tensor] = {}
 
-        self.image = w.IntSlider(value=0, min=0, max=len(images) - 1, description="image")
-        self.layer = w.Dropdown(options=list(self.inverters), description="layer")
-        self.channels = w.Text(value="", placeholder="e.g. 0-15, 40", description="ablate")
-        self.mode = w.Dropdown(options=["zero", "mean"], value="zero", description="ablate to")
-        self.concept = w.Dropdown(description="concept")
-        self.alpha = w.FloatSlider(value=0.0, min=-4.0, max=4.0, step=0.5, description="alpha")
-        self.samples = w.IntSlider(value=num_samples, min=1, max=8, description="samples")
-        self.run = w.Button(description="Invert", button_style="primary", icon="play")
-        self.progress = w.IntProgress(value=0, min=0, max=num_samples, description="sampling")
+        narrow = w.Layout(width="300px")
+        self.image = w.IntSlider(value=0, min=0, max=len(images) - 1, description="image", layout=narrow)
+        self.layer = w.Dropdown(options=list(self.inverters), description="layer", layout=narrow)
+        self.samples = w.IntSlider(value=num_samples, min=1, max=8, description="samples", layout=narrow)
+        self.channels = w.Text(value="", placeholder="e.g. 0-15, 40", description="ablate", layout=narrow)
+        self.mode = w.Dropdown(options=["zero", "mean"], value="zero", description="ablate to", layout=narrow)
+        self.concept = w.Dropdown(description="concept", layout=narrow)
+        self.alpha = w.FloatSlider(value=0.0, min=-4.0, max=4.0, step=0.5, description="alpha", layout=narrow)
+        self.run = w.Button(description="Invert", button_style="primary", icon="play", layout=w.Layout(width="120px"))
+        self.progress = w.IntProgress(value=0, min=0, max=num_samples, layout=w.Layout(width="170px"))
         self.status = w.HTML()
-        self.picture = w.Image(format="png")
-        self.logits = w.HTML()
+        self.strip = w.HTML(layout=w.Layout(width=f"{TILES_PER_ROW * (TILE + 6) + 4}px",
+                                            min_height=f"{2 * (TILE + 22)}px"))
+        self.strip.add_class("wb-explorer-strip")
+        self.logits = w.HTML()                          # classifier on the edited map
+        self.inverted = w.HTML()                        # classifier on the inverted image
+        name = getattr(classifier, "name", None) or type(classifier).__name__
+        header = w.HTML(f"<b style='font-size:15px'>Explorer: what does {html.escape(str(name))} keep at a layer?"
+                        "</b><br><span style='font-size:12px'>Pick an image and a layer, ablate channels or steer "
+                        "along a concept, press <b>Invert</b>: the samples show what the edited map still "
+                        "determines; the tables say what the classifier makes of the map and of the images.</span>")
         self._refresh_concepts()
         self.layer.observe(lambda change: self._refresh_concepts(), names="value")
         self.image.observe(lambda change: self._show_original(), names="value")
         self.run.on_click(lambda button: self.update())
-        controls = w.VBox([self.image, self.layer, w.HBox([self.channels, self.mode]), w.HBox([self.concept, self.alpha]),
-                           w.HBox([self.samples, self.run]), self.progress, self.status])
-        self.widget = w.VBox([controls, self.picture, self.logits])
+        controls = w.HBox([w.VBox([self.image, self.layer, self.samples]),
+                           w.VBox([w.HBox([self.channels]), self.mode, self.concept, self.alpha])])
+        action = w.HBox([self.run, self.progress, self.status])
+        tables = w.VBox([self.logits, self.inverted], layout=w.Layout(width="330px", margin="0 0 0 12px"))
+        self.widget = w.VBox([header, controls, action, w.HBox([self.strip, tables])])
+        self.widget.add_class("wb-explorer")
         self._show_original()
 
+    @classmethod
+    def tinyworld(cls, classifier: str = "tinyworld-cnn", *, n_images: int = 16, n_concept_images: int = 512,
+                  device: str | torch.device = "cpu", **kwargs) -> "Explorer":
+        """The explorer on the tiny world in one line: a shipped classifier, every shipped FeatInv inverter of it
+        (one per layer), ``n_images`` test images and one concept per class at each layer (the class-mean
+        difference over ``n_concept_images`` training images).
+
+        Example:
+            >>> Explorer.tinyworld()            # in a notebook: shows the explorer
+        """
+        from .analysis.concepts import class_concepts
+        from .hooks import extract_features
+        from .models import load_classifier
+        from .tinyworld import TinyWorld
+        from .inverters import list_inverters, load_inverter
+
+        clf = load_classifier(classifier, device=device)
+        layers = [n.split("/", 1)[1] for n in list_inverters() if n.startswith(classifier + "/") and "-" not in n]
+        inverters = {layer: load_inverter(f"{classifier}/{layer}", device=device)
+                     for layer in sorted(layers, reverse=True)}      # the deepest layer first
+        test, train = TinyWorld("test", size=n_images, seed=0), TinyWorld("train", size=n_concept_images, seed=0)
+        x, y = train.images(), train.labels()
+        concepts = [c for layer in inverters for c in class_concepts(
+            extract_features(clf, x.to(device), layer).cpu(), y, layer=layer, classifier_name=classifier).values()]
+        return cls(clf, inverters, test.images(), labels=test.labels(), concepts=concepts, **kwargs)
+
     # ------------------------------------------------------------------ callbacks
+    def _layer_concepts(self) -> dict[str, object]:
+        """The concepts of the current layer, by the name the dropdown shows."""
+        return {key[1] if isinstance(key, tuple) else key: c for key, c in self.concepts.items()
+                if getattr(c, "layer", None) == self.layer.value}
+
     def _refresh_concepts(self) -> None:
-        names = [n for n, c in self.concepts.items() if getattr(c, "layer", None) == self.layer.value]
-        self.concept.options = ["(none)"] + names
+        self.concept.options = ["(none)"] + list(self._layer_concepts())
         self.concept.value = "(none)"
 
     def _show_original(self) -> None:
-        self.picture.value = _png(self.images[self.image.value:self.image.value + 1])
+        i = self.image.value
+        truth = "" if self.labels is None else f" ({self.class_names[int(self.labels[i])]})"
+        self.strip.value = _strip(self.images[i:i + 1], [f"original{truth}"])
         self.status.value = "press <b>Invert</b> to sample"
-
-    def _table(self, before: Tensor, after: Tensor) -> str:
-        pb, pa = before.softmax(-1), after.softmax(-1)
-        order = torch.argsort(torch.maximum(pb, pa), descending=True)[: self.top_k]
-        truth = "" if self.labels is None else f" (true: {self.class_names[int(self.labels[self.image.value])]})"
-        rows = "".join(f"<tr><td>{self.class_names[k]}</td><td>{before[k]:.2f}</td><td>{after[k]:.2f}</td>"
-                       f"<td>{pb[k]:.2f}</td><td>{pa[k]:.2f}</td></tr>" for k in order.tolist())
-        return (f"<b>logits</b>{truth}<table><tr><th>class</th><th>logit</th><th>edited</th><th>p</th>"
-                f"<th>p edited</th></tr>{rows}</table>")
+        self.logits.value = "<b>classifier on the edited map</b><br><i>press Invert</i>"
+        self.inverted.value = "<b>classifier on the inverted image</b><br><i>press Invert</i>"
 
     def edit(self, features: Tensor) -> Tensor:
         """Apply the current ablation and steering to ``Tensor[B, C, h, w]``."""
@@ -149,7 +223,7 @@ class Explorer:
             means = self._means() if self.mode.value == "mean" else None
             out = ablate_features(out, chans, mode=self.mode.value, means=means)
         if self.concept.value != "(none)" and self.alpha.value != 0:
-            out = steer(out, self.concepts[self.concept.value], self.alpha.value, layer=self.layer.value)
+            out = steer(out, self._layer_concepts()[self.concept.value], self.alpha.value, layer=self.layer.value)
         return out
 
     def _means(self) -> Tensor:
@@ -161,7 +235,7 @@ class Explorer:
 
     def update(self) -> dict:
         """Run the current settings: edit the map, compute logits, invert with progress. Returns :attr:`result`."""
-        from .analysis import map_logits
+        from .analysis import class_probabilities, map_logits
         from .hooks import extract_features
 
         i, layer = self.image.value, self.layer.value
@@ -171,25 +245,39 @@ class Explorer:
             feats = extract_features(self.classifier, x, layer).float().cpu()
             edited = self.edit(feats)
         except (AnalysisError, InterventionError) as err:
-            self.status.value = f"<span style='color:#b00'>{err}</span>"
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
             return self.result
         before = map_logits(self.classifier, x, layer, feats)[0]
         after = map_logits(self.classifier, x, layer, edited)[0]
         n = self.samples.value
         self.progress.max, self.progress.value = n, 0
         self.status.value = f"sampling {n} image(s) from {layer} ..."
-        outs = []
-        for s in range(n):   # one sample at a time, so the bar moves
-            outs.append(inverter.invert(edited, num_samples=1, num_inference_steps=self.num_inference_steps,
-                                        seed=self.seed + s, progress=False))
-            self.progress.value = s + 1
+        self.run.disabled = True
+        try:
+            outs = []
+            for s in range(n):   # one sample at a time, so the bar moves
+                outs.append(inverter.invert(edited, num_samples=1, num_inference_steps=self.num_inference_steps,
+                                            seed=self.seed + s, progress=False))
+                self.progress.value = s + 1
+        finally:
+            self.run.disabled = False
         samples = torch.cat(outs, 1)                                               # [1, S, 3, H, W]
-        self.picture.value = _png(torch.cat([x, samples[0]]))
-        self.logits.value = self._table(before, after)
-        pred = self.class_names[_argmax(self.classifier, samples[0])]
-        self.status.value = f"original | {n} inversion(s); the first inversion is classified as <b>{pred}</b>"
+        probs = class_probabilities(self.classifier, torch.cat([x, samples[0]])).cpu()   # [1 + S, K]
+        truth = "" if self.labels is None else f" ({self.class_names[int(self.labels[i])]})"
+        self.strip.value = _strip(torch.cat([x, samples[0]]),
+                                  [f"original{truth}"] + [f"sample {s + 1}" for s in range(n)])
+        self.logits.value = ("<b>classifier on the edited map</b><br><span style='font-size:11px'>the rest of the "
+                             f"network run on the {html.escape(layer)} map</span>" + _probability_table(
+                                 {"original map": before.softmax(-1), "edited map": after.softmax(-1)},
+                                 self.class_names, self.top_k))
+        self.inverted.value = ("<b>classifier on the inverted image</b><br><span style='font-size:11px'>the "
+                               "classifier run on the images</span>" + _probability_table(
+                                   {"original": probs[0], "inversions (mean)": probs[1:].mean(0)},
+                                   self.class_names, self.top_k))
+        pred = self.class_names[int(probs[1].argmax())]
+        self.status.value = f"sample 1 is classified as <b>{html.escape(pred)}</b>"
         self.result.update({"features": feats, "edited": edited, "logits_before": before, "logits_after": after,
-                            "samples": samples})
+                            "samples": samples, "image_probs": probs[1:]})
         return self.result
 
     def _ipython_display_(self) -> None:
@@ -197,8 +285,3 @@ class Explorer:
 
         display(self.widget)
 
-
-def _argmax(classifier: nn.Module, images: Tensor) -> int:
-    from .analysis import class_probabilities
-
-    return int(class_probabilities(classifier, images[:1]).argmax(1)[0])
