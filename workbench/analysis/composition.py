@@ -523,7 +523,7 @@ def preservation_table(readout: FactorReadout, originals: Tensor, table, samples
     def score(images: Tensor, truth) -> dict[str, float]:
         row = readout.score(images, truth)
         if shape_classifier is not None:
-            labels = torch.as_tensor(truth["label"].to_numpy())
+            labels = torch.as_tensor(truth["label"].to_numpy(copy=True))
             row["shape"] = float((class_probabilities(shape_classifier, images).argmax(1) == labels).float().mean())
         return row
 
@@ -544,9 +544,9 @@ def object_masks(table, size: int = 32) -> Tensor:
     The disk has the object's circumradius, so it covers the object and a little background.
     """
     ys, xs = torch.meshgrid((torch.arange(size) + 0.5) / size, (torch.arange(size) + 0.5) / size, indexing="ij")
-    x = torch.as_tensor(table["x"].to_numpy(), dtype=torch.float32).view(-1, 1, 1)
-    y = torch.as_tensor(table["y"].to_numpy(), dtype=torch.float32).view(-1, 1, 1)
-    r = torch.as_tensor(table["size"].to_numpy(), dtype=torch.float32).view(-1, 1, 1)
+    x = torch.as_tensor(table["x"].to_numpy(copy=True), dtype=torch.float32).view(-1, 1, 1)
+    y = torch.as_tensor(table["y"].to_numpy(copy=True), dtype=torch.float32).view(-1, 1, 1)
+    r = torch.as_tensor(table["size"].to_numpy(copy=True), dtype=torch.float32).view(-1, 1, 1)
     return (((xs - x) ** 2 + (ys - y) ** 2) <= r ** 2)[:, None]
 
 
