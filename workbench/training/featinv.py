@@ -226,8 +226,9 @@ def main(config: FeatInvConfig):
         inv.save_pretrained(Path(config.out) / "inverter", fp16=False, card=card)
         if config.ship:
             inv.save_pretrained(Path(config.ship) / "inverters" / config.classifier / name, fp16=True, card=card)
-    print(f"FeatInv {config.classifier}/{config.layer} pooling={config.pooling}: "
-          f"{json.dumps(card.get('metrics', {}))} {timer.seconds} s")
+    if config.progress:                  # a summary under the progress bar; silent with progress=False
+        metrics = f"{json.dumps(card['metrics'])}, " if card.get("metrics") else ""
+        print(f"FeatInv {config.classifier}/{config.layer} pooling={config.pooling}: {metrics}{timer.seconds} s")
     return inv, card
 
 
