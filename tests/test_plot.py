@@ -54,7 +54,18 @@ CALLS = {
     "sequence_figure": lambda title: plot.sequence_figure(images(4), torch.softmax(torch.randn(4, 3, generator=g), 1),
                                                           class_names=["circle", "square", "star"],
                                                           steps=[0.0, 0.3, 0.6, 1.0], title=title),
+    "steering_figure": lambda title: plot.steering_figure(steering_table(), title=title),
 }
+
+
+def steering_table():
+    """A fake concepts.steering_table: two methods, three alphas each."""
+    import pandas as pd
+
+    index = pd.MultiIndex.from_product([["direction", "nearest real map"], [0.0, 0.5, 1.0]], names=["method", "alpha"])
+    return pd.DataFrame({"p_target": [0, .1, .2, 0, .5, .9], "p_target_map": [0, .9, 1, 0, .6, 1],
+                         "drift_x": [0, .2, .4, 0, .3, .6], "drift_y": [0, .1, .2, 0, .2, .3],
+                         "drift_size": [0, .1, .1, 0, .4, .8]}, index=index)
 
 
 def figure_functions() -> list[str]:

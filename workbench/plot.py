@@ -323,3 +323,33 @@ def sequence_figure(images: torch.Tensor, probs: torch.Tensor, *, class_names: S
     ax.set_ylabel("probability")
     ax.legend(fontsize=7, ncol=min(len(class_names), 4))
     return _finish(fig, title)
+
+
+def steering_figure(table, *, preserve: Sequence[str] = ("x", "y", "size"), tolerance: float = 1.0,
+                    title: str | None = None):
+    """Edit methods side by side, from :func:`~workbench.analysis.concepts.steering_table`.
+
+    Left: p(target) of the inverted images (solid) and of the edited map (dashed) along each method's sweep, its
+    ``alpha`` divided by its largest (methods count ``alpha`` in their own units); the gap between the two is the
+    edit's off-manifold share. Right: the largest drift over ``preserve`` (in the table's units, e.g. dataset
+    standard deviations), with ``tolerance`` dashed.
+    """
+    fig, axes = _subplots(1, 2, figsize=(10, 3.6))
+    cols = [f"drift_{f}" for f in preserve if f"drift_{f}" in table]
+    for i, (method, group) in enumerate(table.groupby(level="method", sort=False)):
+        group = group.droplevel("method")
+        t = group.index.to_numpy(dtype=float) / max(float(group.index.max()), 1e-12)
+        color = f"C{i % 10}"
+        axes[0].plot(t, group.p_target, marker="o", color=color, label=method)
+        axes[0].plot(t, group.p_target_map, ls="--", color=color, lw=1)
+        if cols:
+            axes[1].plot(t, group[cols].max(1), marker="o", color=color)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].set_xlabel("alpha / largest alpha")
+    axes[0].set_ylabel("p(target): image (solid), map (dashed)")
+    axes[1].axhline(tolerance, ls="--", c="gray", lw=1)
+    axes[1].set_xlabel("alpha / largest alpha")
+    axes[1].set_ylabel(f"max drift of {', '.join(preserve)}")
+    axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                   borderaxespad=0)                                                    # beside the panels
+    return _finish(fig, title)

@@ -208,6 +208,9 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
                    num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
     """Invert every step of a sequence of maps and score the class probabilities along it.
 
+    The sweep is controlled: each step is inverted from the same noise (one ``inverter.invert`` call per step with
+    the same ``seed``), so what changes along a sequence is the maps', not the sampler's.
+
     Args:
         classifier: the classifier the inverter was trained on.
         inverter: a FeatInv.
@@ -229,10 +232,11 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
     if sequence.ndim != 5:
         raise AnalysisError(f"sequence is Tensor[B, T, C, h, w], got {list(sequence.shape)}")
     b, t = sequence.shape[:2]
-    out = inverter.invert(sequence.reshape(b * t, *sequence.shape[2:]), num_samples=num_samples,
-                          num_inference_steps=num_inference_steps, seed=seed, progress=progress)
-    s = out.shape[1]
-    probs = class_probabilities(classifier, out.reshape(b * t * s, *out.shape[2:]))
+    # one call per step with the same seed: every step of an item starts from the same noise (controlled sweep)
+    out = torch.stack([inverter.invert(sequence[:, i], num_samples=num_samples, num_inference_steps=num_inference_steps,
+                                       seed=seed, progress=progress) for i in range(t)], 1)    # [B, T, S, 3, H, W]
+    s = out.shape[2]
+    probs = class_probabilities(classifier, out.reshape(b * t * s, *out.shape[3:]))
     grid = torch.stack(torch.meshgrid(torch.arange(b), torch.arange(t), torch.arange(s), indexing="ij"), -1).reshape(-1, 3)
     table = pd.DataFrame({"item": grid[:, 0].numpy(), "step": grid[:, 1].numpy(),
                           "t": (grid[:, 1].float() / max(t - 1, 1)).numpy(), "sample": grid[:, 2].numpy(),
@@ -246,7 +250,7 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
             if len(cls) != b:
                 raise AnalysisError(f"endpoints hold {len(cls)} classes for {b} sequences")
             table[col] = probs.gather(1, cls[item][:, None])[:, 0].numpy()
-    return table, out.view(b, t, s, *out.shape[2:])
+    return table, out
 
 
 def trend(table, x: str, y: str, by: str | None = None):

@@ -19,14 +19,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
-from ..interventions import shift_features
+from ..interventions import check_direction, check_mask, shift_features
 from . import class_probabilities, map_logits
 
 METHODS = ("pca", "nmf", "kmeans")
@@ -354,62 +354,432 @@ def steering_logits(classifier: nn.Module, images: Tensor, concept: Concept, alp
     return torch.stack([map_logits(classifier, images, concept.layer, steer(f, concept, a, mask)) for a in alphas], 1)
 
 
-@torch.no_grad()
-def steering_study(classifier: nn.Module, inverter, images: Tensor, concept: Concept, alphas: Sequence[float], *,
-                   mask: Tensor | None = None, target_class: int | None = None, readout=None,
-                   num_samples: int = 1, num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
-    """Steer each image's map along ``concept`` for every ``alpha``, invert, and read the results out.
+# ------------------------------------------------------------------------------------------ edits
+@dataclass(repr=False)
+class Edit:
+    """A steering edit of one layer's maps, ``edit(features, alpha) -> features`` (``Tensor[B, C, h, w]`` both),
+    with ``alpha = 0`` leaving the maps unchanged.
+
+    Build one with :func:`direction_edit` (a concept direction, everywhere or at the object),
+    :func:`transplant_edit` (the target's object vector put where the object is) or :func:`manifold_edit`
+    (a map optimised towards the target class near real maps); :func:`steering_study` sweeps it over ``alpha``.
+
+    Attributes:
+        name: a readable name, used as the method's name in tables.
+        layer: the layer whose maps it edits.
+        apply: ``(features, alpha) -> features``.
+        concept: the concept it moves along, if any (then :func:`steering_study` reads the concept out).
+    """
+
+    name: str
+    layer: str
+    apply: Callable[[Tensor, float], Tensor]
+    concept: Concept | None = None
+
+    def __call__(self, features: Tensor, alpha: float) -> Tensor:
+        return self.apply(features, float(alpha))
+
+    def __repr__(self) -> str:
+        return f"Edit({self.name!r}, layer={self.layer!r})"
+
+
+def object_mask(features: Tensor, *, threshold: float = 0.4) -> Tensor:
+    """Where the object is, read off the map itself: the positions that differ most from the map's background.
+
+    The background is the map's median vector over positions (objects cover a minority of them); a position is
+    in the mask when its distance to that vector lies at least ``threshold`` of the way from the map's closest
+    position to its farthest. (The raw channel norm does not work everywhere: at ``stages.2`` of the tiny CNN
+    textured backgrounds have the larger norm.)
 
     Args:
-        classifier: the classifier the inverter and the concept belong to.
-        inverter: a FeatInv for ``concept.layer``.
+        features: ``Tensor[B, C, h, w]``.
+        threshold: in [0, 1]; 0 selects every position, 1 only the strongest.
+
+    Returns:
+        ``Tensor[B, 1, h, w]`` of 0s and 1s; every map has at least one 1.
+
+    Example:
+        >>> object_mask(feats[:2]).shape        # torch.Size([2, 1, 4, 4])
+    """
+    if features.ndim != 4:
+        raise AnalysisError(f"features are Tensor[B, C, h, w], got {list(features.shape)}")
+    if not 0 <= threshold <= 1:
+        raise AnalysisError(f"threshold is a fraction in [0, 1], got {threshold}")
+    f = features.detach().float()
+    background = f.flatten(2).median(2).values[..., None, None]                    # [B, C, 1, 1]
+    distance = (f - background).norm(dim=1, keepdim=True)                          # [B, 1, h, w]
+    low, high = distance.amin((2, 3), keepdim=True), distance.amax((2, 3), keepdim=True)
+    return (distance - low >= threshold * (high - low)).float()
+
+
+def prototype(features: Tensor, positive, *, threshold: float = 0.4) -> Tensor:
+    """A class's object vector: the mean feature vector over the :func:`object_mask` positions of its maps.
+
+    Args:
+        features: ``Tensor[N, C, h, w]``.
+        positive: ``N`` booleans: which maps belong to the class.
+        threshold: of :func:`object_mask`.
+
+    Returns:
+        ``Tensor[C]``.
+
+    Example:
+        >>> star_vector = prototype(feats, y == CLASSES.index("star"))
+    """
+    pos = torch.as_tensor(np.asarray(positive)).bool().reshape(-1)
+    if features.ndim != 4 or len(pos) != len(features) or not pos.any():
+        raise AnalysisError(f"prototype needs maps Tensor[N, C, h, w] and N booleans with at least one True; got "
+                            f"{list(features.shape)} and {len(pos)} labels ({int(pos.sum())} True)")
+    f = features[pos].detach().float().cpu()
+    m = object_mask(f, threshold=threshold)
+    return (f * m).sum((0, 2, 3)) / m.sum()
+
+
+def transplant(features: Tensor, vector: Tensor, alpha: float, mask: Tensor) -> Tensor:
+    """Replace the map by ``vector`` inside ``mask``, by a fraction ``alpha``: ``f + alpha * mask * (vector - f)``.
+
+    Args:
+        features: ``Tensor[B, C, h, w]``.
+        vector: ``Tensor[C]``, e.g. a :func:`prototype`.
+        alpha: 0 leaves the map unchanged, 1 replaces the masked positions.
+        mask: ``Tensor[h, w]`` or ``Tensor[B, 1, h, w]``, e.g. :func:`object_mask`.
+
+    Raises:
+        InterventionError: a vector that is not ``Tensor[C]``, or a mask that does not fit the map.
+
+    Example:
+        >>> transplant(f, star_vector, 1.0, object_mask(f))
+    """
+    check_direction(vector, features.shape[1])
+    m = check_mask(mask, features.shape[-2:], features.shape[0]).to(features)
+    return features + alpha * m * (vector.to(features).view(1, -1, 1, 1) - features)
+
+
+def direction_edit(concept: Concept, *, where: str | Tensor = "everywhere", threshold: float = 0.4) -> Edit:
+    """Steer along ``concept`` (:func:`steer`; ``alpha`` in units of ``concept.scale``) at every position, only at
+    the object (``where="object"``, :func:`object_mask` with ``threshold``), or inside a given mask.
+
+    Example:
+        >>> edit = direction_edit(star, where="object"); edit(feats, 2.0).shape == feats.shape
+    """
+    if isinstance(where, Tensor):
+        return Edit(f"{concept.name} direction (masked)", concept.layer, lambda f, a: steer(f, concept, a, where),
+                    concept)
+    if where == "everywhere":
+        return Edit(f"{concept.name} direction", concept.layer, lambda f, a: steer(f, concept, a), concept)
+    if where == "object":
+        return Edit(f"{concept.name} direction at the object", concept.layer,
+                    lambda f, a: steer(f, concept, a, object_mask(f, threshold=threshold)), concept)
+    raise AnalysisError(f"where is 'everywhere', 'object' or a mask Tensor[h, w], got {where!r}")
+
+
+def transplant_edit(vector: Tensor, *, layer: str, name: str = "transplant", threshold: float = 0.4) -> Edit:
+    """Put ``vector`` (a target class's :func:`prototype`) where the object is (:func:`transplant` inside
+    :func:`object_mask`); ``alpha`` from 0 (unchanged) to 1 (replaced).
+
+    Example:
+        >>> edit = transplant_edit(prototype(feats, y == 3), layer="stages.3")
+    """
+    vector = vector.detach().float().cpu()
+    return Edit(name, layer, lambda f, a: transplant(f, vector, a, object_mask(f, threshold=threshold)))
+
+
+def towards_edit(targets: Tensor, *, layer: str, name: str = "towards") -> Edit:
+    """Move each map a fraction ``alpha`` of the way to its own target map: ``f + alpha * (target - f)``.
+
+    Args:
+        targets: ``Tensor[B, C, h, w]``, one per map the edit will see (the same images, in the same order).
+
+    Example:
+        >>> edit = towards_edit(optimise_map(cnn, x, f, 3, layer="stages.3"), layer="stages.3")
+    """
+    targets = targets.detach().float().cpu()
+
+    def apply(features: Tensor, alpha: float) -> Tensor:
+        if features.shape != targets.shape:
+            raise AnalysisError(f"edit {name!r} holds target maps {list(targets.shape)}, one per image it was built "
+                                f"for, but got maps {list(features.shape)}; steer the same images")
+        return features + alpha * (targets.to(features) - features)
+
+    return Edit(name, layer, apply)
+
+
+def nearest_maps(features: Tensor, bank: Tensor, *, k: int = 1, batch_size: int = 256) -> Tensor:
+    """For each map, the mean of its ``k`` nearest maps (Euclidean, whole map) in ``bank``: real maps of a class.
+
+    Args:
+        features: ``Tensor[B, C, h, w]``.
+        bank: ``Tensor[N, C, h, w]``, e.g. the training maps of the target class.
+        k: neighbours averaged (1: the nearest real map itself).
+
+    Returns:
+        ``Tensor[B, C, h, w]``.
+
+    Example:
+        >>> nearest_maps(f, feats[y == 3], k=1)        # the real star map closest to each map
+    """
+    if features.ndim != 4 or bank.ndim != 4 or features.shape[1:] != bank.shape[1:] or not 1 <= k <= len(bank):
+        raise AnalysisError(f"nearest_maps needs maps and a bank of one shape [*, C, h, w] and 1 <= k <= len(bank); "
+                            f"got {list(features.shape)}, {list(bank.shape)} and k={k}")
+    flat = bank.detach().float().cpu().flatten(1)
+    out = []
+    for s in range(0, len(features), batch_size):
+        q = features[s:s + batch_size].detach().float().cpu().flatten(1)
+        nearest = torch.cdist(q, flat).topk(k, dim=1, largest=False).indices          # [b, k]
+        out.append(flat[nearest].mean(1))
+    return torch.cat(out).view(-1, *features.shape[1:])
+
+
+def retrieval_edit(bank: Tensor, *, layer: str, k: int = 1, where: str = "everywhere", threshold: float = 0.4,
+                   name: str | None = None) -> Edit:
+    """Move each map towards its nearest real maps of the target class (:func:`nearest_maps` in ``bank``):
+    ``f + alpha * mask * (nearest - f)``, everywhere or only where either map has its object (:func:`object_mask`).
+    At ``alpha = 1`` (everywhere, ``k = 1``) the map *is* a real map of the class: an edit on the data manifold by
+    construction, whose neighbour shares what dominates the map's distance (background, position, size).
+
+    Example:
+        >>> edit = retrieval_edit(feats[y == 3], layer="stages.3", where="object")
+    """
+    bank = bank.detach().float().cpu()
+    if where not in ("everywhere", "object"):
+        raise AnalysisError(f"where is 'everywhere' or 'object', got {where!r}")
+
+    def apply(features: Tensor, alpha: float) -> Tensor:
+        target = nearest_maps(features, bank, k=k)
+        if where == "everywhere":
+            return features + alpha * (target - features)
+        mask = torch.maximum(object_mask(features, threshold=threshold), object_mask(target, threshold=threshold))
+        return features + alpha * mask * (target - features)
+
+    return Edit(name or f"nearest real map ({where})", layer, apply)
+
+
+# ------------------------------------------------------------------------------------------ on-manifold edits
+@dataclass
+class MapPrior:
+    """A Gaussian model of a layer's real maps (probabilistic PCA on whole flattened maps), to keep edits near them.
+
+    Attributes:
+        layer: the layer it was fitted at.
+        shape: ``(C, h, w)`` of the maps.
+        mean: ``Tensor[D]``, the mean map flattened (``D = C * h * w``).
+        components: ``Tensor[K, D]``, orthonormal top principal directions.
+        variances: ``Tensor[K]``, the variance along each.
+        residual_variance: the mean variance per dimension outside them.
+    """
+
+    layer: str
+    shape: tuple[int, int, int]
+    mean: Tensor = field(repr=False)
+    components: Tensor = field(repr=False)
+    variances: Tensor = field(repr=False)
+    residual_variance: float
+
+    def _centred(self, features: Tensor) -> Tensor:
+        if tuple(features.shape[1:]) != self.shape:
+            raise AnalysisError(f"the prior was fitted on {self.layer!r} maps of shape {list(self.shape)}, got "
+                                f"{list(features.shape)}; fit it on this layer's maps")
+        return features.flatten(1).float() - self.mean.to(features.device)
+
+    def penalty(self, features: Tensor) -> Tensor:
+        """Half the squared Mahalanobis distance of each map ``[B, C, h, w]`` from the real maps, per dimension
+        (about 0.5 for a typical real map) -> ``Tensor[B]``; differentiable."""
+        x = self._centred(features)
+        z = x @ self.components.T.to(x)
+        inside = (z * z / self.variances.to(x)).sum(1)
+        outside = ((x * x).sum(1) - (z * z).sum(1)).clamp_min(0) / self.residual_variance
+        return 0.5 * (inside + outside) / x.shape[1]
+
+    def project(self, features: Tensor) -> Tensor:
+        """Each map's projection on the mean plus the top principal subspace, ``Tensor[B, C, h, w]``."""
+        z = self._centred(features) @ self.components.T.to(features)
+        return (self.mean.to(features) + z @ self.components.to(features)).view_as(features)
+
+
+def fit_map_prior(features: Tensor, *, layer: str, n_components: int = 32) -> MapPrior:
+    """Fit a :class:`MapPrior` on real maps ``Tensor[N, C, h, w]`` (e.g. a few thousand training images).
+
+    Example:
+        >>> prior = fit_map_prior(feats, layer="stages.3"); prior.penalty(feats).mean()     # about 0.5
+    """
+    if features.ndim != 4 or not 1 <= n_components < min(len(features), features[0].numel()):
+        raise AnalysisError(f"fit_map_prior needs maps Tensor[N, C, h, w] and 1 <= n_components < min(N, C*h*w); "
+                            f"got {list(features.shape)} and n_components={n_components}")
+    x = features.detach().float().cpu().flatten(1)
+    mean = x.mean(0)
+    _, s, v = torch.linalg.svd(x - mean, full_matrices=False)
+    var = s ** 2 / (len(x) - 1)
+    residual = float(var[n_components:].sum() / (x.shape[1] - n_components))
+    return MapPrior(layer, tuple(features.shape[1:]), mean, v[:n_components].contiguous(), var[:n_components],
+                    max(residual, 1e-8))
+
+
+def optimise_map(classifier: nn.Module, images: Tensor, features: Tensor, target_class: int, *, layer: str,
+                 prior: MapPrior | None = None, prior_weight: float = 1.0, num_steps: int = 100,
+                 lr: float = 0.05) -> Tensor:
+    """Optimise maps towards ``target_class``: Adam on the map, minimising the classifier's cross-entropy for the
+    target from ``layer`` on, plus ``prior_weight`` times the prior's :meth:`~MapPrior.penalty`.
+
+    Without a prior (or with ``prior_weight = 0``) this finds whatever map flips the head, real-looking or not;
+    with it, the map stays near the real maps of ``layer``, so the inverter, trained on those, can follow it.
+
+    Args:
+        classifier: the classifier of ``features``.
+        images: ``Tensor[B, 3, H, W]``, the images of ``features`` (the forward pass runs from them to ``layer``).
+        features: ``Tensor[B, C, h, w]`` at ``layer``, the start.
+        target_class: the class to move towards.
+        layer: the layer of ``features``.
+        prior: a :class:`MapPrior` of ``layer``, or ``None``.
+        prior_weight: the penalty's weight.
+        num_steps: optimiser steps.
+        lr: Adam's learning rate, in units of the maps' standard deviation.
+
+    Returns:
+        ``Tensor[B, C, h, w]`` on the CPU.
+
+    Example:
+        >>> target = optimise_map(cnn, x, f, 3, layer="stages.3", prior=fit_map_prior(feats, layer="stages.3"))
+    """
+    from ..hooks import _device, run_with_hooks
+
+    if prior is not None and prior.layer != layer:
+        raise AnalysisError(f"the prior was fitted at {prior.layer!r}, not {layer!r}")
+    dev = _device(classifier)
+    start = features.detach().float().to(dev)
+    scale = float(start.std())
+    delta = torch.zeros_like(start, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    target = torch.full((len(start),), int(target_class), device=dev)
+    x = images.to(dev)
+    with torch.enable_grad():
+        for _ in range(num_steps):
+            edited = start + scale * delta
+            logits = run_with_hooks(classifier, x, {layer: lambda act, *, name: edited.to(act.dtype)})
+            loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
+            if prior is not None and prior_weight:
+                loss = loss + prior_weight * prior.penalty(edited).sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta.grad = grad
+            opt.step()
+    return (start + scale * delta).detach().cpu()
+
+
+def manifold_edit(classifier: nn.Module, images: Tensor, target_class: int, prior: MapPrior | None, *,
+                  prior_weight: float = 1.0, num_steps: int = 100, lr: float = 0.05, name: str | None = None) -> Edit:
+    """The on-manifold edit of ``images``' maps at ``prior.layer``: :func:`optimise_map` under the prior, then
+    :func:`towards_edit` (``alpha`` from 0, unchanged, to 1, the optimised map). Steer the same ``images``.
+
+    Example:
+        >>> edit = manifold_edit(cnn, x[:8], 3, fit_map_prior(feats, layer="stages.3"))
+        >>> table, samples = steering_study(cnn, inv, x[:8], edit, [0, 0.5, 1], target_class=3)
+    """
+    from ..hooks import extract_features
+
+    if prior is None:
+        raise AnalysisError("manifold_edit needs a MapPrior (fit_map_prior); optimise_map without one is off-manifold")
+    f = extract_features(classifier, images, prior.layer).float().cpu()
+    target = optimise_map(classifier, images, f, target_class, layer=prior.layer, prior=prior,
+                          prior_weight=prior_weight, num_steps=num_steps, lr=lr)
+    return towards_edit(target, layer=prior.layer, name=name or "on-manifold")
+
+
+@torch.no_grad()
+def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit | Concept, alphas: Sequence[float], *,
+                   mask: Tensor | None = None, target_class: int | None = None, readout=None, num_samples: int = 1,
+                   num_inference_steps: int | None = None, seed: int = 0, batch_size: int = 64,
+                   progress: bool = True):
+    """Edit each image's map for every ``alpha``, invert it with the noise shared across alphas, and read it out.
+
+    The sweep is controlled: each ``alpha`` is one ``inverter.invert`` call with the same ``seed``, whose noise
+    depends only on the map's row and sample, so every alpha of an image starts from the same noise. A change
+    along a row is the edit's, not the sampler's, and ``alpha = 0`` gives exactly the unsteered inversion.
+
+    Args:
+        classifier: the classifier the inverter belongs to.
+        inverter: an inverter of ``edit.layer`` (FeatInv, or any with ``invert(features, num_samples=, seed=)``).
         images: ``Tensor[B, 3, H, W]`` in [0, 1].
-        concept: the concept to steer along.
-        alphas: steps, e.g. ``[0, 1, 2, 3]``.
-        mask: optional spatial mask (see :func:`steer`).
-        target_class: if given, its probability on each reconstruction goes in column ``p_target``.
+        edit: an :class:`Edit`, or a :class:`Concept` (steered everywhere, or inside ``mask``).
+        alphas: the sweep, starting with 0, e.g. ``[0, 1, 2, 3]``.
+        mask: with a Concept, an optional spatial mask (see :func:`steer`).
+        target_class: if given, its probability on each inversion (column ``p_target``) and on the edited map
+            itself, the classifier run on from the edited layer (column ``p_target_map``).
         readout: a :class:`~workbench.analysis.composition.FactorReadout`; its factor values on each
-            reconstruction go in columns ``readout_<factor>``.
-        num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
+            inversion go in columns ``readout_<factor>``.
+        num_samples, num_inference_steps, seed, batch_size, progress: passed to ``inverter.invert``.
 
     Returns:
         ``(table, samples)``: one row per (image, alpha, sample) with ``image``, ``alpha``, ``sample``,
-        ``concept`` (:func:`concept_readout` of the reconstruction), ``predicted``, optional ``p_target`` and
-        ``readout_<factor>``; ``samples`` is ``Tensor[B, A, S, 3, H, W]``.
+        ``predicted``, ``concept`` (for concept edits: :func:`concept_readout` of the inversion), optional
+        ``p_target``, ``p_target_map`` and ``readout_<factor>``; ``samples`` is ``Tensor[B, A, S, 3, H, W]``.
 
     Raises:
-        AnalysisError: the concept was fitted at another layer or on another classifier than the inverter's.
+        AnalysisError: an edit or concept of another layer or classifier than the inverter's.
 
     Example:
         >>> table, samples = steering_study(cnn, inv, x[:4], star, [0, 1, 2, 3], target_class=3)
-        >>> wb.analysis.composition.trend(table, "alpha", "concept")
+        >>> table, samples = steering_study(cnn, inv, x[:4], direction_edit(star, where="object"), [0, 2, 4])
     """
-    import pandas as pd
-
     from ..hooks import extract_features
 
+    if isinstance(edit, Concept):
+        edit = direction_edit(edit, where="everywhere" if mask is None else mask)
+    elif mask is not None:
+        raise AnalysisError("mask= goes with a Concept; an Edit carries its own mask (direction_edit(where=...))")
     f = extract_features(classifier, images, inverter.layer).float().cpu()
-    concept.check(f, layer=inverter.layer, classifier_name=inverter.classifier_name)
-    seq = steering_sweep(f, concept, alphas, mask)                        # [B, A, C, h, w]
-    b, a = seq.shape[:2]
-    out = inverter.invert(seq.reshape(b * a, *seq.shape[2:]), num_samples=num_samples, num_inference_steps=num_inference_steps,
-                          seed=seed, progress=progress)
-    s = out.shape[1]
-    flat = out.reshape(b * a * s, *out.shape[2:])
+    if edit.concept is not None:
+        edit.concept.check(f, layer=inverter.layer, classifier_name=inverter.classifier_name)
+    if edit.layer != inverter.layer:
+        raise AnalysisError(f"edit {edit.name!r} edits {edit.layer!r} maps but the inverter inverts "
+                            f"{inverter.layer!r}; build the edit at {inverter.layer!r} or load that layer's inverter")
+    outs, map_probs = [], []
+    for a in alphas:
+        edited = edit(f, a)
+        outs.append(inverter.invert(edited, num_samples=num_samples, num_inference_steps=num_inference_steps,
+                                    seed=seed, batch_size=batch_size, progress=progress))
+        map_probs.append(map_logits(classifier, images, inverter.layer, edited).softmax(-1))
+    samples = torch.stack(outs, 1)                                             # [B, A, S, 3, H, W]
+    table = _steering_rows(classifier, samples, alphas, torch.stack(map_probs, 1), edit.concept, target_class,
+                           readout)
+    return table, samples
+
+
+def _steering_rows(classifier: nn.Module, samples: Tensor, alphas: Sequence[float], map_probs: Tensor,
+                   concept: Concept | None, target_class: int | None, readout):
+    """:func:`steering_study`'s table from its samples ``[B, A, S, 3, H, W]`` and map probabilities ``[B, A, K]``."""
+    import pandas as pd
+
+    b, a, s = samples.shape[:3]
+    flat = samples.reshape(b * a * s, *samples.shape[3:])
     probs = class_probabilities(classifier, flat)
     alpha_t = torch.as_tensor([float(v) for v in alphas])
     table = pd.DataFrame({"image": torch.arange(b).repeat_interleave(a * s).numpy(),
                           "alpha": alpha_t.repeat_interleave(s).repeat(b).numpy(),
                           "sample": torch.arange(s).repeat(b * a).numpy(),
-                          "concept": concept_readout(classifier, flat, concept).numpy(),
                           "predicted": probs.argmax(1).numpy()})
+    if concept is not None:
+        table["concept"] = concept_readout(classifier, flat, concept).numpy()
     if target_class is not None:
         table["p_target"] = probs[:, int(target_class)].numpy()
+        table["p_target_map"] = map_probs[..., int(target_class)].reshape(-1).repeat_interleave(s).numpy()
     if readout is not None:
         for factor, values in readout.values(flat).items():
             if np.ndim(values) == 1:
                 table[f"readout_{factor}"] = values
-    return table, out.view(b, a, s, *out.shape[2:])
+    return table
+
+
+def _drift(before: np.ndarray, after: np.ndarray, factor: str, scale: float) -> float:
+    """Mean change of a factor's readout between paired inversions: the share changed for categories, else the mean
+    absolute difference in ``scale`` units (on the circle for circular factors)."""
+    from .composition import CIRCULAR
+
+    if before.dtype.kind in "OUSb":
+        return float(np.mean(before != after))
+    d = np.abs(after.astype(float) - before.astype(float))
+    if factor in CIRCULAR:
+        period = 2 * np.pi if factor == "rotation" else 1.0
+        d = np.minimum(d, period - d)
+    return float(d.mean() / scale)
 
 
 def steering_summary(table, *, factors: Sequence[str] = (), factor_scale: Mapping[str, float] | None = None):
@@ -423,7 +793,8 @@ def steering_summary(table, *, factors: Sequence[str] = (), factor_scale: Mappin
 
     Returns:
         pandas.Series: ``spearman_concept`` (Spearman of the concept readout with alpha, per image over its
-        alphas and samples, averaged over images), ``spearman_target`` (the same for ``p_target``, if present), and ``drift_<factor>``: for numbers, the mean
+        alphas and samples, averaged over images; concept edits only), ``spearman_target`` (the same for
+        ``p_target``, if present), and ``drift_<factor>``: for numbers, the mean
         absolute change from the first to the last alpha (in ``factor_scale`` units); for categories, the
         share of reconstructions whose readout changed.
 
@@ -432,9 +803,11 @@ def steering_summary(table, *, factors: Sequence[str] = (), factor_scale: Mappin
     """
     import pandas as pd
 
-    from .composition import CIRCULAR, trend
+    from .composition import trend
 
-    out = {"spearman_concept": float(trend(table, "alpha", "concept", by="image").mean())}
+    out = {}
+    if "concept" in table:
+        out["spearman_concept"] = float(trend(table, "alpha", "concept", by="image").mean())
     if "p_target" in table:
         out["spearman_target"] = float(trend(table, "alpha", "p_target", by="image").mean())
     first, last = table[table.alpha == table.alpha.min()], table[table.alpha == table.alpha.max()]
@@ -442,13 +815,86 @@ def steering_summary(table, *, factors: Sequence[str] = (), factor_scale: Mappin
         col = f"readout_{factor}"
         if col not in table:
             raise AnalysisError(f"{col!r} is not in the table; pass readout= to steering_study with {factor!r}")
-        u, v = first[col].to_numpy(), last[col].to_numpy()
-        if u.dtype.kind in "OUSb":
-            out[f"drift_{factor}"] = float(np.mean(u != v))
-            continue
-        d = np.abs(v.astype(float) - u.astype(float))
-        if factor in CIRCULAR:
-            period = 2 * np.pi if factor == "rotation" else 1.0
-            d = np.minimum(d, period - d)
-        out[f"drift_{factor}"] = float(d.mean() / (factor_scale or {}).get(factor, 1.0))
+        out[f"drift_{factor}"] = _drift(first[col].to_numpy(), last[col].to_numpy(), factor,
+                                        (factor_scale or {}).get(factor, 1.0))
     return pd.Series(out)
+
+
+def steering_table(studies: Mapping[str, "pd.DataFrame"], *, factors: Sequence[str] = (),
+                   factor_scale: Mapping[str, float] | None = None):
+    """One table of several edit methods' :func:`steering_study` tables (each with ``target_class`` given).
+
+    Args:
+        studies: ``{method name: steering_study table}``; each sweep starts at ``alpha = 0``.
+        factors: readout factors whose drift to report (columns ``readout_<factor>``).
+        factor_scale: each numeric factor's dataset standard deviation; drift is in these units.
+
+    Returns:
+        pandas.DataFrame indexed by ``(method, alpha)`` with ``p_target`` (the classifier on the inverted images),
+        ``p_target_map`` (on the edited map), ``off_manifold_gap`` (``p_target_map - p_target``: how much of the
+        edit the classifier's head sees but the inverter, trained on real maps, does not draw), ``hit_rate``
+        (share of inversions classified as the target) and ``drift_<factor>``: the mean change of the readout
+        from the unsteered inversion of the same image and sample (same noise), in ``factor_scale`` units, or
+        the share changed for categories.
+
+    Example:
+        >>> steering_table({"direction": t1, "on-manifold": t2}, factors=["x", "y", "size"],
+        ...                factor_scale={"x": 0.17, "y": 0.17, "size": 0.06})
+    """
+    import pandas as pd
+
+    rows = []
+    for method, table in studies.items():
+        if "p_target" not in table:
+            raise AnalysisError(f"the {method!r} table has no p_target; run steering_study with target_class=")
+        if table.alpha.min() != 0:
+            raise AnalysisError(f"the {method!r} sweep does not start at alpha = 0, the unsteered inversion")
+        base = table[table.alpha == 0].set_index(["image", "sample"])
+        for alpha, group in table.groupby("alpha"):
+            ref = base.loc[list(zip(group.image, group["sample"]))]
+            row = {"method": method, "alpha": float(alpha), "p_target": float(group.p_target.mean()),
+                   "p_target_map": float(group.p_target_map.mean())}
+            row["off_manifold_gap"] = row["p_target_map"] - row["p_target"]
+            row["hit_rate"] = float((group.p_target > 0.5).mean())
+            for factor in factors:
+                col = f"readout_{factor}"
+                if col not in table:
+                    raise AnalysisError(f"{col!r} is not in the {method!r} table; pass readout= to steering_study")
+                row[f"drift_{factor}"] = _drift(ref[col].to_numpy(), group[col].to_numpy(), factor,
+                                                (factor_scale or {}).get(factor, 1.0))
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["method", "alpha"])
+
+
+def steering_goal(table, *, threshold: float = 0.5, preserve: Sequence[str] = ("x", "y", "size"),
+                  tolerance: float = 1.0):
+    """Per method, the best alpha of a :func:`steering_table` that keeps ``preserve`` put, and whether it reaches
+    the goal: mean ``p_target`` of the inverted images above ``threshold`` with every ``drift_<factor>`` of
+    ``preserve`` at most ``tolerance`` (dataset standard deviations, if the table was made with them).
+
+    Returns:
+        pandas.DataFrame indexed by method: ``alpha`` (the best preserving alpha, highest ``p_target``),
+        ``p_target``, ``p_target_map``, ``off_manifold_gap``, ``max_drift`` (over ``preserve``) and ``reached``;
+        sorted by ``p_target``, best first.
+
+    Example:
+        >>> steering_goal(steering_table(studies, factors=["x", "y", "size"], factor_scale=sd)).reached.any()
+    """
+    import pandas as pd
+
+    cols = [f"drift_{f}" for f in preserve]
+    missing = [c for c in cols if c not in table]
+    if missing:
+        raise AnalysisError(f"the table lacks {missing}; make it with steering_table(..., factors={list(preserve)})")
+    rows = {}
+    for method, group in table.groupby(level="method"):
+        group = group.droplevel("method")
+        drift = group[cols].max(1)
+        ok = group[drift <= tolerance]
+        best = ok.p_target.idxmax()
+        rows[method] = {"alpha": best, "p_target": ok.p_target[best], "p_target_map": ok.p_target_map[best],
+                        "off_manifold_gap": ok.off_manifold_gap[best], "max_drift": float(drift[best]),
+                        "reached": bool(ok.p_target[best] > threshold)}
+    out = pd.DataFrame.from_dict(rows, orient="index").sort_values("p_target", ascending=False)
+    out.index.name = "method"
+    return out
