@@ -71,8 +71,12 @@ def field_comments(cls) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
+        try:
+            source = inspect.getsource(klass)
+        except OSError:  # no source shipped (a bytecode-only install): flags without help, not a failure
+            continue
         name = None
-        for line in inspect.getsource(klass).splitlines():
+        for line in source.splitlines():
             if m := re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line):  # `name: type = default  # comment`
                 name, out[m[1]] = m[1], m[2]
             elif name and (m := re.match(r"\s+#\s*(.*)$", line)):  # its continuation
