@@ -32,6 +32,9 @@ DEFAULT_SCHEDULER = "ddim"
 
 #: A denoiser as :func:`denoise` calls it: ``(model_input [B, C, h, w], t) -> prediction [B, C, h, w]``.
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: A correction of the (guided) prediction before the scheduler's step, as :func:`denoise` calls it:
+#: ``(latents [B, C, h, w], t, prediction [B, C, h, w]) -> prediction [B, C, h, w]`` (see :func:`gradient_guide`).
+Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def tiny_unet_config(*, sample_size: int = 16, in_channels: int = 4, widths=(64, 128, 128),
@@ -89,8 +92,8 @@ def training_target(noise_scheduler, sample: torch.Tensor, noise: torch.Tensor, 
 
 
 def denoise(predict: Predictor, latents: torch.Tensor, scheduler, *, timesteps: torch.Tensor | None = None,
-            guidance_scale: float = 1.0, callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-            ) -> torch.Tensor:
+            guidance_scale: float = 1.0, guide: Guide | None = None,
+            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """The denoising loop of every sampler here (:meth:`DiffusionBase.sample`, :meth:`DiffusionBase.img2img`,
     :meth:`FeatInv.invert <workbench.inverters.featinv.FeatInv.invert>`), as diffusers' pipelines write it.
 
@@ -105,6 +108,8 @@ def denoise(predict: Predictor, latents: torch.Tensor, scheduler, *, timesteps: 
         timesteps: the timesteps to run; default ``scheduler.timesteps`` (img2img runs only their tail).
         guidance_scale: classifier-free guidance, ``uncond + guidance_scale * (cond - uncond)``; 1.0 turns it
             off and runs the predictor on the batch once.
+        guide: an optional correction of the prediction at every step, ``guide(latents, t, prediction)``, e.g. a
+            likelihood gradient (:func:`gradient_guide`); ``None`` leaves the prediction as it is.
         callback: called after every step as ``callback(i, t, latents)``, e.g. to move a progress bar.
 
     Returns:
@@ -127,11 +132,69 @@ def denoise(predict: Predictor, latents: torch.Tensor, scheduler, *, timesteps: 
         if guided:
             cond, uncond = prediction.chunk(2)
             prediction = uncond + guidance_scale * (cond - uncond)
-        # 4. one scheduler step
+        # 4. an optional correction, e.g. the gradient of a likelihood of the predicted clean latents
+        if guide is not None:
+            prediction = guide(latents, t, prediction)
+        # 5. one scheduler step
         latents = scheduler.step(prediction, t, latents).prev_sample
         if callback is not None:
             callback(i, t, latents)
     return latents
+
+
+def gradient_guide(loss: Callable[[torch.Tensor], torch.Tensor], scheduler, scale: float, *,
+                   timesteps: torch.Tensor | None = None) -> Guide:
+    """A :data:`Guide` that moves the predicted clean latents down the gradient of ``loss`` at every step: the
+    likelihood term of diffusion posterior sampling (Chung et al. 2023) and of universal guidance (Bansal et al.
+    2023), without back-propagating through the denoiser.
+
+    At timestep ``t`` with ``a = alpha_bar_t``: 1. the clean latents the prediction implies,
+    ``x0 = (z - sqrt(1 - a) * eps) / sqrt(a)`` (for ``v``: ``x0 = sqrt(a) * z - sqrt(1 - a) * v``); 2. the gradient
+    ``g`` of ``loss(x0)`` summed over the batch; 3. a step of ``scale`` in units of each item's RMS gradient,
+    ``x0' = x0 - scale * g / rms(g)``, so ``scale`` is how far each item's latents move per step whatever the loss's
+    magnitude; 4. the prediction that implies ``x0'`` at the same ``z``, which the scheduler then steps with.
+
+    Args:
+        loss: ``x0 [B, C, h, w] -> Tensor[B]``, differentiable (e.g. one minus the feature cosine of the decoded
+            image); it runs with gradients enabled.
+        scheduler: the sampling scheduler (its ``alphas_cumprod`` and ``config.prediction_type`` are read).
+        scale: the RMS step per denoising step in latent units; 0 leaves the prediction unchanged.
+        timesteps: the timesteps it acts at (e.g. the last few of ``scheduler.timesteps``); it returns the prediction
+            unchanged at the others. Default: every timestep.
+
+    Returns:
+        a :data:`Guide` for :func:`denoise`.
+
+    Example:
+        >>> guide = gradient_guide(lambda x0: (x0 - target).pow(2).flatten(1).mean(1), sched, 0.1)
+        >>> z = denoise(base.prompt_predictor(2), z, sched, guide=guide)
+    """
+    kind = scheduler.config.prediction_type
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {kind!r} of this scheduler is not supported; expected one of "
+                         f"{PREDICTION_TYPES}")
+
+    active = None if timesteps is None else {int(t) for t in timesteps}
+
+    def guide(latents: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        if active is not None and int(t) not in active:
+            return prediction
+        a = scheduler.alphas_cumprod.to(latents.device)[t].float()
+        sa, sb = a.sqrt(), (1 - a).sqrt()
+        # 1. the implied clean latents
+        x0 = (latents - sb * prediction) / sa if kind == "epsilon" else sa * latents - sb * prediction
+        # 2. the loss's gradient (outside inference mode, on a fresh leaf)
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = x0.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(loss(leaf).sum(), leaf)
+        # 3. a step of `scale` RMS units per item
+        rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
+        x0 = x0 - scale * grad / rms
+        # 4. the prediction implying the moved x0 at the same latents
+        eps = (latents - sa * x0) / sb
+        return eps if kind == "epsilon" else sa * eps - sb * x0
+
+    return guide
 
 
 def _check_sampling(what: str, guidance_scale: float, **counts: int) -> None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion import DEFAULT_SCHEDULER, Predictor, denoise, diffusion_loss
+from ..diffusion import DEFAULT_SCHEDULER, Guide, Predictor, denoise, diffusion_loss, gradient_guide
 from ..errors import InverterMismatchError
 from .interface import (
     capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
@@ -43,6 +43,10 @@ from .interface import (
 DEFAULT_NUM_INFERENCE_STEPS = 8
 DEFAULT_GUIDANCE_SCALE = 3.0
 DEFAULT_GUIDANCE_MODE = "features"
+#: Feature guidance at sampling time: its scale (0: off) and how many of the last denoising steps it acts at, see
+#: :meth:`FeatInv.invert`.
+DEFAULT_FEATURE_GUIDANCE_SCALE = 0.0
+DEFAULT_FEATURE_GUIDANCE_STEPS = 2
 
 
 class FeatureConditioning(nn.Module):
@@ -178,8 +182,16 @@ class FeatInv(nn.Module):
     @torch.no_grad()
     def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = True,
                batch_size: int = 64, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-               scheduler: str | None = None, guidance_mode: str = DEFAULT_GUIDANCE_MODE) -> torch.Tensor:
+               scheduler: str | None = None, guidance_mode: str = DEFAULT_GUIDANCE_MODE,
+               feature_guidance_scale: float | None = None, feature_guidance_steps: int | None = None,
+               classifier: nn.Module | None = None) -> torch.Tensor:
         """Sample images whose features at ``self.layer`` match ``features``.
+
+        With feature guidance, each of the last ``feature_guidance_steps`` denoising steps also decodes the
+        predicted clean latents, runs ``classifier`` to ``self.layer`` and moves those latents down the gradient of
+        one minus the feature cosine to the target map (:func:`~workbench.diffusion.gradient_guide`): the
+        ControlNet gives the prior, the gradient sharpens the match. Each guided step costs a backward pass through
+        the VAE decoder and the classifier, about as much as one step of the guided ControlNet and UNet.
 
         Args:
             features: ``Tensor[B, C, h, w]`` maps from ``self.classifier_name`` at ``self.layer``.
@@ -193,6 +205,14 @@ class FeatInv(nn.Module):
             scheduler: ``"ddim"`` or ``"dpm++"`` (DPM-Solver++ 2M) (default
                 :data:`~workbench.diffusion.DEFAULT_SCHEDULER`).
             guidance_mode: ``"features"`` or ``"prompt"``, see the module docstring.
+            feature_guidance_scale: the RMS step of the latents per denoising step along the feature-matching
+                gradient; 0 turns it off and gives exactly the unguided images (default
+                :data:`DEFAULT_FEATURE_GUIDANCE_SCALE`).
+            feature_guidance_steps: guide only the last that many denoising steps, the late ones, where the
+                predicted clean image is sharp enough for the classifier; ``num_inference_steps`` or more: every
+                step (default :data:`DEFAULT_FEATURE_GUIDANCE_STEPS`).
+            classifier: the classifier of the features, for feature guidance (default: the shipped or timm model
+                named ``self.classifier_name``, loaded when guidance is on); unused when it is off.
 
         Returns:
             ``Tensor[B, S, 3, H, W]`` in [0, 1], on the CPU.
@@ -205,6 +225,14 @@ class FeatInv(nn.Module):
         num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else int(num_inference_steps)
         guidance_scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
         scheduler = DEFAULT_SCHEDULER if scheduler is None else scheduler
+        feature_guidance_scale = DEFAULT_FEATURE_GUIDANCE_SCALE if feature_guidance_scale is None \
+            else float(feature_guidance_scale)
+        if not feature_guidance_scale >= 0:
+            raise ValueError(f"feature_guidance_scale={feature_guidance_scale}: must be >= 0 (0 turns it off)")
+        feature_guidance_steps = DEFAULT_FEATURE_GUIDANCE_STEPS if feature_guidance_steps is None \
+            else int(feature_guidance_steps)
+        if feature_guidance_steps < 1:
+            raise ValueError(f"feature_guidance_steps={feature_guidance_steps}: must be >= 1 (the last steps guided)")
         if guidance_mode not in ("features", "prompt"):
             raise ValueError(f"guidance_mode={guidance_mode!r}; expected 'features' or 'prompt'")
         if num_samples < 1 or num_inference_steps < 1 or batch_size < 1:
@@ -212,6 +240,10 @@ class FeatInv(nn.Module):
                              f"{num_inference_steps}, {batch_size})")
         check_features(self, features)
         device = self.base.prompt_embeds.device
+        if feature_guidance_scale > 0 and classifier is None:
+            from ..models import load_classifier
+
+            classifier = load_classifier(self.classifier_name, device=device)
         B, S = features.shape[0], num_samples
         # 1. all noise up front on the CPU, so results do not depend on batch_size or device
         g = torch.Generator("cpu").manual_seed(seed)
@@ -219,8 +251,9 @@ class FeatInv(nn.Module):
         maps = features.detach().float()
         out = torch.empty(B * S, 3, self.image_size, self.image_size)
         chunks = range(0, B * S, batch_size)
+        # feature guidance takes gradients inside the loop, which inference mode would forbid
         with tqdm(total=len(chunks) * num_inference_steps, desc="FeatInv", disable=not progress) as bar, \
-                torch.inference_mode(), _embedded_condition(self.controlnet) as embed:
+                torch.inference_mode(feature_guidance_scale == 0), _embedded_condition(self.controlnet) as embed:
             for s in chunks:
                 e = min(s + batch_size, B * S)
                 # 2. the denoiser, conditioned on this chunk's maps (embedded once, not at every step)
@@ -228,8 +261,12 @@ class FeatInv(nn.Module):
                 # 3. a fresh scheduler and this chunk's share of the noise
                 sched = self.base.make_scheduler(scheduler, num_inference_steps)
                 z = noise[s:e].to(device) * sched.init_noise_sigma
-                # 4. the denoising loop, with classifier-free guidance
-                z = denoise(predict, z, sched, guidance_scale=guidance_scale, callback=lambda *_: bar.update(1))
+                # 4. the denoising loop, with classifier-free guidance and, if asked, feature guidance
+                guide = None if feature_guidance_scale == 0 else self._feature_guide(
+                    classifier, maps[torch.arange(s, e) // S].to(device), sched, feature_guidance_scale,
+                    sched.timesteps[-feature_guidance_steps:])
+                z = denoise(predict, z, sched, guidance_scale=guidance_scale, guide=guide,
+                            callback=lambda *_: bar.update(1))
                 # 5. decode into the output
                 out[s:e] = self.base.decode(z).float().cpu()
         return out.view(B, S, 3, self.image_size, self.image_size)
@@ -251,11 +288,34 @@ class FeatInv(nn.Module):
             cond, emb = torch.cat([cond, uncond]), torch.cat([emb, self.base.embeds(len(rows), null=True)])
         return lambda model_input, t: self.predict_noise(model_input, t, cond, emb)
 
+    def _feature_guide(self, classifier: nn.Module, target: torch.Tensor, scheduler, scale: float,
+                       timesteps: torch.Tensor) -> Guide:
+        """The :data:`~workbench.diffusion.Guide` of feature guidance towards the maps ``target`` ``[b, C, h, w]``
+        (one per row), acting at ``timesteps``: the loss of clean latents ``x0`` is one minus the cosine between the
+        flattened map of ``classifier`` at ``self.layer`` on the decoded image (resized to its input) and the
+        target's."""
+        from ..hooks import run_with_cache
+        from ..models import classifier_view
+
+        target = target.detach().clone().flatten(1).float()
+
+        def loss(x0: torch.Tensor) -> torch.Tensor:
+            _, cache = run_with_cache(classifier, classifier_view(self.base.decode(x0), classifier), self.layer,
+                                      detach=False)
+            return 1 - F.cosine_similarity(cache[self.layer].flatten(1).float(), target, dim=1)
+
+        return gradient_guide(loss, scheduler, scale, timesteps=timesteps)
+
     def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
         """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` in [0, 1] with ``classifier`` (default: the
         shipped or timm model named ``self.classifier_name``), resized to its input size, then :meth:`invert`
-        them with ``kwargs`` -> ``[B, S, 3, H, W]``."""
-        return capture_and_invert(self, images, classifier, device=self.base.prompt_embeds.device, **kwargs)
+        them with ``kwargs`` -> ``[B, S, 3, H, W]``; feature guidance, if on, uses the same classifier."""
+        if classifier is None:
+            from ..models import load_classifier
+
+            classifier = load_classifier(self.classifier_name, device=self.base.prompt_embeds.device)
+        return capture_and_invert(self, images, classifier, device=self.base.prompt_embeds.device,
+                                  classifier=classifier, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
@@ -310,8 +370,16 @@ def invariance_map(samples: torch.Tensor) -> torch.Tensor:
 
 
 def sampler_description(num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                        scheduler: str | None = None, guidance_mode: str = DEFAULT_GUIDANCE_MODE, **_) -> str:
+                        scheduler: str | None = None, guidance_mode: str = DEFAULT_GUIDANCE_MODE,
+                        feature_guidance_scale: float | None = None, feature_guidance_steps: int | None = None,
+                        **_) -> str:
     """How a metric's samples were drawn, for cards, from :meth:`FeatInv.invert`'s sampler arguments (the others
-    are ignored): e.g. ``"dpm++ 20 steps, guidance 2.0 (features)"``."""
-    return (f"{scheduler or DEFAULT_SCHEDULER} {num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS} steps, "
-            f"guidance {DEFAULT_GUIDANCE_SCALE if guidance_scale is None else guidance_scale} ({guidance_mode})")
+    are ignored): e.g. ``"dpm++ 20 steps, guidance 2.0 (features)"``, and with feature guidance
+    ``"ddim 8 steps, guidance 3.0 (features), feature guidance 0.05 at the last 2 steps"``."""
+    steps = num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
+    fg = DEFAULT_FEATURE_GUIDANCE_SCALE if feature_guidance_scale is None else float(feature_guidance_scale)
+    fg_steps = DEFAULT_FEATURE_GUIDANCE_STEPS if feature_guidance_steps is None else int(feature_guidance_steps)
+    where = "" if fg_steps >= steps else f" at the last {fg_steps} steps"
+    return (f"{scheduler or DEFAULT_SCHEDULER} {steps} steps, "
+            f"guidance {DEFAULT_GUIDANCE_SCALE if guidance_scale is None else guidance_scale} ({guidance_mode})"
+            + (f", feature guidance {fg:g}{where}" if fg else ""))

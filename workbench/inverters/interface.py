@@ -93,11 +93,12 @@ def normalize_features(module: nn.Module, features: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def capture_and_invert(inverter: Inverter, images: torch.Tensor, classifier: nn.Module | None, *,
-                  device: str | torch.device, **kwargs) -> torch.Tensor:
+def capture_and_invert(inverter: Inverter, images: torch.Tensor, classifier: nn.Module | None, /, *,
+                       device: str | torch.device, **kwargs) -> torch.Tensor:
     """Capture ``inverter.layer`` of ``images [B, 3, H, W]`` in [0, 1] with ``classifier`` (default: the shipped
     or timm model named ``inverter.classifier_name``, on ``device``), resized to the classifier's input size
-    first, then ``inverter.invert(features, **kwargs)`` -> ``[B, S, 3, H, W]``."""
+    first, then ``inverter.invert(features, **kwargs)`` -> ``[B, S, 3, H, W]`` (``kwargs`` may hold a
+    ``classifier`` of its own, e.g. FeatInv's for feature guidance)."""
     from ..hooks import extract_features
 
     if classifier is None:
