@@ -683,6 +683,50 @@ def manifold_edit(classifier: nn.Module, images: Tensor, target_class: int, prio
     return towards_edit(target, layer=prior.layer, name=name or "on-manifold")
 
 
+def standard_edits(classifier: nn.Module, images: Tensor, features: Tensor, labels: Tensor, target_class: int, *,
+                   layer: str, prior: MapPrior | None = None, sweep: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+                   class_names: Sequence[str] | None = None) -> dict[str, tuple[Edit, list[float]]]:
+    """The edit methods compared in notebook 09 and ``benchmarks/steering.py``, each with its alpha sweep.
+
+    Args:
+        classifier: the classifier of ``features``.
+        images: ``Tensor[B, 3, H, W]``, the images that will be steered (the optimised edits are built for them).
+        features: ``Tensor[N, C, h, w]`` training maps at ``layer`` (concepts, prototypes, the prior, the bank).
+        labels: ``Tensor[N]`` their classes.
+        target_class: the class to steer towards.
+        layer: the layer of ``features``.
+        prior: a :class:`MapPrior` of ``layer`` (default: fitted on ``features`` with 32 components).
+        sweep: fractions of each method's full step; the direction edits scale them by 4 (everywhere) and 8 (at
+            the object) ``concept.scale`` units, the others go from 0 to 1 (the replaced or target map).
+        class_names: names by index (default: the tiny world's).
+
+    Returns:
+        ``{method name: (Edit, alphas)}``, for :func:`steering_study` and :func:`steering_table`.
+
+    Example:
+        >>> methods = standard_edits(cnn, x_test[:6], feats, y, 3, layer="stages.2")
+        >>> studies = {m: steering_study(cnn, inv, x_test[:6], e, a, target_class=3)[0] for m, (e, a) in methods.items()}
+    """
+    from ..tinyworld import CLASSES
+
+    name = list(class_names or CLASSES)[int(target_class)]
+    labels = torch.as_tensor(labels).long().cpu()
+    prior = fit_map_prior(features, layer=layer) if prior is None else prior
+    direction = mean_difference(features, labels == target_class, name=name, layer=layer)
+    bank = features[labels == target_class]
+    frac = [float(a) for a in sweep]
+    return {
+        "direction, everywhere": (direction_edit(direction), [4 * a for a in frac]),
+        "direction, at the object": (direction_edit(direction, where="object"), [8 * a for a in frac]),
+        "transplant object vector": (transplant_edit(prototype(features, labels == target_class), layer=layer), frac),
+        "nearest real map, at the object": (retrieval_edit(bank, layer=layer, where="object"), frac),
+        "nearest real map, everywhere": (retrieval_edit(bank, layer=layer), frac),
+        "optimised, no prior": (manifold_edit(classifier, images, target_class, prior, prior_weight=0.0,
+                                              name="optimised, no prior"), frac),
+        "on-manifold (PCA prior)": (manifold_edit(classifier, images, target_class, prior), frac),
+    }
+
+
 @torch.no_grad()
 def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit | Concept, alphas: Sequence[float], *,
                    mask: Tensor | None = None, target_class: int | None = None, readout=None, num_samples: int = 1,
