@@ -85,3 +85,10 @@ def test_explorer_concepts_per_layer():
                           wb.analysis.concepts.steer(extract_features(cnn, x[:1], "stages.3"), found[1], 1.0))
     ex.layer.value = "stages.2"
     assert list(ex.concept.options) == ["(none)", "star"] and ex.concept.value == "(none)"
+
+
+def test_explorer_on_the_tiny_world_in_one_line():
+    ex = Explorer.tinyworld(n_images=4, n_concept_images=64)
+    assert list(ex.inverters) == ["stages.3", "stages.2"] and len(ex.images) == 4
+    assert "star" in ex.concept.options and ex._layer_concepts()["star"].layer == "stages.3"
+    assert "wb-explorer" in ex.widget._dom_classes

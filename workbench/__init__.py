@@ -28,6 +28,8 @@ _EXPORTS = {
     "evaluate": "evaluation", "OptimizationInverter": "inverters.optimization",
     "DecoderInverter": "inverters.decoder",
     "data_dir": "paths", "fast_mode": "paths",
+    # interactive
+    "Explorer": "widgets",
 }
 
 _SUBMODULES = {"tinyworld", "hooks", "models", "zoo", "weights", "diffusion", "inverters", "training", "plot", "metrics",

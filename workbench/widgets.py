@@ -81,11 +81,13 @@ def _probability_table(columns: Mapping[str, Tensor], class_names: Sequence[str]
     """HTML: ``{column: Tensor[K] probabilities}`` for the ``top_k`` classes most probable in any column."""
     stacked = torch.stack(list(columns.values()))                                     # [columns, K]
     order = torch.argsort(stacked.max(0).values, descending=True)[:top_k].tolist()
-    head = "".join(f"<th style='padding:0 6px'>{html.escape(c)}</th>" for c in columns)
-    rows = "".join(f"<tr><td>{html.escape(class_names[k])}</td>" +
-                   "".join(f"<td style='text-align:right;padding:0 6px'>{p[k]:.2f}</td>" for p in stacked) + "</tr>"
+    cell = "padding:1px 6px;line-height:16px"
+    head = "".join(f"<th style='{cell};text-align:right'>{html.escape(c)}</th>" for c in columns)
+    rows = "".join(f"<tr><td style='{cell}'>{html.escape(class_names[k])}</td>" +
+                   "".join(f"<td style='{cell};text-align:right'>{p[k]:.2f}</td>" for p in stacked) + "</tr>"
                    for k in order)
-    return f"<table style='font-size:12px'><tr><th style='text-align:left'>class</th>{head}</tr>{rows}</table>"
+    return (f"<table style='font-size:12px;margin:2px 0 8px 0'><tr><th style='{cell};text-align:left'>class</th>"
+            f"{head}</tr>{rows}</table>")
 
 
 class Explorer:
@@ -153,9 +155,9 @@ class Explorer:
         self.inverted = w.HTML()                        # classifier on the inverted image
         name = getattr(classifier, "name", None) or type(classifier).__name__
         header = w.HTML(f"<b style='font-size:15px'>Explorer: what does {html.escape(str(name))} keep at a layer?"
-                        "</b><br><span style='font-size:12px'>Pick an image and a layer, ablate channels or steer "
-                        "along a concept, press <b>Invert</b>: the samples show what the edited map still "
-                        "determines; the tables say what the classifier makes of the map and of the images.</span>")
+                        "</b><div style='font-size:12px;line-height:16px'>Pick an image and a layer, ablate "
+                        "channels or steer along a concept, press <b>Invert</b>. The samples show what the edited "
+                        "map still fixes; the tables, what the classifier makes of the map and of the images.</div>")
         self._refresh_concepts()
         self.layer.observe(lambda change: self._refresh_concepts(), names="value")
         self.image.observe(lambda change: self._show_original(), names="value")
@@ -185,7 +187,8 @@ class Explorer:
         from .inverters import list_inverters, load_inverter
 
         clf = load_classifier(classifier, device=device)
-        layers = [n.split("/", 1)[1] for n in list_inverters() if n.startswith(classifier + "/") and "-" not in n]
+        layers = [n.split("/", 1)[1] for n in list_inverters() if n.startswith(classifier + "/")]
+        layers = [layer for layer in layers if "-" not in layer]          # not the -pooled or -decoder variants
         inverters = {layer: load_inverter(f"{classifier}/{layer}", device=device)
                      for layer in sorted(layers, reverse=True)}      # the deepest layer first
         test, train = TinyWorld("test", size=n_images, seed=0), TinyWorld("train", size=n_concept_images, seed=0)
@@ -266,12 +269,12 @@ class Explorer:
         truth = "" if self.labels is None else f" ({self.class_names[int(self.labels[i])]})"
         self.strip.value = _strip(torch.cat([x, samples[0]]),
                                   [f"original{truth}"] + [f"sample {s + 1}" for s in range(n)])
-        self.logits.value = ("<b>classifier on the edited map</b><br><span style='font-size:11px'>the rest of the "
-                             f"network run on the {html.escape(layer)} map</span>" + _probability_table(
+        self.logits.value = ("<b>classifier on the edited map</b><div style='font-size:11px;line-height:14px'>the rest "
+                             f"of the network run on the {html.escape(layer)} map</div>" + _probability_table(
                                  {"original map": before.softmax(-1), "edited map": after.softmax(-1)},
                                  self.class_names, self.top_k))
-        self.inverted.value = ("<b>classifier on the inverted image</b><br><span style='font-size:11px'>the "
-                               "classifier run on the images</span>" + _probability_table(
+        self.inverted.value = ("<b>classifier on the inverted image</b><div style='font-size:11px;line-height:14px'>"
+                               "the classifier run on the images</div>" + _probability_table(
                                    {"original": probs[0], "inversions (mean)": probs[1:].mean(0)},
                                    self.class_names, self.top_k))
         pred = self.class_names[int(probs[1].argmax())]
