@@ -55,6 +55,8 @@ CALLS = {
                                                           class_names=["circle", "square", "star"],
                                                           steps=[0.0, 0.3, 0.6, 1.0], title=title),
     "steering_figure": lambda title: plot.steering_figure(steering_table(), title=title),
+    "atom_figure": lambda title: plot.atom_figure(images(3), torch.rand(3, 4, 4, generator=g), images(2, 3, 2),
+                                                  originals=images(2), alphas=[0, 1, 2], title=title),
 }
 
 

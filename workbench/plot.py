@@ -353,3 +353,47 @@ def steering_figure(table, *, preserve: Sequence[str] = ("x", "y", "size"), tole
     axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                    borderaxespad=0)                                                    # beside the panels
     return _finish(fig, title)
+
+
+# ------------------------------------------------------------------------------------------- dictionaries
+def atom_figure(images: torch.Tensor, maps: torch.Tensor, steered: torch.Tensor | None = None, *,
+                originals: torch.Tensor | None = None, alphas: Sequence[float] | None = None,
+                overlay: float = 0.55, title: str | None = None):
+    """One dictionary atom in input space: its top-activating images with its code map overlaid (top row),
+    then, per steered image and sample, the inversions of maps steered along it at increasing strength.
+
+    Args:
+        images: ``Tensor[T, 3, H, W]``, the top-activating images (e.g. from
+            ``analysis.dictionary.top_activating``).
+        maps: ``Tensor[T, h, w]``, the atom's codes on them (upsampled and overlaid in red, scaled by the
+            largest).
+        steered: ``Tensor[B, A, S, 3, H, W]`` from ``analysis.dictionary.atom_steering_study`` (optional).
+        originals: ``Tensor[B, 3, H, W]``, the steered images, shown first in their rows.
+        alphas: the ``A`` strengths, for column titles.
+        overlay: opacity of the code map.
+    """
+    t = len(images)
+    b, a, s = steered.shape[:3] if steered is not None else (0, 0, 0)
+    lead = 1 if originals is not None else 0
+    cols = max(t, a + lead)
+    fig, axes = _subplots(1 + b * s, cols, figsize=(1.2 * cols, 1.25 * (1 + b * s)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    heat = torch.nn.functional.interpolate(maps[:, None].float().clamp_min(0), size=images.shape[-2:],
+                                           mode="bilinear", align_corners=False)[:, 0]
+    heat = heat / heat.max().clamp_min(1e-8)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    for j in range(t):
+        w = overlay * heat[j][None]
+        axes[0][j].imshow(_hwc((1 - w) * images[j].float().cpu() + w * red))
+        axes[0][j].set_title(f"max {float(maps[j].max()):.2g}", fontsize=7)
+    for i in range(b * s):
+        row = axes[1 + i]
+        if lead:
+            row[0].imshow(_hwc(originals[i // s]))
+            row[0].set_title("original" if i == 0 else "", fontsize=7)
+        for k in range(a):
+            row[lead + k].imshow(_hwc(steered[i // s, k, i % s]))
+            if i == 0 and alphas is not None:
+                row[lead + k].set_title(f"alpha={alphas[k]:g}", fontsize=7)
+    return _finish(fig, title)

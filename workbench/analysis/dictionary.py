@@ -315,7 +315,7 @@ def _fit_sae(x: Tensor, n_atoms: int, method: str, *, seed: int, top_k: int, spa
         elif method == "jumprelu":
             model = JumpSAE(c, n_atoms, bandwidth=0.05)
         else:   # the candidates the archetypes are convex mixtures of: a seeded sample of the vectors
-            points = xn[torch.randperm(len(xn), generator=gen)[:min(len(xn), 8 * n_atoms)]]
+            points = xn[torch.randperm(len(xn), generator=gen)[:min(len(xn), 4 * n_atoms)]]
             model = RATopKSAE(c, n_atoms, points=points, top_k=top_k)
 
         def criterion(x_, x_hat, pre, codes, dictionary):
@@ -771,7 +771,9 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
         ``target``; ``samples`` ``Tensor[B, A, S, 3, H, W]``; ``summary`` a Series with ``atom``, ``factor``,
         ``points_at``, ``score`` (the atom's table score), ``spearman_target`` (Spearman of ``target`` with
         alpha, per image, averaged), ``target_first`` and ``target_last`` (mean ``target`` at the smallest and
-        largest alpha) and ``spearman_concept``.
+        largest alpha), ``spearman_concept`` and, for an atom of one shape, ``p_class_first`` and
+        ``p_class_last``: the classifier's mean probability of that shape on the inversions (table column
+        ``p_target``), a second reader besides the readout.
 
     Raises:
         AnalysisError: a factor the readout does not read, a position off the grid, or an unusable atom.
@@ -783,6 +785,7 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
     """
     import pandas as pd
 
+    from ..tinyworld import CLASSES
     from .composition import trend
     from .concepts import steering_study
 
@@ -801,12 +804,15 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
         mask = torch.zeros(h, w)
         mask[row, col] = 1
     target = scores.attrs["targets"][factor][atom]
+    target_class = CLASSES.index(target) if factor == "shape" and target in CLASSES else None
     table, samples = steering_study(classifier, inverter, images, concept, alphas, mask=mask, readout=readout,
-                                    num_samples=num_samples, seed=seed, progress=progress)
+                                    target_class=target_class, num_samples=num_samples, seed=seed, progress=progress)
     table["target"] = _agreement(table[f"readout_{factor}"].to_numpy(), factor, target)
     first, last = table[table.alpha == table.alpha.min()], table[table.alpha == table.alpha.max()]
-    summary = pd.Series({"atom": int(atom), "factor": factor, "points_at": target, "score": float(scores.loc[atom, factor]),
-                         "spearman_target": float(trend(table, "alpha", "target", by="image").mean()),
-                         "target_first": float(first.target.mean()), "target_last": float(last.target.mean()),
-                         "spearman_concept": float(trend(table, "alpha", "concept", by="image").mean())})
-    return table, samples, summary
+    summary = {"atom": int(atom), "factor": factor, "points_at": target, "score": float(scores.loc[atom, factor]),
+               "spearman_target": float(trend(table, "alpha", "target", by="image").mean()),
+               "target_first": float(first.target.mean()), "target_last": float(last.target.mean()),
+               "spearman_concept": float(trend(table, "alpha", "concept", by="image").mean())}
+    if target_class is not None:
+        summary.update({"p_class_first": float(first.p_target.mean()), "p_class_last": float(last.p_target.mean())})
+    return table, samples, pd.Series(summary)
