@@ -126,3 +126,15 @@ def test_sampler_description_names_feature_guidance_only_when_on():
     assert sampler_description(num_inference_steps=8, guidance_scale=3.0, scheduler="ddim", feature_guidance_scale=0.05,
                                feature_guidance_steps=2) == \
         "ddim 8 steps, guidance 3.0 (features), feature guidance 0.05 at the last 2 steps"
+
+
+def test_pooled_inverter_is_guided_by_spatial_means_only():
+    """Two targets with the same spatial means guide the pooled ablation to the same images."""
+    inv = wb.load_inverter("tinyworld-cnn/stages.3-pooled")
+    clf = wb.load_classifier("tinyworld-cnn")
+    feats = wb.extract_features(clf, wb.TinyWorld("test", size=1, seed=0).images(), "stages.3")
+    flipped = feats.flip(-1)                                             # other layout, same channel means
+    guide = dict(num_inference_steps=2, seed=0, progress=False, feature_guidance_scale=0.1, feature_guidance_steps=1,
+                 classifier=clf)
+    # the condition of the pooled inverter ignores the layout, and so must the guidance
+    assert torch.allclose(inv.invert(feats, **guide), inv.invert(flipped, **guide), atol=1e-5)

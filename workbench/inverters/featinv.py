@@ -293,16 +293,20 @@ class FeatInv(nn.Module):
         """The :data:`~workbench.diffusion.Guide` of feature guidance towards the maps ``target`` ``[b, C, h, w]``
         (one per row), acting at ``timesteps``: the loss of clean latents ``x0`` is one minus the cosine between the
         flattened map of ``classifier`` at ``self.layer`` on the decoded image (resized to its input) and the
-        target's."""
+        target's. A pooled inverter (``pooling="mean"``) compares spatial means only, so that the guidance adds no
+        spatial information its condition lacks."""
         from ..hooks import run_with_cache
         from ..models import classifier_view
 
-        target = target.detach().clone().flatten(1).float()
+        def flat(maps: torch.Tensor) -> torch.Tensor:
+            return (maps.mean((2, 3)) if self.pooling == "mean" else maps.flatten(1)).float()
+
+        target = flat(target.detach().clone())
 
         def loss(x0: torch.Tensor) -> torch.Tensor:
             _, cache = run_with_cache(classifier, classifier_view(self.base.decode(x0), classifier), self.layer,
                                       detach=False)
-            return 1 - F.cosine_similarity(cache[self.layer].flatten(1).float(), target, dim=1)
+            return 1 - F.cosine_similarity(flat(cache[self.layer]), target, dim=1)
 
         return gradient_guide(loss, scheduler, scale, timesteps=timesteps)
 
