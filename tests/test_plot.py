@@ -107,6 +107,14 @@ def test_a_title_keeps_the_panels_size(name):
     assert all(t >= 0.95 * b for b, t in zip(bare, titled)), (bare, titled)
 
 
+def test_curves_on_a_second_axis():
+    table = pd.DataFrame({"alpha": [0, 1, 2], "p_target": [0.1, 0.5, 0.9], "concept": [-0.3, 0.4, 1.2]})
+    fig = plot.curves_figure(table, "alpha", ["p_target"], right=["concept"], ylabel="p(star)",
+                             right_label="concept readout")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["p(star)", "concept readout"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["p_target", "concept"]
+
+
 def test_one_row_inversion_figure_with_a_title_shows_its_images(tmp_path):
     """``workbench invert``'s figure: 1 original + 4 samples + the invariance map in one row, with a title."""
     fig = plot.inversion_figure(images(1), images(1, 4), row_labels=["tinyworld-cnn\nstages.3"],

@@ -260,13 +260,20 @@ def explained_variance_figure(ratio: torch.Tensor, *, title: str | None = None):
     return _finish(fig, title)
 
 
-def curves_figure(table, x: str, ys: Sequence[str], *, logx: bool = False, hline: float | None = None,
-                  xlabel: str | None = None, ylabel: str | None = None, title: str | None = None):
+def curves_figure(table, x: str, ys: Sequence[str], *, right: Sequence[str] = (), logx: bool = False,
+                  hline: float | None = None, xlabel: str | None = None, ylabel: str | None = None,
+                  right_label: str | None = None, title: str | None = None):
     """Lines of several columns of a DataFrame against one column (e.g. accuracy vs ablated channels).
 
-    Rows that share an ``x`` value are averaged; ``hline`` draws a dashed reference (e.g. chance).
+    Rows that share an ``x`` value are averaged; ``hline`` draws a dashed reference (e.g. chance). Columns in
+    ``right`` go on a second y axis labelled ``right_label``, for a quantity in other units than ``ys`` (e.g. a
+    concept readout beside probabilities).
+
+    Example:
+        >>> fig = curves_figure(table, "alpha", ["p_target"], right=["concept"], ylabel="p(star)",
+        ...                     right_label="concept readout")
     """
-    means = table.groupby(x)[list(ys)].mean()
+    means = table.groupby(x)[list(ys) + list(right)].mean()
     fig, ax = _subplots(figsize=(4.5, 3))
     for col in ys:
         ax.plot(means.index, means[col], marker="o", label=col)
@@ -277,7 +284,15 @@ def curves_figure(table, x: str, ys: Sequence[str], *, logx: bool = False, hline
     ax.set_xlabel(xlabel or x)
     if ylabel:
         ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    if right:
+        twin = ax.twinx()
+        for k, col in enumerate(right):
+            twin.plot(means.index, means[col], marker="s", ls="--", color=f"C{len(ys) + k}", label=col)
+        twin.set_ylabel(right_label or ", ".join(right))
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=8)
     return _finish(fig, title)
 
 
