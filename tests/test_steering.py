@@ -171,3 +171,23 @@ def test_steering_table_and_goal():
         concepts.steering_table({"late": _study([0.0, 1.0], [0.0, 1.0], 0.0).assign(alpha=lambda t: t.alpha + 1)})
     with pytest.raises(AnalysisError, match="drift_size"):
         concepts.steering_goal(table)
+
+
+# ------------------------------------------------------------------------------------------ explorer
+def test_explorer_offers_the_edit_methods(cnn, data, feats, inverter, star):
+    from workbench.widgets import STEER_METHODS, Explorer
+
+    x, y = data
+    ex = Explorer(cnn, {LAYER: inverter}, x[:2], concepts={"star": star}, real_maps={"star": feats[y == STAR]})
+    assert list(ex.method.options) == list(STEER_METHODS)
+    f = wb.extract_features(cnn, x[:1], LAYER)
+    ex.concept.value, ex.alpha.value = "star", 1.0
+    for method in STEER_METHODS:
+        ex.method.value = method
+        assert ex.edit(f).shape == f.shape and not torch.equal(ex.edit(f), f)
+    ex.method.value = "nearest real map"
+    assert torch.allclose(ex.edit(f), concepts.nearest_maps(f, feats[y == STAR]), atol=1e-5)
+    bare = Explorer(cnn, {LAYER: inverter}, x[:2], concepts={"star": star})
+    bare.concept.value, bare.alpha.value, bare.method.value = "star", 1.0, "nearest real map"
+    with pytest.raises(AnalysisError, match="needs real maps"):
+        bare.edit(f)

@@ -57,6 +57,10 @@ TILE = 96
 TILES_PER_ROW = 5
 
 
+#: How the explorer steers along a concept (see :meth:`Explorer.steering_edit`); the last two need real maps.
+STEER_METHODS = ("direction, everywhere", "direction, at the object", "nearest real map", "transplant object vector")
+
+
 def _png(image: Tensor) -> str:
     """``Tensor[3, H, W]`` in [0, 1] -> a PNG data URL at the image's own resolution."""
     from PIL import Image
@@ -105,6 +109,8 @@ class Explorer:
         images: ``Tensor[N, 3, H, W]`` in [0, 1] to choose from.
         labels: ``Tensor[N]`` true classes (shown if given).
         concepts: ``{name: Concept}`` or a list of concepts; a concept is offered only for its own layer.
+        real_maps: ``{(layer, concept name): Tensor[N, C, h, w]}`` (or ``{concept name: ...}``), real maps of each
+            concept's class; they enable the steering methods that need them (:data:`STEER_METHODS`).
         class_names: names by class index (default: the tiny world's).
         num_samples: inversions per run.
         num_inference_steps: denoising steps (default: the inverter's).
@@ -120,7 +126,8 @@ class Explorer:
     def __init__(self, classifier: nn.Module, inverters: Mapping[str, nn.Module], images: Tensor, *,
                  labels: Tensor | None = None, concepts: Mapping[str, object] | Sequence[object] | None = None,
                  class_names: Sequence[str] | None = None, num_samples: int = 2,
-                 num_inference_steps: int | None = None, seed: int = 0, top_k: int = 3):
+                 num_inference_steps: int | None = None, seed: int = 0, top_k: int = 3,
+                 real_maps: Mapping[object, Tensor] | None = None):
         import ipywidgets as w
 
         from .tinyworld import CLASSES
@@ -132,6 +139,7 @@ class Explorer:
         if concepts is not None and not isinstance(concepts, Mapping):
             concepts = {(c.layer, c.name): c for c in concepts}             # names repeat across layers
         self.concepts = dict(concepts or {})
+        self.real_maps = dict(real_maps or {})
         self.class_names = list(class_names or CLASSES)
         self.num_inference_steps, self.seed, self.top_k = num_inference_steps, seed, top_k
         self.result: dict = {}
@@ -144,6 +152,8 @@ class Explorer:
         self.channels = w.Text(value="", placeholder="e.g. 0-15, 40", description="ablate", layout=narrow)
         self.mode = w.Dropdown(options=["zero", "mean"], value="zero", description="ablate to", layout=narrow)
         self.concept = w.Dropdown(description="concept", layout=narrow)
+        self.method = w.Dropdown(options=STEER_METHODS, value=STEER_METHODS[0], description="steer by",
+                                 layout=narrow)
         self.alpha = w.FloatSlider(value=0.0, min=-4.0, max=4.0, step=0.5, description="alpha", layout=narrow)
         self.run = w.Button(description="Invert", button_style="primary", icon="play", layout=w.Layout(width="120px"))
         self.progress = w.IntProgress(value=0, min=0, max=num_samples, layout=w.Layout(width="170px"))
@@ -163,7 +173,7 @@ class Explorer:
         self.image.observe(lambda change: self._show_original(), names="value")
         self.run.on_click(lambda button: self.update())
         controls = w.HBox([w.VBox([self.image, self.layer, self.samples]),
-                           w.VBox([w.HBox([self.channels]), self.mode, self.concept, self.alpha])])
+                           w.VBox([w.HBox([self.channels]), self.mode, self.concept, self.method, self.alpha])])
         action = w.HBox([self.run, self.progress, self.status])
         tables = w.VBox([self.logits, self.inverted], layout=w.Layout(width="330px", margin="0 0 0 12px"))
         self.widget = w.VBox([header, controls, action, w.HBox([self.strip, tables])])
@@ -183,7 +193,7 @@ class Explorer:
         from .analysis.concepts import class_concepts
         from .hooks import extract_features
         from .models import load_classifier
-        from .tinyworld import TinyWorld
+        from .tinyworld import CLASSES, TinyWorld
         from .inverters import list_inverters, load_inverter
 
         clf = load_classifier(classifier, device=device)
@@ -193,9 +203,13 @@ class Explorer:
                      for layer in sorted(layers, reverse=True)}      # the deepest layer first
         test, train = TinyWorld("test", size=n_images, seed=0), TinyWorld("train", size=n_concept_images, seed=0)
         x, y = train.images(), train.labels()
+        feats = {layer: extract_features(clf, x.to(device), layer).cpu() for layer in inverters}
         concepts = [c for layer in inverters for c in class_concepts(
-            extract_features(clf, x.to(device), layer).cpu(), y, layer=layer, classifier_name=classifier).values()]
-        return cls(clf, inverters, test.images(), labels=test.labels(), concepts=concepts, **kwargs)
+            feats[layer], y, layer=layer, classifier_name=classifier).values()]
+        real_maps = {(layer, c.name): feats[layer][y == CLASSES.index(c.name)] for layer in inverters
+                     for c in concepts if c.layer == layer}
+        return cls(clf, inverters, test.images(), labels=test.labels(), concepts=concepts, real_maps=real_maps,
+                   **kwargs)
 
     # ------------------------------------------------------------------ callbacks
     def _layer_concepts(self) -> dict[str, object]:
@@ -218,7 +232,6 @@ class Explorer:
     def edit(self, features: Tensor) -> Tensor:
         """Apply the current ablation and steering to ``Tensor[B, C, h, w]``."""
         from .analysis.ablation import ablate_features
-        from .analysis.concepts import steer
 
         out = features
         chans = parse_channels(self.channels.value, features.shape[1])
@@ -226,8 +239,28 @@ class Explorer:
             means = self._means() if self.mode.value == "mean" else None
             out = ablate_features(out, chans, mode=self.mode.value, means=means)
         if self.concept.value != "(none)" and self.alpha.value != 0:
-            out = steer(out, self._layer_concepts()[self.concept.value], self.alpha.value, layer=self.layer.value)
+            out = self.steering_edit()(out, self.alpha.value)
         return out
+
+    def steering_edit(self):
+        """The current steering as an :class:`~workbench.analysis.concepts.Edit`: the chosen concept's direction
+        (everywhere or at the object; ``alpha`` in units of its scale), or, with its class's real maps, towards the
+        nearest real map or its object vector transplanted (``alpha`` 1 = replaced)."""
+        from .analysis import concepts as C
+
+        name, layer, method = self.concept.value, self.layer.value, self.method.value
+        concept = self._layer_concepts()[name]
+        if method == "direction, everywhere":
+            return C.direction_edit(concept)
+        if method == "direction, at the object":
+            return C.direction_edit(concept, where="object")
+        maps = self.real_maps.get((layer, name), self.real_maps.get(name))
+        if maps is None:
+            raise AnalysisError(f"steering by {method!r} needs real maps of {name!r} at {layer!r}; pass real_maps= "
+                                "(Explorer.tinyworld does)")
+        if method == "nearest real map":
+            return C.retrieval_edit(maps, layer=layer)
+        return C.transplant_edit(C.prototype(maps, torch.ones(len(maps), dtype=torch.bool)), layer=layer)
 
     def _means(self) -> Tensor:
         from .analysis.ablation import channel_means
