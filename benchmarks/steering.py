@@ -29,7 +29,7 @@ FACTORS = ("x", "y", "size", "hue", "background")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-fit", type=int, default=2000, help="training images the concepts, prototypes and priors are fitted on")
-    p.add_argument("--n-per-class", type=int, default=8, help="held-out images per source class")
+    p.add_argument("--n-per-class", type=int, default=4, help="held-out images per source class")
     p.add_argument("--num-samples", type=int, default=2, help="inversions per (image, alpha), each with its own shared noise")
     p.add_argument("--targets", default="star,circle")
     p.add_argument("--layers", default="stages.3,stages.2")
