@@ -12,6 +12,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -27,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: see sampler_tradeoff.py)")
+    p.add_argument("--featinv-kwargs", type=json.loads, default={},
+                   help="FeatInv sampler arguments instead of its defaults (a candidate default), as JSON")
     return p.parse_args(argv)
 
 
@@ -45,7 +48,8 @@ def main(args: argparse.Namespace) -> dict:
         opt = OptimizationInverter(clf, inv.layer)
         x = wb.TinyWorld("test", size=args.n, seed=args.seed).images()
         feats = extract_features(clf, x, inv.layer)
-        methods = {"featinv": lambda: inv.invert(feats, num_samples=1, seed=args.seed, progress=False),
+        kw = dict(args.featinv_kwargs, classifier=clf)
+        methods = {"featinv": lambda: inv.invert(feats, num_samples=1, seed=args.seed, progress=False, **kw),
                    "optimization": lambda: opt.invert(feats, num_samples=1, seed=args.seed, progress=False)}
         times: dict[str, list[float]] = {k: [] for k in methods}
         cos = {}
@@ -60,8 +64,7 @@ def main(args: argparse.Namespace) -> dict:
         results[name] = {k: {"s_per_image": per[k], "cosine": cos[k]} for k in methods}
         results[name]["speedup"] = per["optimization"] / per["featinv"]
         print(f"{name}, {args.n} images, CPU, {torch.get_num_threads()} thread(s), {args.repeats} interleaved repeats")
-        print(f"  FeatInv ({fi.DEFAULT_SCHEDULER} {fi.DEFAULT_NUM_INFERENCE_STEPS} steps, "
-              f"guidance {fi.DEFAULT_GUIDANCE_SCALE})  "
+        print(f"  FeatInv ({fi.sampler_description(**args.featinv_kwargs)})  "
               f"{per['featinv']:.3f} s/image  cosine {cos['featinv']:.4f}")
         print(f"  optimisation ({opt.num_optimizer_steps} Adam steps)        {per['optimization']:.3f} s/image  "
               f"cosine {cos['optimization']:.4f}")
