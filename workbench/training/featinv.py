@@ -77,7 +77,7 @@ def train_featinv(config: FeatInvConfig | None = None, /, **kwargs):
         >>> inv = wb.train_featinv(FeatInvConfig(classifier="tinyworld-cnn", layer="stages.3", out="runs/x"))
     """
     config = FeatInvConfig(**kwargs) if config is None else dataclasses.replace(config, **kwargs)
-    return main(config)[0]
+    return main(config, summary=config.progress)[0]   # a notebook's progress=False run prints nothing
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -189,8 +189,9 @@ def train(config: FeatInvConfig, acc, inv, clf, stream: TensorStream | None, bat
     return losses, loop
 
 
-def main(config: FeatInvConfig):
-    """Train, write ``config.out/inverter`` (and ``config.ship``'s copy) with its card; returns ``(inv, card)``."""
+def main(config: FeatInvConfig, *, summary: bool = True):
+    """Train, write ``config.out/inverter`` (and ``config.ship``'s copy) with its card; returns ``(inv, card)``.
+    With ``summary``, end with one line: the card's metrics and the wall time (the command line's log)."""
     from ..diffusion import DiffusionBase
     from ..evaluation import inverter_card_metrics
     from ..models import load_classifier
@@ -226,7 +227,7 @@ def main(config: FeatInvConfig):
         inv.save_pretrained(Path(config.out) / "inverter", fp16=False, card=card)
         if config.ship:
             inv.save_pretrained(Path(config.ship) / "inverters" / config.classifier / name, fp16=True, card=card)
-    if config.progress:                  # a summary under the progress bar; silent with progress=False
+    if summary:
         metrics = f"{json.dumps(card['metrics'])}, " if card.get("metrics") else ""
         print(f"FeatInv {config.classifier}/{config.layer} pooling={config.pooling}: {metrics}{timer.seconds} s")
     return inv, card
