@@ -1,20 +1,29 @@
-"""Concepts in a layer's feature space, and steering a map along them (FeatInv-Viz).
+"""Concepts in a layer's feature space, and steering a map along them so that the inverted image shows it.
 
 A :class:`Concept` is a unit direction in channel space (plus, for discovered concepts, an orthonormal
 subspace basis), tied to the classifier and layer it was fitted at. Concepts come from labels
 (:func:`mean_difference`, :func:`cav`, :func:`class_concepts`) or from the spatial feature vectors alone
 (:func:`discover_concepts`: PCA, NMF or k-means subspaces, in the spirit of multi-dimensional concept
 discovery). :func:`steer` moves a map along a concept, everywhere or inside a mask, with
-:func:`workbench.interventions.shift_features`, the edit that the hook :func:`workbench.add_direction`
-applies too. Inverting a sweep of ``alpha`` shows the concept as an image sequence, and
-:func:`steering_study` checks that the concept's readout rises with ``alpha`` while unrelated factors
-stay put.
+:func:`workbench.interventions.shift_features`, the edit that the hook :func:`workbench.add_direction` applies too.
+
+A direction that flips the classifier's head need not change what the inverter draws: the inverter was trained on
+real maps and resolves an edited map to the nearest natural image. So steering is measured on both sides. An
+:class:`Edit` is ``edit(features, alpha) -> features`` with ``alpha = 0`` the identity: along a direction
+(:func:`direction_edit`, everywhere or at the :func:`object_mask`), a class's object vector put where the object is
+(:func:`transplant_edit`), towards the nearest real maps of the target class (:func:`retrieval_edit`), or towards a
+map optimised for the target under a :class:`MapPrior` of real maps (:func:`manifold_edit`). :func:`steering_study`
+sweeps one over ``alpha``, inverting every alpha of an image from the same noise, and records p(target) of the
+inverted image and of the edited map; :func:`steering_table` and :func:`steering_goal` compare methods
+(``docs/steering.md`` has the measured table).
 
 Example:
-    >>> feats = wb.extract_features(cnn, x, "stages.3")
-    >>> star = class_concepts(feats, y, layer="stages.3", classifier_name="tinyworld-cnn")["star"]
-    >>> steered = steer(feats[:2], star, alpha=2.0, layer="stages.3")
-    >>> table, samples = steering_study(cnn, inverter, x[:4], star, alphas=[0, 1, 2, 3], target_class=3)
+    >>> feats = wb.extract_features(cnn, x, "stages.2")
+    >>> star = class_concepts(feats, y, layer="stages.2", classifier_name="tinyworld-cnn")["star"]
+    >>> steered = steer(feats[:2], star, alpha=2.0, layer="stages.2")
+    >>> methods = standard_edits(cnn, x_test[:6], feats, y, 3, layer="stages.2")
+    >>> table, samples = steering_study(cnn, inverter, x_test[:6], *methods["nearest real map, everywhere"],
+    ...                                 target_class=3)
 """
 from __future__ import annotations
 
