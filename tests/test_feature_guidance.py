@@ -138,3 +138,12 @@ def test_pooled_inverter_is_guided_by_spatial_means_only():
                  classifier=clf)
     # the condition of the pooled inverter ignores the layout, and so must the guidance
     assert torch.allclose(inv.invert(feats, **guide), inv.invert(flipped, **guide), atol=1e-5)
+
+
+def test_guided_sampling_records_no_graph(cnn_case):
+    """Only the guidance's own backward pass takes gradients: the images carry no graph and grad mode is restored."""
+    inv, clf, _, feats = cnn_case
+    before = torch.is_grad_enabled()
+    out = inv.invert(feats[:2], num_inference_steps=2, feature_guidance_scale=0.1, feature_guidance_steps=1,
+                     classifier=clf, batch_size=1, progress=False)
+    assert not out.requires_grad and out.grad_fn is None and torch.is_grad_enabled() == before

@@ -23,7 +23,7 @@ Example:
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -251,9 +251,12 @@ class FeatInv(nn.Module):
         maps = features.detach().float()
         out = torch.empty(B * S, 3, self.image_size, self.image_size)
         chunks = range(0, B * S, batch_size)
-        # feature guidance takes gradients inside the loop, which inference mode would forbid
+        # feature guidance takes gradients inside the loop, which inference mode would forbid (and
+        # inference_mode(False) would turn gradients on for the whole loop): it runs under no_grad alone
+        no_inference = feature_guidance_scale > 0
         with tqdm(total=len(chunks) * num_inference_steps, desc="FeatInv", disable=not progress) as bar, \
-                torch.inference_mode(feature_guidance_scale == 0), _embedded_condition(self.controlnet) as embed:
+                (nullcontext() if no_inference else torch.inference_mode()), \
+                _embedded_condition(self.controlnet) as embed:
             for s in chunks:
                 e = min(s + batch_size, B * S)
                 # 2. the denoiser, conditioned on this chunk's maps (embedded once, not at every step)
