@@ -195,13 +195,18 @@ def test_on_the_cnn_channels_explain_every_logit_and_atoms_steer_through_featinv
     atom = sae.alive[0]
     inverter = wb.load_inverter("tinyworld-cnn/stages.3")
     out, samples, summary = dictionary.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0, 2.0], scores=scores,
-                                                           readout=readout, position=(1, 2), num_samples=1,
+                                                           readout=readout, where=(1, 2), num_samples=1,
                                                            progress=False)
     assert samples.shape == (1, 2, 1, 3, 32, 32) and "target" in out
     assert summary.factor in ("shape", "size") and summary.atom == atom
+    assert {"control_spearman_target", "control_target_last"} <= set(summary.index)
+    _, at_object, _ = dictionary.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0, 2.0], scores=scores,
+                                                     readout=readout, where="object", control=False, num_samples=1,
+                                                     progress=False)
+    assert torch.equal(at_object[:, 0], samples[:, 0])             # alpha 0 is the unsteered inversion, same noise
     with pytest.raises(AnalysisError, match="off the 4x4 map grid"):
         dictionary.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0], scores=scores, readout=readout,
-                                       position=(4, 0), progress=False)
+                                       where=(4, 0), progress=False)
     with pytest.raises(AnalysisError, match="does not read 'hue'"):
         dictionary.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0], scores=scores, readout=readout,
                                        factor="hue", progress=False)

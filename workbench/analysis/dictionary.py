@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -246,8 +247,8 @@ def fit_dictionary(features: Tensor, n_atoms: int, *, method: str = "topk", seed
     """Fit a dictionary of ``n_atoms`` atoms on the spatial feature vectors of a layer.
 
     Each position of each map is one vector. The SAE methods train with Adam on seeded minibatches
-    (``steps`` steps of ``batch_size`` vectors) from a seeded initialisation; nothing outside is changed
-    (the global RNG is restored).
+    (``steps`` steps of ``batch_size`` vectors) from a seeded initialisation. Fitting runs on the CPU on one
+    thread (faster for matrices this small); the global RNG and thread settings are restored afterwards.
 
     Args:
         features: ``Tensor[N, C, h, w]`` maps at ``layer``.
@@ -276,11 +277,12 @@ def fit_dictionary(features: Tensor, n_atoms: int, *, method: str = "topk", seed
     if len(x) > max_positions:
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_positions]]
     n_atoms = int(n_atoms)
-    if method in SAE_METHODS:
-        atoms, mean, encode, model = _fit_sae(x, n_atoms, method, seed=seed, top_k=top_k, sparsity=sparsity,
-                                              steps=steps, batch_size=batch_size, lr=lr, progress=progress)
-    else:
-        atoms, mean, encode, model = _FITTERS[method](x, n_atoms, seed)
+    with _one_thread():
+        if method in SAE_METHODS:
+            atoms, mean, encode, model = _fit_sae(x, n_atoms, method, seed=seed, top_k=top_k, sparsity=sparsity,
+                                                  steps=steps, batch_size=batch_size, lr=lr, progress=progress)
+        else:
+            atoms, mean, encode, model = _FITTERS[method](x, n_atoms, seed)
     with torch.no_grad():
         codes = torch.cat([encode(x[s:s + 65536]).float() for s in range(0, len(x), 65536)])
         fired = codes != 0
@@ -289,6 +291,22 @@ def fit_dictionary(features: Tensor, n_atoms: int, *, method: str = "topk", seed
         stats = {"r2": _r2(x, codes @ atoms + mean, x.mean(0)), "l0": float(fired.sum(1).float().mean()),
                  "dead": float((count == 0).sum()), "positions": float(len(x))}
     return Dictionary(method, layer, classifier_name, atoms.float(), mean.float(), scale.float(), stats, model, encode)
+
+
+@contextmanager
+def _one_thread():
+    """Fit on one CPU thread, then restore the caller's thread settings (torch's, and BLAS/OpenMP's through
+    threadpoolctl). A fit's matrices (batches of 512 vectors of a few hundred numbers) gain nothing from more
+    threads, and on a busy machine threads waiting for each other made SAE training ten times slower."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fit_sae(x: Tensor, n_atoms: int, method: str, *, seed: int, top_k: int, sparsity: float, steps: int,
@@ -400,7 +418,8 @@ _FITTERS = {"pca": _fit_pca, "nmf": _fit_nmf, "kmeans": _fit_kmeans, "channels":
 # ------------------------------------------------------------------------------------------ quality
 @torch.no_grad()
 def reconstruction_quality(dictionary: Dictionary, features: Tensor, *, classifier: nn.Module | None = None,
-                           images: Tensor | None = None, layer: str | None = None):
+                           images: Tensor | None = None, layer: str | None = None,
+                           reference_logits: tuple[Tensor, Tensor] | None = None):
     """How well the dictionary reconstructs maps, and how much of what the classifier makes of them survives.
 
     Args:
@@ -409,14 +428,16 @@ def reconstruction_quality(dictionary: Dictionary, features: Tensor, *, classifi
         classifier: with ``images``, also measure ``logit_explained``.
         images: ``Tensor[N, 3, H, W]``, the images ``features`` came from.
         layer: the layer ``features`` came from; if given it must be the dictionary's.
+        reference_logits: ``(L, L_mean)``, computed once by :func:`compare_dictionaries` for all its
+            dictionaries (default: computed here).
 
     Returns:
         pandas.Series: ``r2`` (variance around the channel means explained; the empty dictionary, which decodes
         every position to the mean, scores 0), ``l0`` (non-zero codes per position), ``dead`` (atoms never
         non-zero on these maps) and, with a classifier, ``logit_explained``: ``1 - |L_dec - L|^2 / |L_mean - L|^2``
         with ``L`` the logits, ``L_dec`` those with the decoded maps in place of the originals and ``L_mean``
-        those with every position set to the mean. It is NaN where editing the map does not reach the logits
-        (a ViT's last block feeds a class-token head).
+        those with every position set to the maps' channel means. It is NaN where editing the map does not
+        reach the logits (a ViT's last block feeds a class-token head).
 
     Example:
         >>> reconstruction_quality(sae, test_feats, classifier=cnn, images=x_test)
@@ -434,12 +455,24 @@ def reconstruction_quality(dictionary: Dictionary, features: Tensor, *, classifi
         if images is None or dictionary.layer is None:
             raise AnalysisError("logit_explained needs the images the maps came from (images=) and a dictionary "
                                 "fitted with layer=")
-        empty = dictionary.decode(torch.zeros_like(codes))
-        logits = map_logits(classifier, images, dictionary.layer, features.float().cpu())
-        gap = (map_logits(classifier, images, dictionary.layer, empty) - logits).pow(2).sum()
-        err = (map_logits(classifier, images, dictionary.layer, rec) - logits).pow(2).sum()
-        out["logit_explained"] = float(1 - err / gap) if gap > 1e-6 * logits.pow(2).sum() else float("nan")
+        logits, mean_logits = reference_logits or _reference_logits(classifier, images, dictionary.layer, features)
+        gap = (mean_logits - logits).pow(2).sum()
+        if gap > 1e-6 * logits.pow(2).sum():
+            err = (map_logits(classifier, images, dictionary.layer, rec) - logits).pow(2).sum()
+            out["logit_explained"] = float(1 - err / gap)
+        else:
+            out["logit_explained"] = float("nan")
     return pd.Series(out)
+
+
+@torch.no_grad()
+def _reference_logits(classifier: nn.Module, images: Tensor, layer: str, features: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits with the true maps, and with every position of each map set to the maps' channel means."""
+    from . import map_logits
+
+    f = features.detach().float().cpu()
+    mean = f.mean((0, 2, 3), keepdim=True).expand_as(f).contiguous()
+    return map_logits(classifier, images, layer, f), map_logits(classifier, images, layer, mean)
 
 
 # ------------------------------------------------------------------------------------------ ground truth
@@ -681,8 +714,12 @@ def compare_dictionaries(dictionaries: Mapping[str, Dictionary], features: Tenso
     from tqdm.auto import tqdm
 
     rows, tables = {}, {}
+    layer = next((d.layer for d in dictionaries.values() if d.layer is not None), None)
+    reference = _reference_logits(classifier, images, layer, features) \
+        if classifier is not None and images is not None and layer is not None else None
     for name, dictionary in tqdm(dictionaries.items(), desc="dictionaries", disable=not progress, leave=False):
-        quality = reconstruction_quality(dictionary, features, classifier=classifier, images=images)
+        quality = reconstruction_quality(dictionary, features, classifier=classifier, images=images,
+                                         reference_logits=reference)
         table = atom_factor_table(dictionary, features, factor_table, factors=factors, seed=seed)
         mono = monosemanticity(table).monosemanticity.dropna()
         cov = coverage(table, threshold=threshold, margin=margin)
@@ -742,15 +779,17 @@ def _agreement(values: np.ndarray, factor: str, target) -> np.ndarray:
 @torch.no_grad()
 def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, dictionary: Dictionary, atom: int,
                         alphas: Sequence[float], *, scores, readout, factor: str | None = None,
-                        position: tuple[int, int] | None = None, num_samples: int = 2, seed: int = 0,
-                        progress: bool = True):
+                        where: str | tuple[int, int] = "everywhere", control: bool = True, num_samples: int = 2,
+                        seed: int = 0, progress: bool = True):
     """Draw an atom: steer maps along it, invert them with FeatInv, and measure whether its factor changes.
 
     The atom becomes a :class:`~workbench.analysis.concepts.Concept` (:meth:`Dictionary.concept`) and goes
     through :func:`~workbench.analysis.concepts.steering_study`. On each inversion the ``readout`` reads the
     factor the atom encodes by ``scores`` (its best factor unless ``factor`` is given); column ``target`` is
     how far that reading agrees with what the atom points at: 1/0 for its category, the signed value for a
-    number, ``cos(angle - phase)`` for a circular factor.
+    number, ``cos(angle - phase)`` for a circular factor. Large steps leave the maps the inverter was trained
+    on, and that alone can move a readout (washed-out images read as pale backgrounds), so with ``control``
+    the same study runs along a random direction of the same length, from the same noise.
 
     Args:
         classifier: the classifier the inverter and the dictionary belong to.
@@ -758,12 +797,15 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
         images: ``Tensor[B, 3, H, W]`` in [0, 1], the images whose maps are steered.
         dictionary: a fitted :class:`Dictionary`.
         atom: the atom index.
-        alphas: steps in units of the atom's typical contribution, e.g. ``[0, 1, 2, 4]``.
+        alphas: steps in units of the atom's typical contribution, starting at 0, e.g. ``[0, 1, 2, 4]``.
         scores: the dictionary's :func:`atom_factor_table`.
         readout: a :class:`~workbench.analysis.composition.FactorReadout` that reads ``factor`` (best fitted on
             another classifier, so it does not share the inverted layer's blind spots).
         factor: the factor to measure (default: the atom's best by :func:`monosemanticity`).
-        position: ``(row, col)`` on the map grid to steer at alone (default: every position).
+        where: steer at every position (``"everywhere"``), only where the object is (``"object"``,
+            :func:`~workbench.analysis.concepts.object_mask`: where an object atom fires naturally), or at one
+            grid cell ``(row, col)``.
+        control: also steer along a random direction (seeded by ``seed``) and report it.
         num_samples, seed, progress: passed to the inverter.
 
     Returns:
@@ -771,48 +813,72 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
         ``target``; ``samples`` ``Tensor[B, A, S, 3, H, W]``; ``summary`` a Series with ``atom``, ``factor``,
         ``points_at``, ``score`` (the atom's table score), ``spearman_target`` (Spearman of ``target`` with
         alpha, per image, averaged), ``target_first`` and ``target_last`` (mean ``target`` at the smallest and
-        largest alpha), ``spearman_concept`` and, for an atom of one shape, ``p_class_first`` and
-        ``p_class_last``: the classifier's mean probability of that shape on the inversions (table column
-        ``p_target``), a second reader besides the readout.
+        largest alpha), ``spearman_concept``; with ``control``, ``control_spearman_target`` and
+        ``control_target_last``; and, for an atom of one shape, ``p_class_first`` and ``p_class_last``: the
+        classifier's mean probability of that shape on the inversions (a second reader besides the readout),
+        and ``p_class_map_last``: the same on the steered map itself at the largest alpha (what the edit does to
+        the classifier, before inversion).
 
     Raises:
-        AnalysisError: a factor the readout does not read, a position off the grid, or an unusable atom.
+        AnalysisError: a factor the readout does not read, a cell off the grid, or an unusable atom.
 
     Example:
         >>> table, samples, summary = atom_steering_study(cnn, inv, x[:4], sae, 17, [0, 1, 2, 4],
-        ...                                               scores=scores, readout=readout, position=(1, 2))
-        >>> summary.spearman_target                      # > 0: the inversions move towards the atom's factor
+        ...                                               scores=scores, readout=readout, where="object")
+        >>> summary.spearman_target, summary.control_spearman_target     # the atom's effect, a random one's
     """
     import pandas as pd
 
     from ..tinyworld import CLASSES
-    from .composition import trend
-    from .concepts import steering_study
+    from .concepts import Concept, direction_edit, steering_study
 
     concept = dictionary.concept(atom)
     factor = factor or monosemanticity(scores).loc[atom, "best_factor"]
     if factor not in readout.factors:
         raise AnalysisError(f"the readout does not read {factor!r} (it reads {readout.factors}); fit it with "
                             f"fit_factor_readout(..., factors=[..., {factor!r}])")
-    mask = None
-    if position is not None:
-        h, w = (int(v) for v in inverter.feature_shape[-2:])
-        row, col = position
-        if not (0 <= row < h and 0 <= col < w):
-            raise AnalysisError(f"position {position} is off the {h}x{w} map grid; rows run 0..{h - 1}, "
-                                f"columns 0..{w - 1}")
-        mask = torch.zeros(h, w)
-        mask[row, col] = 1
+    if not isinstance(where, str):
+        where = _cell_mask(where, inverter.feature_shape[-2:])
     target = scores.attrs["targets"][factor][atom]
     target_class = CLASSES.index(target) if factor == "shape" and target in CLASSES else None
-    table, samples = steering_study(classifier, inverter, images, concept, alphas, mask=mask, readout=readout,
-                                    target_class=target_class, num_samples=num_samples, seed=seed, progress=progress)
+    kwargs = dict(readout=readout, target_class=target_class, num_samples=num_samples, seed=seed, progress=progress)
+    table, samples = steering_study(classifier, inverter, images, direction_edit(concept, where=where), alphas,
+                                    **kwargs)
+    summary = {"atom": int(atom), "factor": factor, "points_at": target, "score": float(scores.loc[atom, factor]),
+               **_steering_effect(table, factor, target)}
+    if control:
+        g = torch.Generator().manual_seed(seed)
+        random = torch.randn(dictionary.num_channels, generator=g)
+        random = Concept(f"random-{atom}", concept.layer, concept.classifier_name, random / random.norm(),
+                         (random / random.norm())[None], concept.scale, "random")
+        ctrl = _steering_effect(steering_study(classifier, inverter, images, direction_edit(random, where=where),
+                                               alphas, **kwargs)[0], factor, target)
+        summary.update({"control_spearman_target": ctrl["spearman_target"], "control_target_last": ctrl["target_last"]})
+    return table, samples, pd.Series(summary)
+
+
+def _cell_mask(cell: tuple[int, int], grid: Sequence[int]) -> Tensor:
+    """A ``Tensor[h, w]`` that is 1 at grid cell ``(row, col)`` only."""
+    h, w = (int(v) for v in grid)
+    row, col = cell
+    if not (0 <= row < h and 0 <= col < w):
+        raise AnalysisError(f"cell {cell} is off the {h}x{w} map grid; rows run 0..{h - 1}, columns 0..{w - 1}")
+    mask = torch.zeros(h, w)
+    mask[row, col] = 1
+    return mask
+
+
+def _steering_effect(table, factor: str, target) -> dict[str, float]:
+    """Adds ``target`` to a steering table and summarises it along alpha (see :func:`atom_steering_study`)."""
+    from .composition import trend
+
     table["target"] = _agreement(table[f"readout_{factor}"].to_numpy(), factor, target)
     first, last = table[table.alpha == table.alpha.min()], table[table.alpha == table.alpha.max()]
-    summary = {"atom": int(atom), "factor": factor, "points_at": target, "score": float(scores.loc[atom, factor]),
-               "spearman_target": float(trend(table, "alpha", "target", by="image").mean()),
-               "target_first": float(first.target.mean()), "target_last": float(last.target.mean()),
-               "spearman_concept": float(trend(table, "alpha", "concept", by="image").mean())}
-    if target_class is not None:
-        summary.update({"p_class_first": float(first.p_target.mean()), "p_class_last": float(last.p_target.mean())})
-    return table, samples, pd.Series(summary)
+    out = {"spearman_target": float(trend(table, "alpha", "target", by="image").mean()),
+           "target_first": float(first.target.mean()), "target_last": float(last.target.mean())}
+    if "concept" in table:
+        out["spearman_concept"] = float(trend(table, "alpha", "concept", by="image").mean())
+    if "p_target" in table:
+        out.update({"p_class_first": float(first.p_target.mean()), "p_class_last": float(last.p_target.mean()),
+                    "p_class_map_last": float(last.p_target_map.mean())})
+    return out
