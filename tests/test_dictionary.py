@@ -210,3 +210,28 @@ def test_on_the_cnn_channels_explain_every_logit_and_atoms_steer_through_featinv
     with pytest.raises(AnalysisError, match="does not read 'hue'"):
         dictionary.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0], scores=scores, readout=readout,
                                        factor="hue", progress=False)
+
+
+@pytest.mark.slow
+def test_the_atom_browser_shows_top_images_and_steers():
+    import ipywidgets
+
+    from workbench.widgets import AtomBrowser
+
+    cnn = wb.load_classifier("tinyworld-cnn")
+    ds = wb.TinyWorld("val", size=48, seed=0)
+    x, table = ds.images(), ds.factor_table()
+    f = wb.extract_features(cnn, x, "stages.3").float()
+    sae = fit_dictionary(f, 32, method="topk", layer="stages.3", classifier_name="tinyworld-cnn", **FAST)
+    scores = atom_factor_table(sae, f, table, factors=["shape", "size"])
+    browser = AtomBrowser(cnn, wb.load_inverter("tinyworld-cnn/stages.3"), sae, x, scores=scores, alphas=[0.0, 2.0],
+                          n_top=3, num_inference_steps=2)
+    assert isinstance(browser.widget, ipywidgets.VBox)
+    assert [a for _, a in browser.atom.options] and set(a for _, a in browser.atom.options) <= set(sae.alive)
+    assert browser.top.value.count("<img") == 3
+    browser.atom.value = browser.atom.options[-1][1]                # callback: the new atom's top images
+    browser.run.click()
+    assert browser.result["samples"].shape == (2, 3, 32, 32) and browser.steered.value.count("<img") == 3
+    assert browser.progress.value == 2 and "alpha=2" in browser.steered.value
+    with pytest.raises(AnalysisError, match="load the inverter of 'stages.3'"):
+        AtomBrowser(cnn, wb.load_inverter("tinyworld-cnn/stages.2"), sae, x)

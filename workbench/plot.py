@@ -394,13 +394,11 @@ def atom_figure(images: torch.Tensor, maps: torch.Tensor, steered: torch.Tensor 
     fig, axes = _subplots(1 + b * s, cols, figsize=(1.2 * cols, 1.25 * (1 + b * s)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    heat = torch.nn.functional.interpolate(maps[:, None].float().clamp_min(0), size=images.shape[-2:],
-                                           mode="bilinear", align_corners=False)[:, 0]
-    heat = heat / heat.max().clamp_min(1e-8)
-    red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    from .analysis.dictionary import activation_overlay
+
+    shown = activation_overlay(images, maps, opacity=overlay)
     for j in range(t):
-        w = overlay * heat[j][None]
-        axes[0][j].imshow(_hwc((1 - w) * images[j].float().cpu() + w * red))
+        axes[0][j].imshow(_hwc(shown[j]))
         axes[0][j].set_title(f"max {float(maps[j].max()):.2g}", fontsize=7)
     for i in range(b * s):
         row = axes[1 + i]

@@ -321,3 +321,121 @@ class Explorer:
 
         display(self.widget)
 
+
+
+class AtomBrowser:
+    """Browse a dictionary's atoms: pick an atom to see the images it fires on most, with its code map laid over
+    them, then press **Invert** to steer one image's map along the atom at increasing strength and see FeatInv's
+    inversions (what the atom adds, apart from the context it co-occurs with).
+
+    Args:
+        classifier: the classifier the dictionary was fitted on.
+        inverter: a FeatInv of ``dictionary.layer``.
+        dictionary: a fitted :class:`~workbench.analysis.dictionary.Dictionary`.
+        images: ``Tensor[N, 3, H, W]`` in [0, 1]; the top-activating images are found among them, and the image to
+            steer is picked from them.
+        scores: the dictionary's :func:`~workbench.analysis.dictionary.atom_factor_table` (optional): atoms are then
+            listed most monosemantic first, labelled with what their best factor points at.
+        alphas: the steering strengths shown, in units of the atom's typical firing.
+        n_top: top-activating images shown.
+        num_inference_steps, seed: passed to the inverter.
+
+    Attributes:
+        widget: the ``ipywidgets.VBox`` to display.
+        result: after each run, ``{"atom", "alphas", "samples"}`` (``samples``: ``Tensor[A, 3, H, W]``).
+
+    Example:
+        >>> AtomBrowser(cnn, wb.load_inverter("tinyworld-cnn/stages.3"), sae, x_test, scores=scores)
+    """
+
+    def __init__(self, classifier: nn.Module, inverter: nn.Module, dictionary, images: Tensor, *, scores=None,
+                 alphas: Sequence[float] = (0.0, 1.0, 2.0, 4.0), n_top: int = 5,
+                 num_inference_steps: int | None = None, seed: int = 0):
+        import ipywidgets as w
+
+        from .hooks import extract_features
+
+        if dictionary.layer != getattr(inverter, "layer", dictionary.layer):
+            raise AnalysisError(f"the dictionary was fitted at {dictionary.layer!r} but the inverter inverts "
+                                f"{inverter.layer!r}; load the inverter of {dictionary.layer!r}")
+        self.classifier, self.inverter, self.dictionary, self.images = classifier, inverter, dictionary, images
+        self.alphas, self.n_top = [float(a) for a in alphas], n_top
+        self.num_inference_steps, self.seed = num_inference_steps, seed
+        self.features = extract_features(classifier, images, dictionary.layer).float().cpu()
+        self.result: dict = {}
+        narrow = w.Layout(width="360px")
+        self.atom = w.Dropdown(options=self._atom_options(scores), description="atom", layout=narrow)
+        self.image = w.IntSlider(value=0, min=0, max=len(images) - 1, description="steer image", layout=narrow)
+        self.where = w.Dropdown(options=["everywhere", "object"], description="steer at", layout=narrow)
+        self.run = w.Button(description="Invert", button_style="primary", icon="play", layout=w.Layout(width="120px"))
+        self.progress = w.IntProgress(value=0, min=0, max=len(self.alphas), layout=w.Layout(width="170px"))
+        self.status = w.HTML()
+        self.top, self.steered = w.HTML(), w.HTML()
+        header = w.HTML(f"<b style='font-size:15px'>Atoms of a {html.escape(dictionary.method)} dictionary at "
+                        f"{html.escape(str(dictionary.layer))}</b><div style='font-size:12px;line-height:16px'>Pick "
+                        "an atom: the images it fires on most, its code in red. Press <b>Invert</b> to steer the "
+                        "chosen image's map along it and invert.</div>")
+        self.atom.observe(lambda change: self._show_top(), names="value")
+        self.run.on_click(lambda button: self.update())
+        self.widget = w.VBox([header, w.HBox([w.VBox([self.atom, self.image, self.where])]),
+                              w.HBox([self.run, self.progress, self.status]), self.top, self.steered])
+        self._show_top()
+
+    def _atom_options(self, scores) -> list[tuple[str, int]]:
+        """``(label, atom)`` for the live atoms, most monosemantic first when ``scores`` are given."""
+        from .analysis.dictionary import monosemanticity
+
+        atoms = self.dictionary.alive
+        if scores is None:
+            return [(f"atom {a}", a) for a in atoms]
+        mono = monosemanticity(scores).loc[atoms].sort_values("monosemanticity", ascending=False, na_position="last")
+        out = []
+        for a, row in mono.iterrows():
+            if isinstance(row.best_factor, str):
+                target = scores.attrs["targets"][row.best_factor][a]
+                out.append((f"atom {a}: {row.best_factor} -> {target} ({row.monosemanticity:.2f})", int(a)))
+            else:
+                out.append((f"atom {a}", int(a)))
+        return out
+
+    def _show_top(self) -> None:
+        from .analysis.dictionary import activation_overlay, top_activating
+
+        idx, maps = top_activating(self.dictionary, self.features, self.atom.value, n=self.n_top)
+        self.top.value = "<b>fires most on</b>" + _strip(activation_overlay(self.images[idx], maps),
+                                                          [f"max {float(m.max()):.2g}" for m in maps])
+        self.steered.value = ""
+        self.status.value = "press <b>Invert</b> to steer"
+
+    def update(self) -> dict:
+        """Steer the chosen image's map along the chosen atom for each alpha and invert it. Returns :attr:`result`."""
+        from .analysis.concepts import direction_edit
+
+        i, atom = self.image.value, self.atom.value
+        try:
+            edit = direction_edit(self.dictionary.concept(atom), where=self.where.value)
+        except AnalysisError as err:
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+            return self.result
+        features = self.features[i:i + 1]
+        self.progress.max, self.progress.value = len(self.alphas), 0
+        self.run.disabled = True
+        try:
+            outs = []
+            for k, alpha in enumerate(self.alphas):        # one alpha at a time from the same noise; the bar moves
+                outs.append(self.inverter.invert(edit(features, alpha), num_samples=1, seed=self.seed,
+                                                 num_inference_steps=self.num_inference_steps, progress=False)[0, 0])
+                self.progress.value = k + 1
+        finally:
+            self.run.disabled = False
+        samples = torch.stack(outs)                                                     # [A, 3, H, W]
+        self.steered.value = f"<b>image {i} steered along atom {atom}</b>" + _strip(
+            torch.cat([self.images[i:i + 1], samples]), ["original"] + [f"alpha={a:g}" for a in self.alphas])
+        self.status.value = f"inverted {len(self.alphas)} steps"
+        self.result = {"atom": atom, "alphas": self.alphas, "samples": samples}
+        return self.result
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

@@ -761,6 +761,27 @@ def top_activating(dictionary: Dictionary, features: Tensor, atom: int, *, n: in
     return idx, codes[idx]
 
 
+def activation_overlay(images: Tensor, maps: Tensor, *, opacity: float = 0.55) -> Tensor:
+    """Images with an atom's code maps laid over them in red (upsampled, scaled by the largest code).
+
+    Args:
+        images: ``Tensor[T, 3, H, W]`` in [0, 1].
+        maps: ``Tensor[T, h, w]`` codes (e.g. from :func:`top_activating`); negative codes count as 0.
+        opacity: the overlay's opacity where the code is largest.
+
+    Returns:
+        ``Tensor[T, 3, H, W]`` in [0, 1].
+
+    Example:
+        >>> idx, maps = top_activating(sae, feats, 17); activation_overlay(x[idx], maps).shape
+    """
+    heat = torch.nn.functional.interpolate(maps[:, None].float().clamp_min(0), size=images.shape[-2:],
+                                           mode="bilinear", align_corners=False)                # [T, 1, H, W]
+    weight = opacity * heat / heat.max().clamp_min(1e-8)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    return (1 - weight) * images.float().cpu() + weight * red
+
+
 def _agreement(values: np.ndarray, factor: str, target) -> np.ndarray:
     """How much readout values agree with what an atom points at (see :func:`_score_factor`)."""
     kind = _factor_kind(factor)
