@@ -222,22 +222,9 @@ class FeatInv(nn.Module):
         """
         from tqdm.auto import tqdm
 
-        num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else int(num_inference_steps)
-        guidance_scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
-        scheduler = DEFAULT_SCHEDULER if scheduler is None else scheduler
-        feature_guidance_scale = DEFAULT_FEATURE_GUIDANCE_SCALE if feature_guidance_scale is None \
-            else float(feature_guidance_scale)
-        if not feature_guidance_scale >= 0:
-            raise ValueError(f"feature_guidance_scale={feature_guidance_scale}: must be >= 0 (0 turns it off)")
-        feature_guidance_steps = DEFAULT_FEATURE_GUIDANCE_STEPS if feature_guidance_steps is None \
-            else int(feature_guidance_steps)
-        if feature_guidance_steps < 1:
-            raise ValueError(f"feature_guidance_steps={feature_guidance_steps}: must be >= 1 (the last steps guided)")
-        if guidance_mode not in ("features", "prompt"):
-            raise ValueError(f"guidance_mode={guidance_mode!r}; expected 'features' or 'prompt'")
-        if num_samples < 1 or num_inference_steps < 1 or batch_size < 1:
-            raise ValueError(f"num_samples, num_inference_steps and batch_size must be >= 1 (got {num_samples}, "
-                             f"{num_inference_steps}, {batch_size})")
+        num_inference_steps, guidance_scale, scheduler, feature_guidance_scale, feature_guidance_steps = \
+            _sampler_settings(num_samples, batch_size, num_inference_steps, guidance_scale, scheduler, guidance_mode,
+                              feature_guidance_scale, feature_guidance_steps)
         check_features(self, features)
         device = self.base.prompt_embeds.device
         if feature_guidance_scale > 0 and classifier is None:
@@ -347,6 +334,29 @@ class FeatInv(nn.Module):
         load_weights(inv.controlnet, path / "controlnet.safetensors")
         inv.card = read_card(path)
         return inv.to(device).eval()
+
+
+def _sampler_settings(num_samples, batch_size, num_inference_steps, guidance_scale, scheduler, guidance_mode,
+                      feature_guidance_scale, feature_guidance_steps) -> tuple:
+    """``invert``'s sampler arguments with the module defaults filled in, each checked; returns
+    ``(num_inference_steps, guidance_scale, scheduler, feature_guidance_scale, feature_guidance_steps)``."""
+    num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else int(num_inference_steps)
+    guidance_scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+    scheduler = DEFAULT_SCHEDULER if scheduler is None else scheduler
+    feature_guidance_scale = DEFAULT_FEATURE_GUIDANCE_SCALE if feature_guidance_scale is None \
+        else float(feature_guidance_scale)
+    if not feature_guidance_scale >= 0:
+        raise ValueError(f"feature_guidance_scale={feature_guidance_scale}: must be >= 0 (0 turns it off)")
+    feature_guidance_steps = DEFAULT_FEATURE_GUIDANCE_STEPS if feature_guidance_steps is None \
+        else int(feature_guidance_steps)
+    if feature_guidance_steps < 1:
+        raise ValueError(f"feature_guidance_steps={feature_guidance_steps}: must be >= 1 (the last steps guided)")
+    if guidance_mode not in ("features", "prompt"):
+        raise ValueError(f"guidance_mode={guidance_mode!r}; expected 'features' or 'prompt'")
+    if num_samples < 1 or num_inference_steps < 1 or batch_size < 1:
+        raise ValueError(f"num_samples, num_inference_steps and batch_size must be >= 1 (got {num_samples}, "
+                         f"{num_inference_steps}, {batch_size})")
+    return num_inference_steps, guidance_scale, scheduler, feature_guidance_scale, feature_guidance_steps
 
 
 @contextmanager
