@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         clf = wb.load_classifier(clf_name)
         for row, spec, kwargs in rows_of(name, args.rows, args.featinv_kwargs):
             inv = wb.load_inverter(spec)
-            table = wb.evaluate(inv, clf, dataset=dataset, n=args.n, seed=args.seed, progress=False, **kwargs)
+            table = wb.evaluate(inv, clf, dataset=dataset, num_images=args.n, seed=args.seed, progress=False, **kwargs)
             s = table.summary()
             sampler = fi.sampler_description(**kwargs) if isinstance(inv, fi.FeatInv) else ""
             rec = {"inverter": name, "row": row, "spec": spec, "sampler": sampler, "n": args.n,

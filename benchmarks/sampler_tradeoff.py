@@ -125,7 +125,7 @@ def evaluate_full(task: dict) -> dict:
     inv, clf, _ = _load(task["inverter"], task["n"], task["seed"])
     kw = {k: task[k] for k in ("scheduler", "num_inference_steps", "guidance_scale", "feature_guidance_scale",
                                "feature_guidance_steps")}
-    s = wb.evaluate(inv, clf, n=task["use"], seed=task["seed"], progress=False, batch_size=task["batch_size"],
+    s = wb.evaluate(inv, clf, num_images=task["use"], seed=task["seed"], progress=False, batch_size=task["batch_size"],
                     **kw).summary()
     return {**task, **{k: round(float(s[k]), 4) for k in FULL_METRICS}}
 

@@ -29,7 +29,7 @@ def _fast(inv) -> dict:
 def test_harness_table_for_every_shipped_inverter(name, classifiers, dataset):
     inv = wb.load_inverter(name)
     clf = classifiers[inv.classifier_name]
-    table = wb.evaluate(inv, clf, inv.layer, dataset, n=4, seed=0, num_samples=1, progress=False, **_fast(inv))
+    table = wb.evaluate(inv, clf, inv.layer, dataset, num_images=4, seed=0, num_samples=1, progress=False, **_fast(inv))
     assert table.shape[0] == 4 and set(METRICS) <= set(table.columns)
     assert table["image"].is_unique and table["finite"].all()
     s = table.summary()
@@ -40,7 +40,7 @@ def test_harness_table_for_every_shipped_inverter(name, classifiers, dataset):
 def test_optimisation_in_the_harness_with_samples(classifiers, dataset):
     cnn = classifiers["tinyworld-cnn"]
     opt = wb.OptimizationInverter(cnn, "stages.3", num_optimizer_steps=2)
-    table, x, rec = wb.evaluate(opt, cnn, "stages.3", dataset, n=3, num_samples=2, progress=False,
+    table, x, rec = wb.evaluate(opt, cnn, "stages.3", dataset, num_images=3, num_samples=2, progress=False,
                                 return_reconstructions=True)
     assert table.shape[0] == 6 and list(table["sample"]) == [0, 1] * 3
     assert x.shape == (3, 3, 32, 32) and rec.shape == (3, 2, 3, 32, 32)
@@ -66,7 +66,7 @@ class _NaNInverter(torch.nn.Module):
 
 
 def test_nan_reconstructions_are_counted(classifiers, dataset):
-    table = wb.evaluate(_NaNInverter(), classifiers["tinyworld-cnn"], "stages.3", dataset, n=4, progress=False)
+    table = wb.evaluate(_NaNInverter(), classifiers["tinyworld-cnn"], "stages.3", dataset, num_images=4, progress=False)
     s = table.summary()
     assert s["nonfinite"] == 1 and not table["finite"].iloc[1]
     assert math.isnan(table["feature_cosine"].iloc[1]) and math.isfinite(s["feature_cosine"])
@@ -76,12 +76,12 @@ def test_nan_reconstructions_are_counted(classifiers, dataset):
 def test_bad_input_is_a_clear_error(classifiers, dataset):
     dec = wb.DecoderInverter("tinyworld-cnn", "stages.3", (192, 4, 4))
     cnn = classifiers["tinyworld-cnn"]
-    with pytest.raises(ValueError, match="n=33 .* dataset has 32"):
-        wb.evaluate(dec, cnn, "stages.3", dataset, n=33)
+    with pytest.raises(ValueError, match="num_images=33 .* dataset has 32"):
+        wb.evaluate(dec, cnn, "stages.3", dataset, num_images=33)
     with pytest.raises(ValueError, match="inverts 'stages.3', not 'stages.2'"):
-        wb.evaluate(dec, cnn, "stages.2", dataset, n=2)
+        wb.evaluate(dec, cnn, "stages.2", dataset, num_images=2)
     with pytest.raises(ValueError, match="built for 'tinyworld-cnn'"):
-        wb.evaluate(dec, classifiers["tinyworld-vit"], "stages.3", dataset, n=2)
+        wb.evaluate(dec, classifiers["tinyworld-vit"], "stages.3", dataset, num_images=2)
     x = dataset.images()[:2]
     with pytest.raises(ValueError, match="do not match originals"):
         evaluate_reconstructions(cnn, "stages.3", x, x[:, :, :16])
@@ -91,7 +91,7 @@ def test_compare_and_callable_module(classifiers, dataset):
     import workbench.evaluation  # binds the submodule to wb.evaluate; the call must still work
 
     dec = wb.DecoderInverter("tinyworld-cnn", "stages.3", (192, 4, 4))
-    t = wb.evaluate(dec, classifiers["tinyworld-cnn"], "stages.3", dataset, n=2, progress=False)
+    t = wb.evaluate(dec, classifiers["tinyworld-cnn"], "stages.3", dataset, num_images=2, progress=False)
     table = compare({"a": t, "b": t})
     assert list(table.index) == ["a", "b"] and "frechet_distance" in table
 

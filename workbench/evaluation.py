@@ -17,7 +17,7 @@ reference's pooled feature space unless an ``extractor`` is given) and ``seconds
 
 Example:
     >>> inv = wb.load_inverter("tinyworld-cnn/stages.3")
-    >>> table = wb.evaluate(inv, cnn, "stages.3", wb.TinyWorld("test", size=512), n=64)
+    >>> table = wb.evaluate(inv, cnn, "stages.3", wb.TinyWorld("test", size=512), num_images=64)
     >>> table.summary()          # feature_cosine, cross_cosine, top1, top5, psnr, ssim, frechet_distance, ...
 """
 from __future__ import annotations
@@ -93,29 +93,30 @@ def inverter_label(inverter: nn.Module) -> str:
     return f"{kind} {getattr(inverter, 'classifier_name', '?')}/{getattr(inverter, 'layer', '?')}"
 
 
-def select_images(dataset, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """A seeded subset of ``n`` images, in dataset order.
+def select_images(dataset, num_images: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """A seeded subset of ``num_images`` images, in dataset order.
 
     Args:
         dataset: a :class:`~workbench.TinyWorld` (anything with ``images(indices)`` and ``__len__``, and
             optionally ``labels(indices)``) or a ``Tensor[N, 3, H, W]`` in [0, 1].
-        n: how many; ``n == len(dataset)`` takes them all.
+        num_images: how many; ``num_images == len(dataset)`` takes them all.
         seed: seeds the subset.
 
     Returns:
-        ``(images [n, 3, H, W], labels [n] or None, indices [n])``.
+        ``(images [num_images, 3, H, W], labels [num_images] or None, indices [num_images])``.
 
     Raises:
-        ValueError: ``n`` is below 1 or larger than the dataset.
+        ValueError: ``num_images`` is below 1 or larger than the dataset.
 
     Example:
         >>> x, y, idx = select_images(wb.TinyWorld("test", size=100), 8)
     """
     size = len(dataset)
-    if not 1 <= n <= size:
-        raise ValueError(f"n={n} images were asked for, but the dataset has {size}; pass 1 <= n <= {size} "
-                         f"or a larger dataset (e.g. wb.TinyWorld('test', size={max(n, 1)}))")
-    idx = torch.arange(size) if n == size else torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
+    if not 1 <= num_images <= size:
+        raise ValueError(f"num_images={num_images} images were asked for, but the dataset has {size}; pass "
+                         f"1 <= num_images <= {size} or a larger dataset (e.g. wb.TinyWorld('test', size={max(num_images, 1)}))")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    idx = torch.arange(size) if num_images == size else order[:num_images]
     idx = idx.sort().values
     if isinstance(dataset, torch.Tensor):
         if dataset.ndim != 4 or dataset.shape[1] != 3:
@@ -205,13 +206,13 @@ def evaluate_reconstructions(classifier: nn.Module, layer: str, originals: torch
     return table
 
 
-def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = None, dataset=None, n: int = 256,
+def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = None, dataset=None, num_images: int = 256,
              seed: int = 0, num_samples: int = 1, *, reference: nn.Module | str | None = None,
              extractor: nn.Module | None = None, progress: bool = True, return_reconstructions: bool = False,
              **invert_kwargs):
-    """Invert ``n`` images with ``inverter`` and measure every reconstruction.
+    """Invert ``num_images`` images with ``inverter`` and measure every reconstruction.
 
-    Steps: 1. pick a seeded subset of ``n`` images; 2. capture ``classifier`` at ``layer``; 3. invert (timed);
+    Steps: 1. pick a seeded subset of ``num_images`` images; 2. capture ``classifier`` at ``layer``; 3. invert (timed);
     4. measure (:func:`evaluate_reconstructions`).
 
     Args:
@@ -219,8 +220,8 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
         classifier: the classifier the inverter was built for (its name is checked when both are known).
         layer: the inverted layer; must equal ``inverter.layer`` (default: that layer).
         dataset: a :class:`~workbench.TinyWorld` or a ``Tensor[N, 3, H, W]`` (default:
-            ``TinyWorld("test", size=max(n, 2000))``).
-        n: images to evaluate (at most ``len(dataset)``).
+            ``TinyWorld("test", size=max(num_images, 2000))``).
+        num_images: images to evaluate (at most ``len(dataset)``).
         seed: seeds the subset and the inverter.
         num_samples: reconstructions per image (rows per image).
         reference: the independent classifier for the cross-model cosine and the Fréchet distance (a module or
@@ -228,19 +229,20 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
         extractor: Fréchet-distance extractor (e.g. :func:`~workbench.metrics.inception_extractor`); it resizes
             images of another size itself. Default: the reference's pooled features.
         progress: show the inverter's progress bar.
-        return_reconstructions: also return ``(originals [n, 3, H, W], reconstructions [n, S, 3, H, W])``.
+        return_reconstructions: also return ``(originals [N, 3, H, W], reconstructions [N, S, 3, H, W])``, with
+            ``N = num_images``.
         **invert_kwargs: passed to ``inverter.invert`` (FeatInv's ``num_inference_steps=``, the optimisation
             baseline's ``num_optimizer_steps=``).
 
     Returns:
-        :class:`EvalTable` (``n * num_samples`` rows; see the module docstring), or
+        :class:`EvalTable` (``num_images * num_samples`` rows; see the module docstring), or
         ``(table, originals, reconstructions)`` with ``return_reconstructions=True``.
 
     Raises:
-        ValueError: ``n`` larger than the dataset; a layer or classifier the inverter was not built for.
+        ValueError: ``num_images`` larger than the dataset; a layer or classifier the inverter was not built for.
 
     Example:
-        >>> t = wb.evaluate(inv, cnn, "stages.3", wb.TinyWorld("test", size=256), n=32, num_inference_steps=8)
+        >>> t = wb.evaluate(inv, cnn, "stages.3", wb.TinyWorld("test", size=256), num_images=32)
         >>> t.summary()
     """
     from .hooks import extract_features
@@ -256,12 +258,12 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
                          f"wb.load_classifier({inv_name!r})")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    dataset = TinyWorld("test", size=max(n, 2000), seed=0) if dataset is None else dataset
-    images, labels, idx = select_images(dataset, n, seed)                       # 1.
+    dataset = TinyWorld("test", size=max(num_images, 2000), seed=0) if dataset is None else dataset
+    images, labels, idx = select_images(dataset, num_images, seed)              # 1.
     feats = extract_features(classifier, images, layer)                         # 2.
     t0 = time.perf_counter()
     recon = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=progress, **invert_kwargs)  # 3.
-    seconds = (time.perf_counter() - t0) / n
+    seconds = (time.perf_counter() - t0) / num_images
     table = evaluate_reconstructions(classifier, layer, images, recon, reference=reference, extractor=extractor,
                                      labels=labels, indices=idx)               # 4.
     table.attrs.update(inverter=inverter_label(inverter), seconds_per_image=seconds, seed=seed,
@@ -289,17 +291,17 @@ class Comparison:
 
 
 def compare_inverters(inverters: Mapping[str, nn.Module], classifiers: Mapping[str, nn.Module], dataset, *,
-                      n: int = 256, seed: int = 0, num_samples: int = 1,
+                      num_images: int = 256, seed: int = 0, num_samples: int = 1,
                       invert_kwargs: Mapping[str, dict] | None = None, progress: bool = True) -> Comparison:
-    """:func:`evaluate` every inverter on the same ``n`` images and stack the summaries.
+    """:func:`evaluate` every inverter on the same ``num_images`` images and stack the summaries.
 
     Args:
         inverters: display name -> inverter.
         classifiers: classifier name -> classifier; each inverter uses ``classifiers[inv.classifier_name]``
             and the other tiny-world model as reference (:data:`REFERENCE_CLASSIFIERS`).
-        dataset: a :class:`~workbench.TinyWorld` or ``Tensor[N, 3, H, W]`` with at least ``2 * n`` images
+        dataset: a :class:`~workbench.TinyWorld` or ``Tensor[N, 3, H, W]`` with at least ``2 * num_images`` images
             (the second half gives the ``real images`` floor).
-        n, seed, num_samples: as in :func:`evaluate`.
+        num_images, seed, num_samples: as in :func:`evaluate`.
         invert_kwargs: inverter ``kind`` (``"featinv"``, ``"optimization"``, ``"decoder"``) -> keyword arguments
             of its ``invert`` (e.g. ``{"featinv": {"steps": 8}, "optimization": {"steps": 50}}``).
         progress: a progress bar over inverters.
@@ -309,7 +311,7 @@ def compare_inverters(inverters: Mapping[str, nn.Module], classifiers: Mapping[s
 
     Example:
         >>> comp = compare_inverters({"FeatInv": inv, "decoder": dec}, {"tinyworld-cnn": cnn, "tinyworld-vit": vit},
-        ...                          wb.TinyWorld("test", size=64), n=32)
+        ...                          wb.TinyWorld("test", size=64), num_images=32)
         >>> comp.table[["feature_cosine", "frechet_distance"]]
     """
     from tqdm.auto import tqdm
@@ -317,24 +319,26 @@ def compare_inverters(inverters: Mapping[str, nn.Module], classifiers: Mapping[s
     from .metrics import frechet_distance, pooled_extractor
 
     invert_kwargs = dict(invert_kwargs or {})
-    if len(dataset) < 2 * n:
-        raise ValueError(f"compare_inverters needs 2 * n = {2 * n} images (n for the inverters, n more for the real-"
-                         f"image floor), but the dataset has {len(dataset)}; lower n or pass a larger dataset")
+    if len(dataset) < 2 * num_images:
+        raise ValueError(f"compare_inverters needs 2 * num_images = {2 * num_images} images (num_images for the "
+                         f"inverters, as many again for the real-image floor), but the dataset has {len(dataset)}; "
+                         "lower num_images or pass a larger dataset")
     tables, recons, rows, originals = {}, {}, [], None
     for name, inv in tqdm(inverters.items(), desc="inverters", disable=not progress):
         clf = classifiers[inv.classifier_name]
         ref = classifiers.get(REFERENCE_CLASSIFIERS.get(inv.classifier_name, ""))
         kwargs = invert_kwargs.get(getattr(inv, "kind", ""), {})
-        table, originals, rec = evaluate(inv, clf, inv.layer, dataset, n=n, seed=seed, num_samples=num_samples,
+        table, originals, rec = evaluate(inv, clf, inv.layer, dataset, num_images=num_images, seed=seed,
+                                         num_samples=num_samples,
                                          reference=ref, progress=False, return_reconstructions=True, **kwargs)
         tables[name], recons[name] = table, rec
         kind = getattr(inv, "kind", type(inv).__name__) + ("-pooled" if getattr(inv, "pooling", "none") != "none" else "")
         rows.append({"method": kind, "backbone": inv.classifier_name, "layer": inv.layer,
                      "reference": table.attrs["reference"], **summary(table).rename(name).to_dict(), "name": name})
-    # the floor: n other real images against the same originals, in each reference's feature space
-    chosen = select_images(dataset, n, seed)[2]
+    # the floor: num_images other real images against the same originals, in each reference's feature space
+    chosen = select_images(dataset, num_images, seed)[2]
     taken = set(chosen.tolist())
-    rest = torch.tensor([i for i in range(len(dataset)) if i not in taken])[:n]
+    rest = torch.tensor([i for i in range(len(dataset)) if i not in taken])[:num_images]
     others = dataset[rest].float() if isinstance(dataset, torch.Tensor) else dataset.images(rest)
     for ref_name in sorted({r["reference"] for r in rows}):
         ext = pooled_extractor(classifiers[ref_name])

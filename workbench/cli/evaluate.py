@@ -58,8 +58,8 @@ def main(args) -> int:
     inv = load_inverter(args.inverter, device=args.device)
     clf = load_classifier(inv.classifier_name, device=args.device)
     dataset = TinyWorld(args.split, size=max(args.num_images, 2000), seed=0, ood=args.ood)
-    table = evaluate(inv, clf, inv.layer, dataset, n=args.num_images, seed=args.seed, num_samples=args.num_samples,
-                     progress=args.progress, **invert_options(inv, args))
+    table = evaluate(inv, clf, inv.layer, dataset, num_images=args.num_images, seed=args.seed,
+                     num_samples=args.num_samples, progress=args.progress, **invert_options(inv, args))
     summ = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in table.summary().items()}
     print(f"{table.attrs['inverter']} on {args.num_images} {args.split}{' ood' if args.ood else ''} images:")
     for k, v in summ.items():
