@@ -323,3 +323,11 @@ def test_layer_table_restores_training_mode():
         assert all(m.training for m in model.modules())
     finally:
         model.eval()
+
+
+def test_ablate_features_ignores_means_in_zero_mode_as_the_sweeps_pass_them():
+    from workbench.interventions import ablate_features
+
+    f = torch.randn(2, 4, 3, 3)
+    out = ablate_features(f, [1], mode="zero", means=torch.ones(4))
+    assert torch.equal(out[:, 1], torch.zeros(2, 3, 3)) and torch.equal(out[:, 0], f[:, 0])

@@ -148,7 +148,8 @@ def ablate_features(features: Tensor, channels: Any, *, mode: str = "zero", mean
         features: ``Tensor[B, C, h, w]`` (any ``Tensor[B, C, ...]`` works).
         channels: indices in ``[0, C)``; none at all returns an unchanged copy.
         mode: ``"zero"`` or ``"mean"``.
-        means: ``Tensor[C]``, indexed by channel; required for ``mode="mean"``.
+        means: ``Tensor[C]``, indexed by channel; required for ``mode="mean"``, ignored for ``mode="zero"`` (so
+            one call can sweep both modes with the same arguments, as ``ablation_table`` does).
 
     Returns:
         ``Tensor[B, C, h, w]``, a new tensor.
@@ -162,7 +163,7 @@ def ablate_features(features: Tensor, channels: Any, *, mode: str = "zero", mean
     _check_map(features)
     num = features.shape[1]
     idx = check_channels(channels, num)
-    check_mode(mode, means, num)
+    check_mode(mode, means if mode == "mean" else None, num)
     if mode == "mean" and means is None:
         raise InterventionError(f"mode='mean' needs means as Tensor[{num}] (per-channel means, e.g. from "
                                 "workbench.analysis.ablation.channel_means)")
