@@ -9,6 +9,7 @@ import json
 
 import pandas as pd
 import workbench as wb
+
 for stage in ("2", "3"):
     t = pd.DataFrame(json.load(open(f"benchmarks/results/steering-stages.{stage}.json"))["table"])
     t = t[t.method.str.contains("| star |", regex=False)].copy()
