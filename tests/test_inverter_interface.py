@@ -101,6 +101,23 @@ def test_save_load_round_trip(inverter, features, base, tmp_path):
     assert torch.equal(_invert(back, features, seed=1), _invert(inverter, features, seed=1))
 
 
+def test_a_saved_inverter_loads_under_the_checks_of_what_it_was_built_for(inverter, base, tmp_path):
+    inverter.save_pretrained(tmp_path / "inv", fp16=False)
+    back = wb.load_inverter(tmp_path / "inv", base=base, classifier="tinyworld-cnn", layer=LAYER,
+                            feature_shape=inverter.feature_shape, image_size=32)
+    assert back.config == inverter.config
+    with pytest.raises(InverterMismatchError, match="image_size"):
+        wb.load_inverter(tmp_path / "inv", base=base, image_size=64)
+
+
+def test_a_config_key_the_constructor_does_not_take_is_refused(inverter, base, tmp_path):
+    inverter.save_pretrained(tmp_path / "inv", fp16=False)
+    cfg = json.loads((tmp_path / "inv" / "config.json").read_text())
+    (tmp_path / "inv" / "config.json").write_text(json.dumps({**cfg, "steps": 7}))
+    with pytest.raises(InverterMismatchError, match="'steps'"):
+        wb.load_inverter(tmp_path / "inv", base=base)
+
+
 def test_invert_images_resizes_for_the_classifier(inverter, cnn):
     """48 px images reach the 32 px classifier at 32 px; unresized they would give 6x6 maps and be refused."""
     images = wb.TinyWorld("test", size=2, seed=1).images()

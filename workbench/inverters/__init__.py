@@ -11,7 +11,6 @@ optimisation baseline, which has no weights.
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +18,7 @@ import torch
 
 from ..errors import WeightsUnavailableError
 from ..paths import data_dir
+from .interface import read_config
 
 
 def list_inverters() -> list[str]:
@@ -56,8 +56,7 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
                 f"no inverter {str(name_or_path)!r}: it is neither a shipped name nor a folder with config.json. "
                 f"Closest shipped: {close or shipped}. Train one with `workbench train-inverter` or run `make weights`.")
         path = data_dir() / "inverters" / str(name_or_path)
-    cfg = (json.loads((path / "config.json").read_text()) if baseline is None else
-           {**baseline.config, "feature_shape": list(baseline.feature_shape), "image_size": baseline.image_size})
+    cfg = read_config(path) if baseline is None else baseline.config
     expected = {"classifier_name": classifier, "layer": layer,
                 "feature_shape": list(feature_shape) if feature_shape is not None else None, "image_size": image_size}
     for key, want in expected.items():

@@ -25,8 +25,8 @@ from torch import nn
 
 from .interface import (
     capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
-    read_card, read_config, register_feature_statistics, register_to_config, set_feature_statistics,
-    write_pretrained)
+    read_config, register_feature_statistics, register_to_config, set_feature_statistics,
+    training_card, write_pretrained)
 
 
 class _UpBlock(nn.Sequential):
@@ -58,6 +58,8 @@ class DecoderInverter(nn.Module):
     """
 
     kind = "decoder"
+    #: config keys that are not constructor arguments: recorded for loading to check
+    derived_config = ("pooling",)
     pooling = "none"
 
     @register_to_config
@@ -143,5 +145,5 @@ class DecoderInverter(nn.Module):
         path = Path(path)
         dec = cls(**init_kwargs(cls, read_config(path, cls)))
         load_weights(dec, path / "decoder.safetensors")
-        dec.card = read_card(path)
+        dec.card = training_card(path)
         return dec.to(device).eval()

@@ -35,8 +35,8 @@ from ..diffusion import DEFAULT_SCHEDULER, Guide, Predictor, denoise, diffusion_
 from ..errors import InverterMismatchError
 from .interface import (
     capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
-    read_card, read_config, register_feature_statistics, register_to_config, set_feature_statistics,
-    write_pretrained)
+    read_config, register_feature_statistics, register_to_config, set_feature_statistics,
+    training_card, write_pretrained)
 
 #: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md); the scheduler,
 #: :data:`~workbench.diffusion.DEFAULT_SCHEDULER` (``"ddim"``), is that of every sampler.
@@ -111,6 +111,8 @@ class FeatInv(nn.Module):
     """
 
     kind = "featinv"
+    #: config keys that are not constructor arguments: recorded for loading to check
+    derived_config = ("image_size", "latent_shape")
 
     @register_to_config
     def __init__(self, base, classifier_name: str, layer: str, feature_shape: Sequence[int], pooling: str = "none",
@@ -332,7 +334,7 @@ class FeatInv(nn.Module):
                 f"{cfg['image_size']} px, but the given base has {base.latent_shape} at {base.image_size} px")
         inv = cls(**init_kwargs(cls, cfg, base=base))
         load_weights(inv.controlnet, path / "controlnet.safetensors")
-        inv.card = read_card(path)
+        inv.card = training_card(path)
         return inv.to(device).eval()
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import numbers
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
@@ -28,6 +27,7 @@ from torch import nn
 
 from ..errors import InverterMismatchError
 from ..models import classifier_view
+from ..weights import read_card, write_card
 
 
 @runtime_checkable
@@ -168,9 +168,17 @@ def inverter_config(inverter: nn.Module, *, objects: Mapping[str, tuple[str, Any
 def init_kwargs(cls: type, config: Mapping[str, Any], **objects: Any) -> dict[str, Any]:
     """The keyword arguments that rebuild ``cls`` from its ``config``: the keys that are parameters of
     ``cls.__init__`` (missing ones take their defaults), with ``objects`` (the base, the classifier) in place of
-    their recorded names. The other keys (``class``, derived values) are the caller's to check."""
-    params = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in config.items() if k in params and k != "self"} | objects
+    their recorded names. ``cls.derived_config`` names the other keys its config holds (values loading checks,
+    such as the image size); any key beyond those and ``class`` is refused, so a misspelt or renamed key cannot
+    fall back to a default unnoticed."""
+    params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    derived = getattr(cls, "derived_config", ())
+    unknown = sorted(set(config) - params - set(derived) - {"class"})
+    if unknown:
+        raise InverterMismatchError(f"the config of this {cls.__name__} holds keys its constructor does not take: "
+                                    f"{unknown}; expected some of {sorted(params | set(derived))}. Was it written by "
+                                    "another version? Re-save it with save_pretrained, or restore it from git.")
+    return {k: v for k, v in config.items() if k in params} | objects
 
 
 # ---------------------------------------------------------------------- files
@@ -184,16 +192,17 @@ def write_pretrained(inverter: nn.Module, path: str | Path, weights: Mapping[str
     path.mkdir(parents=True, exist_ok=True)
     for name, module in weights.items():
         save_state(module, path / name, fp16=fp16)
-    (path / "config.json").write_text(json.dumps(inverter.config, indent=2) + "\n")
+    write_card("config", inverter.config, path)
     if card is not None:
-        (path / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        write_card("card", card, path)
 
 
-def read_config(path: str | Path, cls: type) -> dict[str, Any]:
-    """``path/config.json``, refused unless it holds a ``cls`` (a config without ``"class"`` is a FeatInv's)."""
+def read_config(path: str | Path, cls: type | None = None) -> dict[str, Any]:
+    """``path/config.json`` (a clear error when it is missing or not JSON), refused unless it holds a ``cls``
+    when one is given (a config without ``"class"`` is a FeatInv's)."""
     file = Path(path) / "config.json"
-    cfg = json.loads(file.read_text())
-    if cfg.get("class", "FeatInv") != cls.__name__:
+    cfg = read_card("config", Path(path))
+    if cls is not None and cfg.get("class", "FeatInv") != cls.__name__:
         raise InverterMismatchError(f"{file} holds a {cfg.get('class')!r}, not a {cls.__name__}; load it with "
                                     f"wb.load_inverter({str(path)!r})")
     return cfg
@@ -209,7 +218,6 @@ def load_weights(module: nn.Module, file: Path) -> None:
                                     f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def read_card(path: str | Path) -> dict[str, Any]:
+def training_card(path: str | Path) -> dict[str, Any]:
     """``path/card.json`` (the training record and metrics), or ``{}`` when there is none."""
-    card = Path(path) / "card.json"
-    return json.loads(card.read_text()) if card.is_file() else {}
+    return read_card("card", Path(path)) if (Path(path) / "card.json").is_file() else {}

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from .interface import (
-    capture_and_invert, check_features, describe, init_kwargs, inverter_config, read_card, read_config,
-    register_to_config, write_pretrained)
+    capture_and_invert, check_features, describe, init_kwargs, inverter_config, read_config,
+    register_to_config, training_card, write_pretrained)
 
 
 def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
@@ -64,6 +64,8 @@ class OptimizationInverter(nn.Module):
     """
 
     kind = "optimization"
+    #: config keys that are not constructor arguments: recorded for loading to check
+    derived_config = ("classifier_name", "feature_shape", "image_size")
     pooling = "none"
 
     @register_to_config
@@ -89,8 +91,10 @@ class OptimizationInverter(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor's arguments, the classifier by name."""
-        return inverter_config(self, objects={"classifier": ("classifier_name", self.classifier_name)})
+        """The constructor's arguments (the classifier by name), plus the feature shape and image size, which
+        loading checks."""
+        return inverter_config(self, objects={"classifier": ("classifier_name", self.classifier_name)},
+                               extra={"feature_shape": self.feature_shape, "image_size": self.image_size})
 
     def __repr__(self) -> str:
         return describe(self, optimiser=f"Adam, {self.num_optimizer_steps} steps at lr {self.lr}",
@@ -218,5 +222,5 @@ class OptimizationInverter(nn.Module):
             raise InverterMismatchError(f"{Path(path) / 'config.json'} was written for {cfg['classifier_name']!r}, "
                                         f"but the given classifier is {name!r}")
         opt = cls(**init_kwargs(cls, cfg, classifier=classifier))
-        opt.card = read_card(path)
+        opt.card = training_card(path)
         return opt
