@@ -111,6 +111,14 @@ def test_zero_ablating_every_channel_gives_chance(cnn, data):
     assert everything.map_cosine == 0.0
 
 
+def test_channel_table_ignores_means_in_zero_mode(cnn, data):
+    x, y, _ = data
+    plain = ablation.channel_table(cnn, x[:8], y[:8], "stages.3", logit_drop="linear", progress=False)
+    given = ablation.channel_table(cnn, x[:8], y[:8], "stages.3", logit_drop="linear", progress=False,
+                                   means=torch.ones(192))
+    assert plain.equals(given)
+
+
 def test_channel_ranking(cnn, data):
     x, y, _ = data
     table = ablation.channel_table(cnn, x[:32], y[:32], "stages.3")

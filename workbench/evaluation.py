@@ -1,6 +1,6 @@
 """The evaluation harness: every inverter, one call, one table.
 
-:func:`evaluate` picks ``n`` images from a dataset (a seeded subset), captures the classifier's map at the
+:func:`evaluate` picks ``num_images`` images from a dataset (a seeded subset), captures the classifier's map at the
 inverted layer, inverts it with any inverter (FeatInv, its pooled ablation, the decoder, the optimisation
 baseline: they share ``invert(features, num_samples=..., seed=...) -> Tensor[B, S, 3, H, W]``), and
 measures each reconstruction. The result is an :class:`EvalTable`, a ``pandas.DataFrame`` with one row per
@@ -278,10 +278,10 @@ class Comparison:
     Attributes:
         table: one row per inverter (columns ``method``, ``backbone``, ``layer``, ``reference`` and the summary),
             plus one ``real images`` row per reference: the Fréchet distance between the originals and as many
-            other real test images, the floor any method can reach at this ``n``.
+            other real test images, the floor any method can reach at this ``num_images``.
         tables: name -> per-image :class:`EvalTable`.
-        originals: ``Tensor[n, 3, H, W]``, the same images for every inverter.
-        reconstructions: name -> ``Tensor[n, S, 3, H, W]``.
+        originals: ``Tensor[N, 3, H, W]``, the same ``num_images`` images for every inverter.
+        reconstructions: name -> ``Tensor[N, S, 3, H, W]``.
     """
 
     table: pd.DataFrame
@@ -303,7 +303,7 @@ def compare_inverters(inverters: Mapping[str, nn.Module], classifiers: Mapping[s
             (the second half gives the ``real images`` floor).
         num_images, seed, num_samples: as in :func:`evaluate`.
         invert_kwargs: inverter ``kind`` (``"featinv"``, ``"optimization"``, ``"decoder"``) -> keyword arguments
-            of its ``invert`` (e.g. ``{"featinv": {"steps": 8}, "optimization": {"steps": 50}}``).
+            of its ``invert`` (e.g. ``{"featinv": {"num_inference_steps": 8}, "optimization": {"num_optimizer_steps": 50}}``).
         progress: a progress bar over inverters.
 
     Returns:

@@ -1,9 +1,8 @@
-"""The tiny world's shipped classifiers: architectures, cards and weight files in ``data/``.
+"""The tiny world's shipped classifiers, described: their timm architectures, normalisation and layers.
 
-Each shipped classifier is a timm architecture sized for 32 px input, stored as
-``data/<name>.safetensors`` (fp16) beside ``data/<name>.json``, its card. The card records the
-architecture arguments, the training command, seed, steps, wall time and measured test accuracy,
-so the file alone says what it is.
+Each is a timm architecture sized for 32 px input. This module only describes them; :mod:`workbench.models`
+builds and loads them, and :mod:`workbench.weights` reads their files (``data/<name>.safetensors``, fp16, beside
+``data/<name>.json``, the card with the architecture arguments, the training command and the measured accuracy).
 
 | name            | architecture                                   | inverted layers                     |
 |-----------------|------------------------------------------------|-------------------------------------|

@@ -103,7 +103,8 @@ def channel_table(classifier: nn.Module, images: Tensor, labels: Tensor, layer: 
         logit_drop: ``"exact"`` (ablate each channel alone and rerun: ``C`` forward passes over ``images``),
             ``"linear"`` (first-order estimate from one backward pass) or ``None`` (skip).
         mode: ablation used for the logit drop, ``"zero"`` or ``"mean"``.
-        means: ``Tensor[C]`` for ``mode="mean"`` (default: :func:`channel_means` over ``images``).
+        means: ``Tensor[C]`` for ``mode="mean"`` (default: :func:`channel_means` over ``images``); ignored for
+            ``mode="zero"``.
         batch_size: images per forward pass.
         progress: progress bar for ``"exact"``.
 
@@ -121,8 +122,9 @@ def channel_table(classifier: nn.Module, images: Tensor, labels: Tensor, layer: 
 
     from ..hooks import extract_features
 
+    check_mode(mode, means if mode == "mean" else None)       # means is ignored in zero mode, as in ablate_features
     feats = extract_features(classifier, images, layer, batch_size=batch_size).float().cpu()
-    check_mode(mode, means, feats.shape[1])
+    check_mode(mode, means if mode == "mean" else None, feats.shape[1])
     labels = torch.as_tensor(labels).long().cpu()
     if len(labels) != len(images):
         raise AnalysisError(f"{len(labels)} labels for {len(images)} images")

@@ -886,7 +886,7 @@ def steering_table(studies: Mapping[str, "pd.DataFrame"], *, factors: Sequence[s
         pandas.DataFrame indexed by ``(method, alpha)`` with ``p_target`` (the classifier on the inverted images),
         ``p_target_map`` (on the edited map), ``off_manifold_gap`` (``p_target_map - p_target``: how much of the
         edit the classifier's head sees but the inverter, trained on real maps, does not draw), ``hit_rate``
-        (share of inversions classified as the target) and ``drift_<factor>``: the mean change of the readout
+        (share of inversions with p(target) above 0.5, so the target is surely the top class) and ``drift_<factor>``: the mean change of the readout
         from the unsteered inversion of the same image and sample (same noise), in ``factor_scale`` units, or
         the share changed for categories.
 

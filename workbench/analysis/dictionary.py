@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -551,9 +550,7 @@ def _position_score(codes: np.ndarray, table, test: np.ndarray) -> np.ndarray:
     from .composition import object_masks
 
     h, w = codes.shape[-2:]
-    with warnings.catch_warnings():   # object_masks reads pandas 3's read-only column arrays, never writes them
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        masks = object_masks(table.iloc[test]).float()
+    masks = object_masks(table.iloc[test]).float()
     cover = torch.nn.functional.adaptive_avg_pool2d(masks, (h, w))[:, 0]
     top = cover.flatten(1).amax(1).view(-1, 1, 1)
     positive = ((cover >= 0.5) | (cover >= top)).flatten().numpy()

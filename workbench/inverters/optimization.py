@@ -60,7 +60,7 @@ class OptimizationInverter(nn.Module):
 
     Example:
         >>> opt = OptimizationInverter(cnn, "stages.3", num_optimizer_steps=100, tv_weight=0.5)
-        >>> opt.invert(wb.metrics.extract_features(cnn, x, "stages.3")).shape   # [B, 1, 3, 32, 32]
+        >>> opt.invert(wb.extract_features(cnn, x, "stages.3")).shape   # [B, 1, 3, 32, 32]
     """
 
     kind = "optimization"

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
+
+from ..weights import read_card, write_card
 
 
 def parse_args(argv=None):
@@ -56,9 +59,10 @@ def parse_sampler(spec: str) -> tuple[str, int]:
 
 def write_metrics(card_path, metrics: dict) -> None:
     """Replace the ``metrics`` of the card at ``card_path``, leaving the rest as it is."""
-    card = json.loads(card_path.read_text())
+    card_path = Path(card_path)
+    card = read_card(card_path.stem, card_path.parent)
     card["metrics"] = metrics
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    write_card(card_path.stem, card, card_path.parent)    # atomically: other stages may be reading it
 
 
 def main(args) -> int:
