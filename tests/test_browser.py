@@ -72,9 +72,15 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab on a copy of the notebooks (so nothing is saved into the repository), in fast mode."""
+    required = os.environ.get("WORKBENCH_REQUIRE_BROWSER") == "1"    # set by `make browser-test`
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: `make browser-test` installs Debian's package")
-    pytest.importorskip("playwright")
+        (pytest.fail if required else pytest.skip)(
+            f"no Chromium at {CHROMIUM}: `make browser-test` installs Debian's package; set WORKBENCH_CHROMIUM "
+            "to use another build")
+    if required:
+        import playwright  # noqa: F401  (a missing Playwright fails the required run instead of skipping it)
+    else:
+        pytest.importorskip("playwright")
     home = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", home / "notebooks")
     settings = home / "settings" / "@jupyterlab" / "notebook-extension"
