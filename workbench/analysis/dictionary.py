@@ -375,14 +375,31 @@ def _fit_pca(x: Tensor, n_atoms: int, seed: int):
     return atoms, mean, lambda v: (v - mean) @ atoms.T, pca
 
 
+@contextmanager
+def _quiet_convergence():
+    """scikit-learn's ConvergenceWarning silenced within the block (the caller measures the fit instead)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
 def _fit_nmf(x: Tensor, n_atoms: int, seed: int):
+    """scikit-learn's NMF at a fixed iteration budget. It often stops before its tolerance on these maps; its
+    ConvergenceWarning is not shown, because what matters is measured and reported: the dictionary's R²."""
     from sklearn.decomposition import NMF
 
-    nmf = NMF(n_components=n_atoms, init="nndsvda", max_iter=400, random_state=seed).fit(x.clamp_min(0).numpy())
+    nmf = NMF(n_components=n_atoms, init="nndsvda", max_iter=400, random_state=seed)
+    with _quiet_convergence():
+        nmf.fit(x.clamp_min(0).numpy())
     atoms = torch.as_tensor(nmf.components_).float()
 
     def encode(v: Tensor) -> Tensor:
-        return torch.as_tensor(nmf.transform(v.clamp_min(0).numpy())).float()
+        with _quiet_convergence():
+            return torch.as_tensor(nmf.transform(v.clamp_min(0).numpy())).float()
 
     return atoms, torch.zeros(x.shape[1]), encode, nmf
 
