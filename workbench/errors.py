@@ -48,3 +48,8 @@ class AnalysisError(WorkbenchError, ValueError):
     """An analysis was given arguments that do not fit together (a concept from another layer or
     classifier, more components than channels, tables and images of different lengths). Channels, masks
     and directions that do not fit a map raise :class:`InterventionError` instead."""
+
+
+class OffDistributionWarning(UserWarning):
+    """Maps handed to an inverter lie far from those it was trained on (:mod:`workbench.inverters.feature_distance`):
+    most likely another classifier's or layer's maps, or another preprocessing."""

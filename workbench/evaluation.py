@@ -10,8 +10,10 @@ comparison table.
 Columns: ``image`` (index in the dataset), ``sample``, ``label`` (when the dataset has labels),
 ``pred_original``, ``pred_reconstruction`` (-1 for a non-finite reconstruction), ``finite``,
 ``feature_cosine`` (inverted model, inverted layer), ``cross_cosine`` (an independent reference classifier's
-pooled features), ``top1``, ``top5`` (1.0 / 0.0), ``psnr``, ``ssim``. Metrics are NaN on non-finite
-reconstructions; the summary counts them (``nonfinite``) and averages the rest.
+pooled features), ``top1``, ``top5`` (1.0 / 0.0), ``psnr``, ``ssim``, and, for inverters that record their
+training maps' statistics, ``feature_distance`` (how far the inverted map lies from those, about 1 or less for the
+inverter's own maps; :func:`~workbench.inverters.feature_distance.feature_distance`). Metrics are NaN on non-finite
+reconstructions; the summary counts them (``nonfinite``) and averages the rest (the distance: its median).
 Set-level numbers live in ``table.attrs``: ``frechet_distance`` (reconstructions vs originals, in the
 reference's pooled feature space unless an ``extractor`` is given) and ``seconds_per_image``.
 
@@ -22,6 +24,7 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -67,6 +70,8 @@ def summary(table: pd.DataFrame) -> pd.Series:
     finite = table["finite"].astype(bool)
     out: dict[str, Any] = {m: float(table.loc[finite, m].mean()) if finite.any() else float("nan")
                            for m in METRICS if m in table}
+    if "feature_distance" in table:
+        out["feature_distance"] = float(table["feature_distance"].median())
     a = table.attrs
     out.update(frechet_distance=a.get("frechet_distance", float("nan")),
                seconds_per_image=a.get("seconds_per_image", float("nan")),
@@ -246,6 +251,7 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
         >>> t.summary()
     """
     from .hooks import extract_features
+    from .inverters.feature_distance import feature_distance
     from .tinyworld import TinyWorld
 
     layer = inverter.layer if layer is None else layer
@@ -261,11 +267,17 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
     dataset = TinyWorld("test", size=max(num_images, 2000), seed=0) if dataset is None else dataset
     images, labels, idx = select_images(dataset, num_images, seed)              # 1.
     feats = extract_features(classifier, images, layer)                         # 2.
+    kwargs = dict(invert_kwargs)
+    if "classifier" in inspect.signature(inverter.invert).parameters:  # FeatInv's feature guidance runs this one
+        kwargs.setdefault("classifier", classifier)
     t0 = time.perf_counter()
-    recon = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=progress, **invert_kwargs)  # 3.
+    recon = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=progress, **kwargs)  # 3.
     seconds = (time.perf_counter() - t0) / num_images
     table = evaluate_reconstructions(classifier, layer, images, recon, reference=reference, extractor=extractor,
                                      labels=labels, indices=idx)               # 4.
+    distance = feature_distance(inverter, feats)
+    if distance is not None:
+        table["feature_distance"] = distance.repeat_interleave(num_samples).numpy()
     table.attrs.update(inverter=inverter_label(inverter), seconds_per_image=seconds, seed=seed,
                        invert_kwargs=dict(invert_kwargs))
     return (table, images, recon) if return_reconstructions else table

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .feature_distance import warn_if_off_distribution
 from .interface import (
     capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
     read_config, register_feature_statistics, register_to_config, set_feature_statistics,
@@ -122,6 +123,7 @@ class DecoderInverter(nn.Module):
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
         check_features(self, features)
+        warn_if_off_distribution(self, features)
         dev = self.feature_mean.device
         out = [self(features[s:s + batch_size].to(dev).float()).float().cpu()
                for s in tqdm(range(0, len(features), batch_size), desc="decoder", disable=not progress)]

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion import DEFAULT_SCHEDULER, Guide, Predictor, denoise, diffusion_loss, gradient_guide
-from ..errors import InverterMismatchError
+from ..errors import InverterMismatchError, UnknownModelError, WeightsUnavailableError
+from .feature_distance import warn_if_off_distribution
 from .interface import (
     capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
     read_config, register_feature_statistics, register_to_config, set_feature_statistics,
@@ -228,11 +229,10 @@ class FeatInv(nn.Module):
             _sampler_settings(num_samples, batch_size, num_inference_steps, guidance_scale, scheduler, guidance_mode,
                               feature_guidance_scale, feature_guidance_steps)
         check_features(self, features)
+        warn_if_off_distribution(self, features)
         device = self.base.prompt_embeds.device
         if feature_guidance_scale > 0 and classifier is None:
-            from ..models import load_classifier
-
-            classifier = load_classifier(self.classifier_name, device=device)
+            classifier = self._guidance_classifier(device)
         B, S = features.shape[0], num_samples
         # 1. all noise up front on the CPU, so results do not depend on batch_size or device
         g = torch.Generator("cpu").manual_seed(seed)
@@ -262,6 +262,24 @@ class FeatInv(nn.Module):
                 # 5. decode into the output
                 out[s:e] = self.base.decode(z).float().cpu()
         return out.view(B, S, 3, self.image_size, self.image_size)
+
+    def _guidance_classifier(self, device: torch.device) -> nn.Module:
+        """The shipped or timm classifier named ``self.classifier_name`` on ``device``, for feature guidance: loaded
+        once and kept outside the module tree (it is neither saved nor moved with the inverter)."""
+        from ..models import load_classifier
+
+        cached = self.__dict__.get("_guidance_classifier")
+        if cached is None or cached[0] != str(device):
+            try:
+                cached = (str(device), load_classifier(self.classifier_name, device=device))
+            except (UnknownModelError, WeightsUnavailableError) as e:
+                raise type(e)(
+                    f"feature guidance (feature_guidance_scale > 0; the default is {DEFAULT_FEATURE_GUIDANCE_SCALE}) "
+                    f"runs the classifier {self.classifier_name!r} on the images being sampled, and it could not be "
+                    f"loaded: {e}. Pass the model that made the features as classifier=..., or turn feature "
+                    f"guidance off with feature_guidance_scale=0.") from e
+            self.__dict__["_guidance_classifier"] = cached
+        return cached[1]
 
     def _predictor(self, embed: Callable[[torch.Tensor], torch.Tensor], maps: torch.Tensor, rows: range, S: int,
                    guided: bool, guidance_mode: str) -> Predictor:
