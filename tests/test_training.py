@@ -49,12 +49,13 @@ def test_train_vae_and_base_five_steps(tmp_path):
     assert (tmp_path / "base" / "tinyworld-base" / "unet" / "config.json").is_file()
 
 
-def test_train_base_layers_per_block_and_make_weights_base_args(tmp_path):
+def test_train_base_layers_per_block_and_make_weights_base_args(tmp_path, capsys):
     card = base.main(base.parse_args(["--out", str(tmp_path), "--steps", "2", "--widths", "16,32,32",
                                       "--layers-per-block", "2", *SMALL]))
     assert card["unet_config"]["layers_per_block"] == 2
-    with pytest.raises(SystemExit, match="--layers-per-block 0"):
-        base.main(base.parse_args(["--out", str(tmp_path / "x"), "--steps", "2", "--layers-per-block", "0", *SMALL]))
+    with pytest.raises(SystemExit) as e:  # refused by parse_args, before anything loads
+        base.parse_args(["--out", str(tmp_path / "x"), "--steps", "2", "--layers-per-block", "0", *SMALL])
+    assert e.value.code == 2 and "--layers-per-block 0: must be at least 1" in capsys.readouterr().err
     args = all_stages.parse_args(["--profile", "smoke", "--base-args", "--widths 64,128,192 --layers-per-block 2"])
     args.runs, args.ship = str(tmp_path / "r"), str(tmp_path / "s")
     cmd = all_stages.stage_command("base", args, all_stages.PROFILES["smoke"])
@@ -241,14 +242,17 @@ def test_configs_are_the_flags_with_the_dataclass_defaults():
         featinv.train_featinv(classifier="c", layer="l", out="o", eval_n=4)
 
 
-def test_train_base_loss_options_and_their_bad_values(tmp_path):
+def test_train_base_loss_options_and_their_bad_values(tmp_path, capsys):
     card = base.main(base.parse_args(["--out", str(tmp_path), "--steps", "3", "--widths", "16,32,32",
                                       "--snr-gamma", "5", "--min-timestep", "600", *SMALL]))
     assert card["training"]["snr_gamma"] == 5.0 and card["training"]["min_timestep"] == 600
-    with pytest.raises(SystemExit, match="--snr-gamma 0.0"):
-        base.main(base.parse_args(["--out", str(tmp_path / "x"), "--steps", "2", "--snr-gamma", "0", *SMALL]))
-    with pytest.raises(SystemExit, match="--min-timestep 1000"):
-        base.main(base.parse_args(["--out", str(tmp_path / "y"), "--steps", "2", "--min-timestep", "1000", *SMALL]))
+    for flag, value, message in [("--snr-gamma", "0", "--snr-gamma 0.0: must be > 0"),
+                                 ("--min-timestep", "1000", "--min-timestep 1000: must be in [0, 999]")]:
+        with pytest.raises(SystemExit):  # refused by parse_args, before anything loads
+            base.parse_args(["--out", str(tmp_path / "x"), "--steps", "2", flag, value, *SMALL])
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--snr-gamma 0"):  # the config itself refuses it (the Python API)
+        base.BaseConfig(out=str(tmp_path / "x"), snr_gamma=0)
 
 
 def test_train_base_init_from_continues_a_saved_base(tmp_path):

@@ -22,9 +22,9 @@ from typing import Literal
 
 import torch
 
-from .common import (EMA_DECAY, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, command_line,
-                     parse_config, ema_update, encode_all, init_card, optimiser_step, resume_run, save_if_due,
-                     start_run, tinyworld_images)
+from .common import (EMA_DECAY, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_int, check_resume,
+                     check_snr_gamma, command_line, ema_update, encode_all, init_card, loop_generator,
+                     optimiser_step, parse_config, process_of, resume_run, save_if_due, start_run, tinyworld_images)
 
 
 @dataclass(kw_only=True)
@@ -56,20 +56,20 @@ class BaseConfig(RunConfig):
     # --widths and --layers-per-block
     compile: bool = False  # torch.compile the UNet (minutes of compile time; pays off on long runs)
 
+    run_keys = ("vae", "widths", "layers_per_block", "init_from")
+    positive = RunConfig.positive + ("train_images", "layers_per_block", "eval_images")
+    fractions = ("null_prob", "ema")
+
+    def check(self) -> None:
+        super().check()
+        check_int(self, "min_timestep", low=0, high=999)  # of the scheduler's 1000 steps
+        check_snr_gamma(self)
+        if not self.widths or min(self.widths) < 1:
+            raise ValueError(f"--widths {','.join(map(str, self.widths))}: needs one or more widths >= 1")
+
 
 def parse_args(argv=None) -> BaseConfig:
     return parse_config(BaseConfig, argv, prog="workbench train-base", description=__doc__)
-
-
-def check_config(config: BaseConfig) -> None:
-    """Refuse values the run would fail on later, naming the flag."""
-    if not 0 <= config.min_timestep < 1000:
-        raise SystemExit(f"--min-timestep {config.min_timestep}: must be in [0, 1000) (the scheduler's 1000 steps)")
-    if config.snr_gamma is not None and not config.snr_gamma > 0:
-        raise SystemExit(f"--snr-gamma {config.snr_gamma}: must be > 0 (5 is the paper's choice), or left out for "
-                         "plain MSE")
-    if config.layers_per_block < 1:
-        raise SystemExit(f"--layers-per-block {config.layers_per_block}: needs at least 1")
 
 
 def fixed_prompt_embeds(dim: int, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,20 +147,22 @@ def build_base(config: BaseConfig):
 
 def train(config: BaseConfig, acc, base, latents: torch.Tensor) -> tuple[torch.nn.Module, Steps]:
     """The training loop on ``latents`` ``[N, C, h, w]`` (resumed with ``config.resume``); returns the EMA UNet
-    and the finished loop."""
+    and the finished loop. Each process trains on its own share of every global batch, with its own noise."""
     unet = base.unet.requires_grad_(True).train()
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
     noise_sched = base.make_scheduler("ddpm")
-    stream = TensorStream(latents, batch_size=config.batch_size, seed=config.seed)
+    rank, world = process_of(acc)
+    stream = TensorStream(latents, batch_size=config.batch_size, seed=config.seed, rank=rank, world=world)
     opt, sched = adamw_with_schedule(unet.parameters(), config, weight_decay=0.01)
-    state = resume_run(config, modules={"unet": unet, "ema": ema}, optimizer=opt, lr_scheduler=sched, stream=stream)
+    state = resume_run(config, modules={"unet": unet, "ema": ema}, optimizer=opt, lr_scheduler=sched, stream=stream,
+                       acc=acc)
     start = state["step"] if state else 0
+    g = loop_generator(config, acc, state)
     unet_p, opt = acc.prepare(unet, opt)
     denoiser = torch.compile(unet_p) if config.compile else unet_p
     it = iter(stream)
-    g = torch.Generator(acc.device).manual_seed(config.seed + start)
     loop = Steps(start, config.steps, desc="base", max_minutes=config.max_minutes, lr_scheduler=sched,
-                 progress=config.progress)
+                 progress=config.progress, acc=acc)
     for step in loop:
         (z0,) = next(it)
         with acc.accumulate(unet_p):
@@ -170,7 +172,7 @@ def train(config: BaseConfig, acc, base, latents: torch.Tensor) -> tuple[torch.n
         ema_update(ema, acc.unwrap_model(unet_p), config.ema, step=step)
         loop.log(loss=loss.item())
         save_if_due(loop, step, acc, config, modules={"unet": acc.unwrap_model(unet_p), "ema": ema}, optimizer=opt,
-                    lr_scheduler=sched, extra={"stream": stream.state_dict()})
+                    lr_scheduler=sched, extra={"stream": stream.state_dict()}, generator=g)
     return ema, loop
 
 
@@ -200,32 +202,35 @@ def base_card(config: BaseConfig, base, ucfg: dict, loop: Steps, *, wall_time_s:
 
 def main(config: BaseConfig) -> dict:
     """Train the base, write ``config.out/tinyworld-base`` (and ``config.ship``'s) with its card; measure its
-    samples for the card when ``config.eval_classifiers`` is given."""
+    samples for the card when ``config.eval_classifiers`` is given (the main process measures and writes; the
+    others return the card without metrics)."""
     from ..evaluation import base_card_metrics
     from ..models import load_shipped_classifier
 
-    check_config(config)
+    check_resume(config, what="the base")
     timer = Timer()
     config, acc = start_run(config)
     config, base, ucfg = build_base(config)
     base.to(acc.device)
     images, _ = tinyworld_images(config.train_images, split="train", seed=config.seed, device=acc.device,
-                                 progress=config.progress)
+                                 progress=config.progress and acc.is_main_process)
     latents = encode_all(base, images)
     del images
     base.unet, loop = train(config, acc, base, latents)
     base.requires_grad_(False).eval()
     card = base_card(config, base, ucfg, loop, wall_time_s=timer.seconds, device=acc.device)
-    if config.eval_classifiers:
-        cnn = load_shipped_classifier("tinyworld-cnn", device=acc.device, root=config.eval_classifiers)
-        vit = load_shipped_classifier("tinyworld-vit", device=acc.device, root=config.eval_classifiers)
-        card["metrics"] = base_card_metrics(base, cnn, vit, num_images=config.eval_images, seed=config.seed,
-                                            progress=config.progress)
+    card["training"]["processes"] = acc.num_processes
     if acc.is_main_process:
+        if config.eval_classifiers:
+            cnn = load_shipped_classifier("tinyworld-cnn", device=acc.device, root=config.eval_classifiers)
+            vit = load_shipped_classifier("tinyworld-vit", device=acc.device, root=config.eval_classifiers)
+            card["metrics"] = base_card_metrics(base, cnn, vit, num_images=config.eval_images, seed=config.seed,
+                                                progress=config.progress)
         base.save_pretrained(Path(config.out) / "tinyworld-base", fp16=False, card=card)
         if config.ship:
             base.save_pretrained(Path(config.ship) / "tinyworld-base", fp16=True, card=card)
-    print(f"base: {json.dumps(card.get('metrics', {}))} {timer.seconds} s")
+        print(f"base: {json.dumps(card.get('metrics', {}))} {timer.seconds} s")
+    acc.wait_for_everyone()  # the weights are there for every process to read
     return card
 
 

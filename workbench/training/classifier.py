@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, command_line, parse_config,
-                     init_card, optimiser_step, resume_run, save_if_due, start_run, tinyworld_images)
+from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_resume, command_line,
+                     init_card, loop_generator, optimiser_step, parse_config, process_of, resume_run, save_if_due,
+                     start_run, tinyworld_images)
 
 
 @dataclass(kw_only=True)
@@ -38,6 +39,16 @@ class ClassifierConfig(RunConfig):
     # base's 'p > 0.9' quality criterion needs; 0.1 caps the target at 0.91)
     init_from: str | None = None  # start from these weights (a data folder holding NAME.safetensors) instead of
     # random ones
+
+    run_keys = ("name", "arch")
+    positive = RunConfig.positive + ("train_images", "test_images")
+
+    def check(self) -> None:
+        super().check()
+        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
+            raise ValueError(f"--label-smoothing {self.label_smoothing!r}: must be in [0, 1)")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay {self.weight_decay!r}: must be >= 0")
 
 
 def parse_args(argv=None) -> ClassifierConfig:
@@ -88,16 +99,18 @@ def build_classifier(config: ClassifierConfig):
 
 def train(config: ClassifierConfig, acc, clf) -> tuple[torch.nn.Module, Steps]:
     """The training loop (resumed from ``config.out``'s checkpoint with ``config.resume``); returns the trained
-    classifier (unwrapped) and the finished loop."""
+    classifier (unwrapped) and the finished loop. Each process trains on its own share of every global batch."""
     opt, sched = adamw_with_schedule(clf.parameters(), config, weight_decay=config.weight_decay)
     images, labels = tinyworld_images(config.train_images, split="train", seed=config.seed, device=acc.device,
-                                      progress=config.progress)
-    stream = TensorStream(images, labels, batch_size=config.batch_size, seed=config.seed)
-    state = resume_run(config, modules={"model": clf}, optimizer=opt, lr_scheduler=sched, stream=stream)
+                                      progress=config.progress and acc.is_main_process)
+    rank, world = process_of(acc)
+    stream = TensorStream(images, labels, batch_size=config.batch_size, seed=config.seed, rank=rank, world=world)
+    state = resume_run(config, modules={"model": clf}, optimizer=opt, lr_scheduler=sched, stream=stream, acc=acc)
+    g = loop_generator(config, acc, state)
     clf, opt = acc.prepare(clf, opt)
     it = iter(stream)
     loop = Steps(state["step"] if state else 0, config.steps, desc=config.name, max_minutes=config.max_minutes,
-                 lr_scheduler=sched, progress=config.progress)
+                 lr_scheduler=sched, progress=config.progress, acc=acc)
     clf.train()
     for step in loop:
         x, y = next(it)
@@ -106,21 +119,19 @@ def train(config: ClassifierConfig, acc, clf) -> tuple[torch.nn.Module, Steps]:
             optimiser_step(acc, loss, clf, opt, sched)
         loop.log(loss=loss.item())
         save_if_due(loop, step, acc, config, modules={"model": acc.unwrap_model(clf)}, optimizer=opt,
-                    lr_scheduler=sched, extra={"stream": stream.state_dict()})
+                    lr_scheduler=sched, extra={"stream": stream.state_dict()}, generator=g)
     return acc.unwrap_model(clf), loop
 
 
 def main(config: ClassifierConfig) -> dict:
-    """Train, measure on fresh test images, write weights and card into ``config.out`` (and ``config.ship``)."""
+    """Train, measure on fresh test images, write weights and card into ``config.out`` (and ``config.ship``).
+    Under several processes the main one measures and writes; the others return the card without metrics."""
     from .. import zoo
-    from ..weights import card_path, save_state, weights_path, write_card
 
+    check_resume(config, what=config.name)
     timer = Timer()
     config, acc = start_run(config)
     model, loop = train(config, acc, build_classifier(config))
-    test_x, test_y = tinyworld_images(config.test_images, split="test", seed=config.seed, device=acc.device)
-    test_acc = accuracy(model, test_x, test_y)
-    confident = confident_fraction(model, test_x)
     spec = zoo.SHIPPED_CLASSIFIERS[config.name]
     card = {
         "name": config.name, "architecture": spec["architecture"],
@@ -128,23 +139,34 @@ def main(config: ClassifierConfig) -> dict:
         "mean": zoo.TINY_MEAN, "std": zoo.TINY_STD, "input_size": zoo.TINY_INPUT_SIZE,
         "layers": spec["layers"],
         "training": {"command": command_line(), "seed": config.seed, "steps": loop.total,
-                     "batch_size": config.batch_size, "train_images": config.train_images,
-                     "label_smoothing": config.label_smoothing, "init_from": config.init_from,
-                     "mixed_precision": config.mixed_precision, "wall_time_s": timer.seconds,
-                     "device": str(acc.device)},
-        "metrics": {"test_accuracy": round(test_acc, 4), "test_confident_fraction": round(confident, 4),
-                    "test_images": config.test_images, "test_split_seed": config.seed},
+                     "batch_size": config.batch_size, "processes": acc.num_processes,
+                     "train_images": config.train_images, "label_smoothing": config.label_smoothing,
+                     "init_from": config.init_from, "mixed_precision": config.mixed_precision,
+                     "wall_time_s": timer.seconds, "device": str(acc.device)},
     }
+    if acc.is_main_process:
+        write_classifier(config, acc, model, card, loop)
+    acc.wait_for_everyone()  # the weights are there for every process to read
+    return card
+
+
+def write_classifier(config: ClassifierConfig, acc, model, card: dict, loop: Steps) -> None:
+    """Measure ``model`` on fresh test images into ``card`` and write weights and card (the main process)."""
+    from ..weights import card_path, save_state, weights_path, write_card
+
+    test_x, test_y = tinyworld_images(config.test_images, split="test", seed=config.seed, device=acc.device)
+    test_acc = accuracy(model, test_x, test_y)
+    card["metrics"] = {"test_accuracy": round(test_acc, 4),
+                       "test_confident_fraction": round(confident_fraction(model, test_x), 4),
+                       "test_images": config.test_images, "test_split_seed": config.seed}
     if config.init_from and (prev := init_card(card_path(config.name, Path(config.init_from)))):  # starting card
         card["training"]["init_card"] = prev
-    if acc.is_main_process:
-        save_state(model.model, weights_path(config.name, Path(config.out)), fp16=False)
-        write_card(config.name, card, Path(config.out))
-        if config.ship:
-            save_state(model.model, weights_path(config.name, Path(config.ship)), fp16=True)
-            write_card(config.name, card, Path(config.ship))
-    print(f"{config.name}: test accuracy {test_acc:.4f} after {loop.total} steps, {timer.seconds} s")
-    return card
+    save_state(model.model, weights_path(config.name, Path(config.out)), fp16=False)
+    write_card(config.name, card, Path(config.out))
+    if config.ship:
+        save_state(model.model, weights_path(config.name, Path(config.ship)), fp16=True)
+        write_card(config.name, card, Path(config.ship))
+    print(f"{config.name}: test accuracy {test_acc:.4f} after {loop.total} steps, {card['training']['wall_time_s']} s")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
-"""What every training script shares: its config's common fields and their flags, accelerate, the LR schedule,
-data streams, the EMA, atomic resumable checkpoints and the step loop.
+"""What every training script shares: its config's common fields, their flags and checks, accelerate and the
+processes it runs, the LR schedule, the EMA, atomic resumable checkpoints and the step loop (the data streams are
+in :mod:`workbench.training.data`).
 
 Each script (``classifier``, ``vae``, ``base``, ``featinv``, ``decoder``) has a config dataclass that extends
 :class:`RunConfig`, ``parse_args(argv) -> config`` (one flag per field, built by :func:`config_parser`) and
 ``main(config)``.
+
+Under ``accelerate launch`` (several processes, one per GPU) every process runs the whole script: each trains on
+its own slice of every global batch (``--batch-size`` items per process), draws its own noise, and agrees with the
+others on every decision that ends or shapes the loop (the time budget is measured by the main process and
+broadcast). Only the main process writes checkpoints, weights, cards and caches; the others wait where they must
+read what it wrote.
 
 Checkpoints never pickle code: model weights are safetensors, and optimiser / scheduler / RNG
 states are plain tensors and numbers saved with ``torch.save`` and read back with
@@ -13,6 +20,7 @@ renamed into place, so a kill at any moment leaves the previous checkpoint intac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -24,12 +32,13 @@ import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..tinyworld import tinyworld_images  # noqa: F401  (the training scripts' image source)
+from .data import ImageFolderStream, TensorStream, derived_seed  # noqa: F401  (the scripts' data streams)
 
 CKPT = "checkpoint"
 WARMUP_STEPS = 200  # the LR warms up linearly over min(WARMUP_STEPS, steps // 10) steps, then decays (cosine_lr)
@@ -40,13 +49,20 @@ EMA_START_STEP = 200  # up to this step the EMA copies the weights (decay 0) rat
 # ---------------------------------------------------------------------- config
 @dataclass(kw_only=True)
 class RunConfig:
-    """The fields every training script shares; each script's config extends it (and sets the first three)."""
+    """The fields every training script shares; each script's config extends it (and sets the first three).
 
-    steps: int  # optimiser steps in total (a resumed run continues to this)
-    batch_size: int  # images per optimiser step on each process
-    lr: float  # peak learning rate (linear warm-up, then cosine decay to a tenth)
+    Constructing one checks every value (:meth:`check`): a bad one raises ``ValueError`` naming the flag, and
+    ``parse_args`` turns that into a usage error before anything loads.
+    """
+
+    steps: int  # training steps in total (a resumed run continues to this); each step trains on one batch per
+    # process, and the optimiser steps every --grad-accum steps
+    batch_size: int  # images per process in each step: under N processes (accelerate launch) a step trains on
+    # N x this (the global batch), each process on its own share
+    lr: float  # peak learning rate (linear warm-up, then cosine decay to a tenth); not scaled with the processes
     out: str  # run folder for checkpoints and the final weights
-    seed: int = 0  # seeds the weights, the data and every random draw of the loop
+    seed: int = 0  # seeds the weights, the data order and every random draw of the loop (each process draws its
+    # own noise from it)
     device: str = "auto"  # auto | cpu | cuda (accelerate picks the GPU when 'auto')
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "no"  # autocast precision; 'auto' is bf16 where the
     # device computes it natively (recent GPUs, CPUs with AVX512-BF16/AMX), else fp32
@@ -57,6 +73,68 @@ class RunConfig:
     max_minutes: float | None = None  # time budget: after 30 steps the total is cut to what fits (the LR schedule
     # follows)
     progress: bool = True  # progress bars (without them, a log line every 100 steps)
+
+    #: fields naming what a run trains: ``--resume`` refuses a checkpoint whose run had other values
+    run_keys: ClassVar[tuple[str, ...]] = ()
+    #: fields that must be at least 1 (each script adds its own)
+    positive: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "grad_accum", "save_every")
+    #: fields that must be at least 0
+    non_negative: ClassVar[tuple[str, ...]] = ()
+    #: fields that must lie in [0, 1]
+    fractions: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Refuse values a run would fail on, or silently misuse, later (``--steps 0`` trains nothing,
+        ``--save-every 0`` divides by zero).
+
+        Raises:
+            ValueError: ``"--flag value: what it must be"``.
+        """
+        for name in self.positive:
+            check_int(self, name, low=1)
+        for name in self.non_negative:
+            check_int(self, name, low=0)
+        for name in self.fractions:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ValueError(f"{flag(name)} {value!r}: must be a fraction in [0, 1]")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"--lr {self.lr!r}: must be a finite number >= 0")
+        if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float))
+                                                 and math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ValueError(f"--max-minutes {self.max_minutes!r}: must be a number of minutes > 0, or left out")
+        check_int(self, "seed", low=0, high=2 ** 64 - 1)  # what torch.Generator.manual_seed tells apart
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"--device {self.device!r}: expected auto, cpu or cuda")
+
+    def run_record(self) -> dict[str, Any]:
+        """What this run trains (:attr:`run_keys` and their values), kept in its checkpoints."""
+        return {k: getattr(self, k) for k in self.run_keys}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``"save_every"`` -> ``"--save-every"``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_snr_gamma(config) -> None:
+    """Refuse a ``--snr-gamma`` that is not > 0 (none is plain MSE)."""
+    if config.snr_gamma is not None and not (isinstance(config.snr_gamma, (int, float)) and config.snr_gamma > 0):
+        raise ValueError(f"--snr-gamma {config.snr_gamma!r}: must be > 0 (5 is the paper's choice), or left out for "
+                         "plain MSE")
+
+
+def check_int(config, name: str, *, low: int, high: int | None = None) -> None:
+    """Refuse a field of ``config`` that is not an int in ``[low, high]``, naming its flag and value."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{flag(name)} {value!r}: must be a whole number")
+    if value < low or (high is not None and value > high):
+        bound = f"at least {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{flag(name)} {value}: must be {bound}")
 
 
 def field_comments(cls) -> dict[str, str]:
@@ -134,22 +212,30 @@ def config_parser(cls, *, prog: str, description: str) -> argparse.ArgumentParse
 
 def parse_config(cls, argv=None, *, prog: str, description: str):
     """``argv`` (default ``sys.argv[1:]``) parsed by :func:`config_parser` into a ``cls`` instance: the body of
-    every training script's ``parse_args``."""
-    return cls(**vars(config_parser(cls, prog=prog, description=description).parse_args(argv)))
+    every training script's ``parse_args``. A value the config refuses (:meth:`RunConfig.check`) is a usage error:
+    one line naming the flag and the value on stderr, exit status 2."""
+    parser = config_parser(cls, prog=prog, description=description)
+    try:
+        return cls(**vars(parser.parse_args(argv)))
+    except ValueError as e:  # a value out of range: argparse's usage error (exit status 2), before anything loads
+        parser.error(str(e))
 
 
 # ---------------------------------------------------------------------- accelerate
 def start_run(config):
     """The first step of every script's ``main``: ``(config, accelerator)``, the config with ``'auto'`` precision
     resolved (what the card records), an ``accelerate.Accelerator`` honouring ``device``, ``mixed_precision`` and
-    ``grad_accum``, and torch seeded with ``config.seed``. Under ``accelerate launch`` the launcher's settings win for
-    the device."""
+    ``grad_accum``, and torch seeded with ``config.seed`` (in every process, so that all build the same weights; the
+    loop's random draws then differ per process, see :func:`loop_generator`). Under ``accelerate launch`` the
+    launcher's settings win for the device."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    cpu = config.device == "cpu"
+    # on a machine without a GPU, 'auto' is the CPU: accelerate then runs the processes of `accelerate launch
+    # --multi_gpu --num_processes N` on it, with gloo (without cpu=True it would make each a lone process)
+    cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+        raise SystemExit("--device cuda: no CUDA device is visible to this process; use --device cpu or auto")
     # accelerate keeps one state per process, refusing a later run's other precision: only its private reset drops it
     if AcceleratorState._shared_state:
         AcceleratorState._reset_state()
@@ -187,9 +273,16 @@ def cosine_lr(optimizer, *, warmup: int, total: int):
     return sched
 
 
-def adamw_with_schedule(params, config: RunConfig, *, weight_decay: float, warmup: int = WARMUP_STEPS):
-    """``(AdamW, cosine_lr)`` for ``config.steps`` at ``config.lr``, warming up over ``min(warmup, steps // 10)``."""
+def adamw_with_schedule(params, config: RunConfig, *, weight_decay: float, warmup: int = WARMUP_STEPS,
+                        schedule: Literal["cosine", "constant"] = "cosine"):
+    """``(AdamW, LR schedule)`` for ``config.steps`` at ``config.lr``: :func:`cosine_lr` warming up over
+    ``min(warmup, steps // 10)``, or with ``schedule="constant"`` the peak LR throughout (the official FeatInv
+    training's). Either has ``sched.horizon["total"]``."""
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=weight_decay)
+    if schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        sched.horizon = {"total": config.steps}
+        return opt, sched
     return opt, cosine_lr(opt, warmup=min(warmup, config.steps // 10), total=config.steps)
 
 
@@ -215,32 +308,84 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, *, step: int) -> 
 
 
 class StepBudget:
-    """Cut a run's total steps to fit ``max_minutes`` (measured after ``probe`` steps of this process).
+    """Cut a run's total steps to fit ``max_minutes``, measured after ``probe`` steps by the main process and
+    broadcast to the others (processes whose clocks disagree on the total would hang at the last step's
+    all-reduce).
 
-    Usage: ``total = budget.update(step, total)`` once per step; it returns the (possibly lowered) total and
-    lowers the LR schedule's horizon with it, so the cosine decay still ends at the last step.
+    Usage: ``total = budget.update(step, total)`` once per step, in every process; it returns the (possibly
+    lowered) total and lowers the LR schedule's horizon with it, so the cosine decay still ends at the last step.
     """
 
-    def __init__(self, max_minutes: float | None, lr_scheduler=None, probe: int = 30):
+    def __init__(self, max_minutes: float | None, lr_scheduler=None, probe: int = 30, acc=None,
+                 clock=time.monotonic):
         self.limit = None if max_minutes is None else max_minutes * 60
         self.sched = lr_scheduler
         self.probe = probe
-        self.t0 = time.time()
+        self.acc = acc
+        self.clock = clock
+        self.t0 = clock()
         self.seen = 0
 
     def update(self, step: int, total: int) -> int:
         self.seen += 1
         if self.seen == 1:  # the first step may include compilation: the rate is measured after it
-            self.t1 = time.time()
+            self.t1 = self.clock()
         if self.limit is None or self.seen != self.probe:
             return total
-        per_step = (time.time() - self.t1) / (self.seen - 1)
-        fits = step + 1 + int((self.limit - (time.time() - self.t0)) / per_step)
-        if fits < total:
-            total = max(step + 2, fits)
-            if self.sched is not None:
-                self.sched.horizon["total"] = total
-        return total
+        per_step = (self.clock() - self.t1) / (self.seen - 1)
+        fits = step + 1 + int((self.limit - (self.clock() - self.t0)) / per_step)
+        new = max(step + 2, fits) if fits < total else total
+        new = main_process_decides(self.acc, new)
+        if new != total and self.sched is not None:
+            self.sched.horizon["total"] = new
+        return new
+
+
+def main_process_decides(acc, value):
+    """``value`` as the main process has it, in every process (a broadcast; ``value`` itself with one process).
+    Every process must call it at the same point of the loop."""
+    if acc is None or acc.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def process_of(acc) -> tuple[int, int]:
+    """``(rank, world)``: this process's index and the number of processes (``(0, 1)`` without ``acc``)."""
+    return (0, 1) if acc is None else (acc.process_index, acc.num_processes)
+
+
+def loop_generator(config: RunConfig, acc, state: dict[str, Any] | None = None) -> torch.Generator:
+    """The generator of a loop's noise and timesteps, on ``acc.device``, and torch's global RNG (dropout, a VAE's
+    posterior sample) set up for this process: both seeded from ``config.seed`` and the process's rank (process
+    0 keeps ``config.seed`` itself, so a one-process run draws what it always drew), or restored from a
+    checkpoint's ``state`` where it saved this process's (a run resumed under the same number of processes
+    continues every process's random draws exactly; under another number they are drawn afresh)."""
+    rank, world = process_of(acc)
+    g = torch.Generator(acc.device if acc is not None else "cpu")
+    saved = (state or {}).get("processes")
+    if saved is not None and len(saved) == world:
+        torch.set_rng_state(saved[rank]["torch_rng"])
+        g.set_state(saved[rank]["generator"])
+        return g
+    start = state["step"] if state else 0
+    if rank > 0:
+        torch.manual_seed(derived_seed(config.seed, "process", rank, start))
+    seed = (config.seed + start) % 2 ** 64 if rank == 0 else derived_seed(config.seed, "noise", rank, start)
+    return g.manual_seed(seed)
+
+
+def process_states(acc, generator: torch.Generator | None) -> list[dict[str, torch.Tensor]]:
+    """Every process's random state (torch's global RNG, the loop's generator), gathered for the checkpoint, in
+    rank order. A collective: every process calls it at the same step."""
+    mine = {"torch_rng": torch.get_rng_state(),
+            "generator": (generator.get_state() if generator is not None else torch.get_rng_state())}
+    if acc is None or acc.num_processes == 1:
+        return [mine]
+    from accelerate.utils import gather_object
+
+    return gather_object([mine])
 
 
 # ---------------------------------------------------------------------- data
@@ -249,51 +394,6 @@ def encode_all(base, images_u8: torch.Tensor, batch_size: int = 1024) -> torch.T
     """Scaled latents of every image, batched: ``uint8 [N, 3, H, W]`` -> ``float [N, C, h, w]``."""
     return torch.cat([base.encode(images_u8[s:s + batch_size].float() / 255)
                       for s in range(0, len(images_u8), batch_size)])
-
-
-class TensorStream:
-    """Infinite random mini-batches from tensors held in memory, resumable through ``state_dict``.
-
-    Args:
-        tensors: tensors sharing their first dimension (e.g. images ``uint8 [N, 3, H, W]`` and labels ``[N]``).
-        batch_size: items per batch.
-        seed: seed of the sampling generator.
-    """
-
-    def __init__(self, *tensors: torch.Tensor, batch_size: int, seed: int = 0):
-        self.tensors = tensors
-        self.n = tensors[0].shape[0]
-        self.batch_size = batch_size
-        self.g = torch.Generator("cpu").manual_seed(seed)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        while True:
-            idx = torch.randint(self.n, (self.batch_size,), generator=self.g)
-            yield tuple(t[idx.to(t.device)] for t in self.tensors)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.g.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.g.set_state(state["generator"])
-
-
-def image_folder_stream(path: str | Path, *, image_size: int, batch_size: int, seed: int = 0,
-                        num_workers: int = 4) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless batches from an ImageFolder-style directory (ImageNet layout): ``([B, 3, S, S] in [0, 1], [B])``.
-    Images are resized on the short side and centre-cropped to ``image_size``."""
-    from torchvision import datasets, transforms
-
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data {path!r} is neither 'tinyworld' nor an existing ImageFolder directory")
-    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()])
-    ds = datasets.ImageFolder(str(root), transform=tf, loader=lambda p: datasets.folder.pil_loader(p))
-    g = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g, drop_last=True,
-                                         num_workers=num_workers, persistent_workers=num_workers > 0)
-    while True:
-        yield from loader
 
 
 def state_fingerprint(*modules: nn.Module, extra: str = "") -> str:
@@ -308,12 +408,23 @@ def state_fingerprint(*modules: nn.Module, extra: str = "") -> str:
     return h.hexdigest()[:16]
 
 
-def cached_tensor(cache_dir: str | Path | None, name: str, key: str, compute, *, half: bool = False) -> torch.Tensor:
+def cached_tensor(cache_dir: str | Path | None, name: str, key: str, compute, *, half: bool = False, acc=None,
+                  created: list[Path] | None = None) -> torch.Tensor:
     """``compute()`` once, kept in ``cache_dir/{name}-{key}.safetensors`` for later runs (and ``--resume``).
 
     ``key`` must change whenever the result would (see :func:`state_fingerprint`). With ``half`` the tensor is
     stored and returned as fp16, unless its values leave fp16's range (then fp32). ``cache_dir=None`` computes
-    without writing anything."""
+    without writing anything. With several processes (``acc``) the main one computes and writes the file, and the
+    others read it once it is there. The path of a file this call wrote is appended to ``created`` (what
+    :func:`removed_on_failure` deletes when the run fails)."""
+    if acc is None or acc.num_processes == 1:
+        return _cached_tensor(cache_dir, name, key, compute, half=half, write=True, created=created)
+    with acc.main_process_first():  # the main process computes and writes first; the others then read its file
+        return _cached_tensor(cache_dir, name, key, compute, half=half, write=acc.is_main_process, created=created)
+
+
+def _cached_tensor(cache_dir, name: str, key: str, compute, *, half: bool, write: bool,
+                   created: list[Path] | None) -> torch.Tensor:
     from safetensors.torch import load_file, save_file
 
     path = None if cache_dir is None else Path(cache_dir) / f"{name}-{key}.safetensors"
@@ -325,12 +436,28 @@ def cached_tensor(cache_dir: str | Path | None, name: str, key: str, compute, *,
     value = compute()
     if half and value.is_floating_point() and value.abs().max().item() < 6e4:
         value = value.half()
-    if path is not None:
+    if path is not None and write:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file({"value": value.detach().contiguous().cpu()}, str(tmp))
         tmp.replace(path)
+        if created is not None:
+            created.append(path)
     return value
+
+
+@contextlib.contextmanager
+def removed_on_failure(created: list[Path]):
+    """Delete the files listed in ``created`` (and their folders, once empty) when the block raises: a failed run
+    leaves no cache behind. A run that is killed cannot clean up; its caches are reused when it is resumed."""
+    try:
+        yield created
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only when empty
+        raise
 
 
 def init_card(card_path: str | Path, *, also: tuple[str, ...] = ()) -> dict[str, Any] | None:
@@ -350,8 +477,11 @@ def init_card(card_path: str | Path, *, also: tuple[str, ...] = ()) -> dict[str,
 
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(out: str | Path, *, step: int, modules: dict[str, nn.Module], optimizer=None, lr_scheduler=None,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write ``out/checkpoint`` atomically: modules as safetensors (fp32), the rest as plain tensors."""
+                    extra: dict[str, Any] | None = None, processes: list[dict[str, torch.Tensor]] | None = None,
+                    run: dict[str, Any] | None = None) -> Path:
+    """Write ``out/checkpoint`` atomically: modules as safetensors (fp32), the rest as plain tensors;
+    ``processes`` holds every process's random state (:func:`process_states`), ``run`` what the run trains
+    (:meth:`RunConfig.run_record`, also in ``step.json``, which ``--resume`` checks before loading anything)."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -362,6 +492,8 @@ def save_checkpoint(out: str | Path, *, step: int, modules: dict[str, nn.Module]
         save_file({k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
                    for k, v in m.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     state = {"step": step, "torch_rng": torch.get_rng_state(), "extra": extra or {}}
+    if processes is not None:
+        state["processes"] = processes
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     if optimizer is not None:
@@ -369,7 +501,8 @@ def save_checkpoint(out: str | Path, *, step: int, modules: dict[str, nn.Module]
     if lr_scheduler is not None:
         state["lr_scheduler"] = lr_scheduler.state_dict()
     torch.save(state, tmp / "state.pt")
-    (tmp / "step.json").write_text(json.dumps({"step": step, "time": time.time()}))
+    (tmp / "step.json").write_text(json.dumps({"step": step, "time": time.time(), "run": run or {},
+                                               "processes": len(processes or [None])}))
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -378,20 +511,30 @@ def save_checkpoint(out: str | Path, *, step: int, modules: dict[str, nn.Module]
     return final
 
 
+def checkpoint_folder(out: str | Path) -> Path | None:
+    """The checkpoint in ``out``: ``out/checkpoint``, or ``out/checkpoint.old`` where a kill between the two
+    renames of :func:`save_checkpoint` left only that; ``None`` when there is none."""
+    for ck in (Path(out) / CKPT, Path(out) / (CKPT + ".old")):
+        if (ck / "state.pt").is_file():
+            return ck
+    return None
+
+
 def load_checkpoint(out: str | Path, *, modules: dict[str, nn.Module], optimizer=None, lr_scheduler=None,
                     map_location="cpu") -> dict[str, Any] | None:
     """Restore ``out/checkpoint`` into the given objects; returns the state (with ``step``) or ``None``."""
     from safetensors.torch import load_file
 
-    ck = Path(out) / CKPT
-    if not (ck / "state.pt").is_file():
-        old = Path(out) / (CKPT + ".old")  # a kill between the two renames leaves only .old
-        if (old / "state.pt").is_file():
-            ck = old
-        else:
-            return None
+    ck = checkpoint_folder(out)
+    if ck is None:
+        return None
     for name, m in modules.items():
-        m.load_state_dict(load_file(str(ck / f"{name}.safetensors")))
+        try:
+            m.load_state_dict(load_file(str(ck / f"{name}.safetensors")))
+        except RuntimeError as e:  # a checkpoint from before step.json recorded the run
+            detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+            raise SystemExit(f"--resume {out}: the checkpoint's {name} does not fit this run ({detail}); a run with "
+                             "other arguments wrote it: pass that run's arguments, or a new --out") from e
     state = torch.load(ck / "state.pt", map_location=map_location, weights_only=True)
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
@@ -403,29 +546,59 @@ def load_checkpoint(out: str | Path, *, modules: dict[str, nn.Module], optimizer
     return state
 
 
+def check_resume(config: RunConfig, *, what: str = "") -> None:
+    """Before anything loads: with ``--resume``, say in one line when ``config.out`` has no checkpoint yet (the run
+    starts from step 0), and refuse a checkpoint of a run that trains something else (another layer, classifier
+    or architecture: :attr:`RunConfig.run_keys`), naming both.
+
+    Raises:
+        SystemExit: ``"--resume OUT: its checkpoint trains layer=stages.2; this run layer=stages.3 ..."``.
+    """
+    if not config.resume:
+        return
+    ck = checkpoint_folder(config.out)
+    if ck is None:
+        print(f"--resume: no checkpoint in {config.out} yet; {what or 'the run'} starts from step 0", flush=True)
+        return
+    try:
+        record = json.loads((ck / "step.json").read_text()).get("run") or {}
+    except (OSError, json.JSONDecodeError):
+        record = {}
+    mine = json.loads(json.dumps(config.run_record()))  # tuples as lists, as the file has them
+    differ = [k for k in mine if k in record and record[k] != mine[k]]
+    if differ:
+        theirs = ", ".join(f"{k}={record[k]}" for k in differ)
+        ours = ", ".join(f"{k}={mine[k]}" for k in differ)
+        raise SystemExit(f"--resume {config.out}: its checkpoint is of a run with {theirs}; this run has {ours}. "
+                         "Resume it with its own arguments, or pass a new --out")
+
+
 def resume_run(config: RunConfig, *, modules: dict[str, nn.Module], optimizer, lr_scheduler,
-               stream: "TensorStream | None" = None) -> dict[str, Any] | None:
+               stream=None, acc=None) -> dict[str, Any] | None:
     """With ``config.resume``, restore ``config.out``'s checkpoint into the modules, optimiser, LR schedule and
-    ``stream``; returns its state (``state["step"]``: where to start) or ``None`` (no resume, or no checkpoint)."""
+    ``stream`` (its position, which the main process saved for all processes); returns its state
+    (``state["step"]``: where to start) or ``None`` (no resume, or no checkpoint)."""
     if not config.resume:
         return None
     state = load_checkpoint(config.out, modules=modules, optimizer=optimizer, lr_scheduler=lr_scheduler)
     if state is None:
         return None
-    print(f"resumed from step {state['step']} of {config.out}", flush=True)
-    if stream is not None:
+    if acc is None or acc.is_main_process:
+        print(f"resumed from step {state['step']} of {config.out}", flush=True)
+    if stream is not None and "stream" in state["extra"]:
         stream.load_state_dict(state["extra"]["stream"])
     return state
 
 
 def save_if_due(loop: "Steps", step: int, acc, config: RunConfig, *, modules: dict[str, nn.Module], optimizer,
-                lr_scheduler, extra: dict[str, Any] | None = None) -> None:
-    """Write a checkpoint after ``step`` every ``config.save_every`` steps and at the last one (main process only)."""
+                lr_scheduler, extra: dict[str, Any] | None = None, generator: torch.Generator | None = None) -> None:
+    """Write a checkpoint after ``step`` every ``config.save_every`` steps and at the last one: every process's
+    random state is gathered (every process calls this at every step), and the main process writes."""
     if loop.should_save(step, config.save_every):
-        acc.wait_for_everyone()
+        processes = process_states(acc, generator)
         if acc.is_main_process:
             save_checkpoint(config.out, step=step + 1, modules=modules, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                            extra=extra)
+                            extra=extra, processes=processes, run=config.run_record())
 
 
 def command_line() -> str:
@@ -447,24 +620,25 @@ class Timer:
 
 class Steps:
     """The step loop of a training script: a progress bar with the loss, resume from ``start``, and a total
-    that :class:`StepBudget` may lower to fit ``--max-minutes``.
+    that :class:`StepBudget` may lower to fit ``--max-minutes`` (decided by the main process, the same in all).
 
     Example:
-        >>> loop = Steps(start, config.steps, desc="vae", max_minutes=config.max_minutes, lr_scheduler=sched)
+        >>> loop = Steps(start, config.steps, desc="vae", max_minutes=config.max_minutes, lr_scheduler=sched, acc=acc)
         >>> for step in loop:
         ...     loss = ...; loop.log(loss=loss.item())
         ...     save_if_due(loop, step, acc, config, modules=..., optimizer=opt, lr_scheduler=sched)
     """
 
     def __init__(self, start: int, total: int, *, desc: str, max_minutes: float | None = None, lr_scheduler=None,
-                 progress: bool = True, log_every: int = 100):
+                 progress: bool = True, log_every: int = 100, acc=None):
         from tqdm.auto import tqdm
 
+        self.rank, self.world = process_of(acc)
         self.step, self.total = start, total
         self.desc, self.progress, self.log_every = desc, progress, log_every
         self.start, self.t0, self.values = start, time.time(), {}
-        self.budget = StepBudget(max_minutes, lr_scheduler)
-        self.bar = tqdm(initial=start, total=total, desc=desc, disable=not progress)
+        self.budget = StepBudget(max_minutes, lr_scheduler, acc=acc)
+        self.bar = tqdm(initial=start, total=total, desc=desc, disable=not progress or self.rank > 0)
 
     def __iter__(self):
         while self.step < self.total:
@@ -477,15 +651,17 @@ class Steps:
                 self.bar.total = new
                 self.bar.refresh()
         self.bar.close()
+        if self.world > 1:  # one line per process: they must all end at the same step
+            print(f"{self.desc}: process {self.rank} of {self.world} ended at step {self.step}", flush=True)
 
     def should_save(self, step: int, every: int) -> bool:
         return (step + 1) % every == 0 or step + 1 == self.total
 
     def log(self, **values: float) -> None:
         """Show ``values`` on the bar; without a bar (``--no-progress``, e.g. under nohup) print a line every
-        ``log_every`` steps instead."""
+        ``log_every`` steps instead (the main process only)."""
         self.bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
-        if not self.progress and self.log_every and (self.step + 1) % self.log_every == 0:
+        if not self.progress and self.rank == 0 and self.log_every and (self.step + 1) % self.log_every == 0:
             rate = (time.time() - self.t0) / max(1, self.step + 1 - self.start)
             vals = " ".join(f"{k}={v:.4f}" for k, v in values.items())
             print(f"{self.desc}: step {self.step + 1}/{self.total} {vals} {rate:.2f} s/step", flush=True)

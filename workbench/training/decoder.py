@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, command_line, parse_config,
-                     optimiser_step, resume_run, save_if_due, start_run, tinyworld_images)
+from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_resume, command_line,
+                     loop_generator, optimiser_step, parse_config, process_of, resume_run, save_if_due, start_run,
+                     tinyworld_images)
 
 WARMUP_STEPS = 100  # the decoder's LR warms up over min(WARMUP_STEPS, steps // 10) steps
 PROBE_IMAGES = 1024  # training images whose maps fix the decoder's feature normalisation
@@ -44,18 +45,29 @@ class DecoderConfig(RunConfig):
     # backward pass is the costly part on a CPU)
     eval_images: int = 256  # held-out test images for the card's metrics (0: none)
 
+    run_keys = ("classifier", "layer", "hidden_channels", "min_channels")
+    positive = RunConfig.positive + ("train_images", "hidden_channels", "min_channels", "feature_loss_images")
+    non_negative = ("eval_images",)
+
+    def check(self) -> None:
+        super().check()
+        if not (isinstance(self.feature_weight, (int, float)) and self.feature_weight >= 0):
+            raise ValueError(f"--feature-weight {self.feature_weight!r}: must be >= 0")
+
 
 def parse_args(argv=None) -> DecoderConfig:
     return parse_config(DecoderConfig, argv, prog="workbench train-decoder", description=__doc__)
 
 
 def decoder_loss(dec, clf, layer: str, x: torch.Tensor, feats: torch.Tensor, *, feature_weight: float,
-                 feature_loss_images: int | None = None):
+                 feature_loss_images: int | None = None, forward=None):
     """``(total, pixel, feature)`` losses of decoder ``dec`` on images ``x [B, 3, H, W]`` with maps
-    ``feats [B, C, h, w]``; the feature loss uses the first ``feature_loss_images`` items (all when ``None``)."""
+    ``feats [B, C, h, w]``; the feature loss uses the first ``feature_loss_images`` items (all when ``None``).
+    ``forward`` runs the decoder instead of ``dec`` itself (its DDP wrapper, which averages the gradients of
+    several processes)."""
     from ..hooks import run_with_cache
 
-    rec = dec(feats)
+    rec = (forward or dec)(feats)
     pixel = F.l1_loss(rec, x)
     k = len(x) if feature_loss_images is None else max(1, min(feature_loss_images, len(x)))
     _, cache = run_with_cache(clf, rec[:k], [layer], detach=False)
@@ -80,19 +92,23 @@ def build_decoder(config: DecoderConfig, clf, images: torch.Tensor, device):
 def train(config: DecoderConfig, acc, dec, clf, images: torch.Tensor, timer: Timer):
     """The training loop (resumed with ``config.resume``, keeping a time-budget cut of the total). Returns
     ``(decoder, loop, final_loss, earlier_s)``: the trained decoder in eval mode, the finished loop, the last
-    step's loss (``None`` when no step ran) and the seconds of earlier, resumed runs."""
+    step's loss (``None`` when no step ran) and the seconds of earlier, resumed runs. Each process trains on its
+    own share of every global batch."""
     from ..hooks import extract_features
 
-    stream = TensorStream(images, batch_size=config.batch_size, seed=config.seed)
+    rank, world = process_of(acc)
+    stream = TensorStream(images, batch_size=config.batch_size, seed=config.seed, rank=rank, world=world)
     batches = iter(stream)
     opt, sched = adamw_with_schedule(dec.parameters(), config, weight_decay=1e-4, warmup=WARMUP_STEPS)
     start, earlier_s = 0, 0.0
-    if state := resume_run(config, modules={"decoder": dec}, optimizer=opt, lr_scheduler=sched, stream=stream):
+    state = resume_run(config, modules={"decoder": dec}, optimizer=opt, lr_scheduler=sched, stream=stream, acc=acc)
+    if state:
         start, earlier_s = state["step"], state["extra"].get("wall_time_s", 0.0)
         sched.horizon["total"] = min(config.steps, state["extra"].get("total", config.steps))  # a budget cut is kept
+    g = loop_generator(config, acc, state)
     dec_p, opt = acc.prepare(dec, opt)
     loop = Steps(start, sched.horizon["total"], desc=f"decoder {config.classifier}/{config.layer}",
-                 max_minutes=config.max_minutes, lr_scheduler=sched, progress=config.progress)
+                 max_minutes=config.max_minutes, lr_scheduler=sched, progress=config.progress, acc=acc)
     loss = None
     for step in loop:
         (x,) = next(batches)
@@ -102,44 +118,48 @@ def train(config: DecoderConfig, acc, dec, clf, images: torch.Tensor, timer: Tim
         with acc.accumulate(dec_p), acc.autocast():
             loss, pixel, feature = decoder_loss(acc.unwrap_model(dec_p), clf, config.layer, x, f,
                                                 feature_weight=config.feature_weight,
-                                                feature_loss_images=config.feature_loss_images)
+                                                feature_loss_images=config.feature_loss_images, forward=dec_p)
             optimiser_step(acc, loss, dec_p, opt, sched, max_grad_norm=1.0)
         loop.log(loss=loss.item(), pixel=pixel.item(), feature=feature.item())
         save_if_due(loop, step, acc, config, modules={"decoder": acc.unwrap_model(dec_p)}, optimizer=opt,
                     lr_scheduler=sched, extra={"stream": stream.state_dict(), "total": loop.total,
-                                               "wall_time_s": earlier_s + timer.seconds})
+                                               "wall_time_s": earlier_s + timer.seconds}, generator=g)
     final_loss = round(loss.item(), 5) if loss is not None else None
     return acc.unwrap_model(dec_p).eval(), loop, final_loss, earlier_s
 
 
 def main(config: DecoderConfig):
-    """Train, write ``config.out/inverter`` (and ``config.ship``'s copy) with its card; returns ``(dec, card)``."""
+    """Train, write ``config.out/inverter`` (and ``config.ship``'s copy) with its card; returns ``(dec, card)``
+    (the main process measures and writes; the others return the card without metrics)."""
     from ..evaluation import inverter_card_metrics
     from ..models import load_classifier
 
+    check_resume(config, what=f"the decoder of {config.classifier}/{config.layer}")
     timer = Timer()
     config, acc = start_run(config)
     clf = load_classifier(config.classifier, device=acc.device).eval()
     clf.requires_grad_(False)
     images, _ = tinyworld_images(config.train_images, split="train", seed=config.seed, device=acc.device,
-                                 progress=config.progress)
+                                 progress=config.progress and acc.is_main_process)
     dec = build_decoder(config, clf, images, acc.device)
     dec, loop, final_loss, earlier_s = train(config, acc, dec, clf, images, timer)
     card = {"config": dec.config,
             "training": {"command": command_line(), "seed": config.seed, "steps": loop.total,
-                         "batch_size": config.batch_size, "lr": config.lr, "feature_weight": config.feature_weight,
+                         "batch_size": config.batch_size, "processes": acc.num_processes, "lr": config.lr,
+                         "feature_weight": config.feature_weight,
                          "feature_loss_images": config.feature_loss_images, "train_images": config.train_images,
                          "final_loss": final_loss,
                          "wall_time_s": round(earlier_s + timer.seconds, 1),  # over all resumed runs
                          "device": str(acc.device)}}
-    if config.eval_images > 0:
-        card["metrics"] = inverter_card_metrics(dec, clf, num_images=config.eval_images, seed=config.seed)
     if acc.is_main_process:
+        if config.eval_images > 0:
+            card["metrics"] = inverter_card_metrics(dec, clf, num_images=config.eval_images, seed=config.seed)
         dec.save_pretrained(Path(config.out) / "inverter", fp16=False, card=card)
         if config.ship:
             dec.save_pretrained(Path(config.ship) / "inverters" / config.classifier / f"{config.layer}-decoder",
                                 fp16=True, card=card)
-    print(f"decoder {config.classifier}/{config.layer}: {json.dumps(card.get('metrics', {}))} {timer.seconds} s")
+        print(f"decoder {config.classifier}/{config.layer}: {json.dumps(card.get('metrics', {}))} {timer.seconds} s")
+    acc.wait_for_everyone()  # the weights are there for every process to read
     return dec, card
 
 

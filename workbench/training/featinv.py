@@ -8,22 +8,29 @@
 The base (UNet, VAE) and the classifier are frozen. Each step computes the classifier's features of
 the batch, batched and under ``no_grad`` in eval mode; the prompt embedding was computed once when
 the base was loaded. For the tiny world the VAE latents of the fixed training set are encoded once,
-batched; for an image folder they are encoded in the step.
+batched; for an image folder they are encoded in the step, after the official FeatInv augmentation
+(random resized crop, random horizontal and vertical flips; ``--no-augment`` turns it off).
+
+Under ``accelerate launch`` with N processes each step trains on N x ``--batch-size`` images, every
+process on its own share and with its own noise; the weights are written once, by the main process.
+``wb.presets.get("official")`` gives the official recipe's arguments.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
 
-from .common import (EMA_DECAY, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, cached_tensor,
-                     command_line, parse_config, ema_update, encode_all, image_folder_stream, init_card,
-                     optimiser_step, resume_run, save_if_due, start_run, state_fingerprint, tinyworld_images)
+from .common import (EMA_DECAY, ImageFolderStream, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule,
+                     cached_tensor, check_int, check_resume, check_snr_gamma, command_line, ema_update, encode_all,
+                     init_card, loop_generator, optimiser_step, parse_config, process_of, removed_on_failure,
+                     resume_run, save_if_due, start_run, state_fingerprint, tinyworld_images)
 
 
 @dataclass(kw_only=True)
@@ -59,6 +66,33 @@ class FeatInvConfig(RunConfig):
     # runs)
     init_from: str | None = None  # start from this saved inverter's ControlNet (e.g. after retraining the
     # classifier); the feature normalisation is measured afresh
+    augment: bool = True  # image folders: RandomResizedCrop and random horizontal and vertical flips, as the
+    # official FeatInv training, drawn from --seed (the tiny world is never augmented: its images are centred
+    # renderings of known factors)
+    classifier_size: int | None = None  # pixels the classifier reads (the official recipe: 288); image folders are
+    # then read at the larger of this and the base's size, which gets them resized (none: the classifier's own)
+    prompt: str | None = None  # the fixed prompt, for a base whose folder has no saved prompt embedding (none: the
+    # library's default prompt)
+    epochs: float | None = None  # passes over the data; when given, it sets --steps to epochs x images / global
+    # batch (rounded up)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: warm-up then decay to a tenth; constant: --lr
+    # throughout (the official recipe)
+    max_grad_norm: float | None = 1.0  # clip the gradient norm to this (none: no clipping, as the official recipe)
+
+    run_keys = ("classifier", "layer", "pooling", "hidden_channels", "base", "classifier_size")
+    positive = RunConfig.positive + ("train_images", "hidden_channels")
+    non_negative = ("eval_images", "num_workers")
+    fractions = ("drop_prob", "ema")
+
+    def check(self) -> None:
+        super().check()
+        check_snr_gamma(self)
+        if self.classifier_size is not None:
+            check_int(self, "classifier_size", low=1)
+        for name in ("epochs", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name.replace('_', '-')} {value!r}: must be > 0, or left out")
 
 
 def parse_args(argv=None) -> FeatInvConfig:
@@ -85,39 +119,52 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
-def training_batches(config: FeatInvConfig, clf, base, device) -> tuple[TensorStream | None, Iterator]:
-    """``(stream, batches)``: endless ``(images, latents or None, *cached features)`` batches. The tiny world's are
-    drawn from uint8 images whose latents (and, with ``feature_cache``, features) are computed once and cached;
-    an image folder's come from a loader (``stream`` is then ``None``: it has no resumable state)."""
+def training_batches(config: FeatInvConfig, clf, base, acc, created: list[Path]):
+    """``(stream, batches)``: the resumable stream, sharded over the processes, and its endless ``(images, latents
+    or None, *cached features)`` batches. The tiny world's are drawn from uint8 images whose latents (and, with
+    ``feature_cache``, features) are computed once and cached (by the main process; the files it writes are listed
+    in ``created``); an image folder's are read (and augmented) by loader processes, at
+    :func:`folder_image_size`."""
+    rank, world = process_of(acc)
     if config.data != "tinyworld":
-        folder = image_folder_stream(config.data, image_size=base.image_size, batch_size=config.batch_size,
-                                     seed=config.seed, num_workers=config.num_workers)
-        return None, ((x, None) for x, _ in folder)
+        stream = ImageFolderStream(config.data, image_size=folder_image_size(config, base),
+                                   batch_size=config.batch_size, seed=config.seed, rank=rank, world=world,
+                                   augment=config.augment, num_workers=config.num_workers)
+        return stream, ((x, None) for x, _ in stream)
+    device, progress = acc.device, config.progress and acc.is_main_process
     images, _ = tinyworld_images(config.train_images, split="train", seed=config.seed, device=device,
-                                 progress=config.progress)
+                                 progress=progress)
     cache_dir = None if config.cache_dir == "none" else Path(config.cache_dir or Path(config.out) / "cache")
     data_key = f"tinyworld/{config.train_images}/{config.seed}"
     latents = cached_tensor(cache_dir, "latents", state_fingerprint(base.vae or torch.nn.Identity(),
                                                                       extra=f"{data_key}/{base.scaling_factor}"),
-                            lambda: encode_all(base, images)).to(device)
+                            lambda: encode_all(base, images), acc=acc, created=created).to(device)
     tensors = [images, latents]
     if config.feature_cache:
-        key = state_fingerprint(clf, extra=f"{data_key}/{config.layer}/{base.image_size}")
+        size = f"/{config.classifier_size}" if config.classifier_size else ""
+        key = state_fingerprint(clf, extra=f"{data_key}/{config.layer}/{base.image_size}{size}")
         feats = cached_tensor(cache_dir, f"features-{config.layer}", key,
-                              lambda: extract_all(clf, images, config.layer, progress=config.progress), half=True)
+                              lambda: extract_all(clf, images, config.layer, progress=progress), half=True, acc=acc,
+                              created=created)
         tensors.append(feats.to(device))
-    stream = TensorStream(*tensors, batch_size=config.batch_size, seed=config.seed)
+    stream = TensorStream(*tensors, batch_size=config.batch_size, seed=config.seed, rank=rank, world=world)
     return stream, iter(stream)
 
 
-def build_inverter(config: FeatInvConfig, clf, base, batches: Iterator, device):
-    """The FeatInv to train, its feature normalisation fixed from the first batch's maps (which also give the
-    feature shape); the ControlNet of ``config.init_from`` when given."""
+def folder_image_size(config: FeatInvConfig, base) -> int:
+    """The side an image folder's images are read at: the base's, or ``config.classifier_size`` when larger (the
+    official recipe crops 288 px for the classifier and resizes that crop to the base's 256 px)."""
+    return max(base.image_size, config.classifier_size or 0)
+
+
+def build_inverter(config: FeatInvConfig, clf, base, probe: torch.Tensor, device):
+    """The FeatInv to train, its feature normalisation fixed from the maps of the ``probe`` images (the same in
+    every process), which also give the feature shape; the ControlNet of ``config.init_from`` when given."""
     from ..hooks import extract_features
     from ..inverters.featinv import FeatInv
     from ..models import classifier_view
 
-    probe = _as_float(next(batches)[0].to(device))
+    probe = _as_float(probe.to(device))
     feats = extract_features(clf, classifier_view(probe, clf), config.layer)
     inv = FeatInv(base, config.classifier, config.layer, tuple(feats.shape[1:]), config.pooling,
                   hidden_channels=config.hidden_channels).to(device)
@@ -138,7 +185,8 @@ def build_inverter(config: FeatInvConfig, clf, base, batches: Iterator, device):
 @torch.no_grad()
 def batch_inputs(batch: tuple, clf, base, layer: str, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(latents, features)`` of one batch of :func:`training_batches`: cached where the batch has them, else
-    computed with the frozen models (batched, no gradients)."""
+    computed with the frozen models (batched, no gradients; images read larger than the base's size, see
+    :func:`folder_image_size`, are resized for it)."""
     from ..hooks import extract_features
     from ..models import classifier_view
 
@@ -148,18 +196,23 @@ def batch_inputs(batch: tuple, clf, base, layer: str, device) -> tuple[torch.Ten
     else:
         x = _as_float(x.to(device))
         f = extract_features(clf, classifier_view(x, clf), layer, batch_size=len(x))
+    if z0 is None and x.shape[-1] != base.image_size:
+        x = torch.nn.functional.interpolate(_as_float(x), size=(base.image_size, base.image_size), mode="bilinear",
+                                            antialias=True, align_corners=False)
     return (base.encode(x) if z0 is None else z0), f
 
 
-def train(config: FeatInvConfig, acc, inv, clf, stream: TensorStream | None, batches: Iterator):
+def train(config: FeatInvConfig, acc, inv, clf, stream, batches: Iterator):
     """The training loop of ``inv``'s ControlNet (resumed with ``config.resume``); afterwards ``inv`` holds the EMA
-    weights. Returns ``(losses, loop)``: this run's loss per step and the finished loop."""
+    weights. Returns ``(losses, loop)``: this run's loss per step and the finished loop. Each process trains on
+    its own share of every global batch, with its own noise and condition dropout."""
     cnet = inv.controlnet.requires_grad_(True).train()
     ema = copy.deepcopy(cnet).requires_grad_(False).eval()
-    opt, sched = adamw_with_schedule(cnet.parameters(), config, weight_decay=0.01)
+    opt, sched = adamw_with_schedule(cnet.parameters(), config, weight_decay=0.01, schedule=config.lr_schedule)
     state = resume_run(config, modules={"controlnet": cnet, "ema": ema}, optimizer=opt, lr_scheduler=sched,
-                       stream=stream)
+                       stream=stream, acc=acc)
     start = state["step"] if state else 0
+    g = loop_generator(config, acc, state)
     cnet_p, opt = acc.prepare(cnet, opt)
     inv.controlnet = cnet_p
     base, unet = inv.base, inv.base.unet
@@ -167,70 +220,98 @@ def train(config: FeatInvConfig, acc, inv, clf, stream: TensorStream | None, bat
         inv.controlnet = torch.compile(cnet_p)
         base.unet = torch.compile(unet)
     noise_sched = base.make_scheduler("ddpm")
-    g = torch.Generator(acc.device).manual_seed(config.seed + start)
     loop = Steps(start, config.steps, desc=f"FeatInv {config.classifier}/{config.layer}",
-                 max_minutes=config.max_minutes, lr_scheduler=sched, progress=config.progress)
+                 max_minutes=config.max_minutes, lr_scheduler=sched, progress=config.progress, acc=acc)
     losses = []
     for step in loop:
         z0, f = batch_inputs(next(batches), clf, base, config.layer, acc.device)
         with acc.accumulate(cnet_p), acc.autocast():
             loss = inv.training_loss(z0, f, noise_scheduler=noise_sched, generator=g, drop_prob=config.drop_prob,
                                      snr_gamma=config.snr_gamma)
-            optimiser_step(acc, loss, cnet_p, opt, sched, max_grad_norm=1.0)
+            optimiser_step(acc, loss, cnet_p, opt, sched, max_grad_norm=config.max_grad_norm)
         ema_update(ema, acc.unwrap_model(cnet_p), config.ema, step=step)
         losses.append(loss.item())
         loop.log(loss=loss.item())
         save_if_due(loop, step, acc, config, modules={"controlnet": acc.unwrap_model(cnet_p), "ema": ema},
-                    optimizer=opt, lr_scheduler=sched,
-                    extra={"stream": stream.state_dict()} if stream is not None else {})
+                    optimizer=opt, lr_scheduler=sched, extra={"stream": stream.state_dict()}, generator=g)
     inv.controlnet = ema
     base.unet = unet
     inv.eval()
     return losses, loop
 
 
-def main(config: FeatInvConfig, *, summary: bool = True):
-    """Train, write ``config.out/inverter`` (and ``config.ship``'s copy) with its card; returns ``(inv, card)``.
-    With ``summary``, end with one line: the card's metrics and the wall time (the command line's log)."""
+def load_frozen(config: FeatInvConfig, acc):
+    """``(classifier, base)``, frozen, on ``acc.device``: the classifier reading ``config.classifier_size`` pixels
+    when given, the base with ``config.prompt`` when given."""
     from ..diffusion import DiffusionBase
-    from ..evaluation import inverter_card_metrics
     from ..models import load_classifier
 
-    if config.snr_gamma is not None and not config.snr_gamma > 0:
-        raise SystemExit(f"--snr-gamma {config.snr_gamma}: must be > 0 (5 is the paper's choice), or left out for "
-                         "plain MSE")
+    clf = load_classifier(config.classifier, checkpoint_path=config.classifier_checkpoint, device=acc.device).eval()
+    clf.requires_grad_(False)
+    if config.classifier_size:
+        clf.input_size = (clf.input_size[0], config.classifier_size, config.classifier_size)
+    kw = {"prompt": config.prompt} if config.prompt is not None else {}
+    base = DiffusionBase.from_pretrained(config.base, device=acc.device, **kw)
+    return clf, base
+
+
+def main(config: FeatInvConfig, *, summary: bool = True):
+    """Train, write ``config.out/inverter`` (and ``config.ship``'s copy) with its card; returns ``(inv, card)``.
+    With ``summary``, end with one line: the card's metrics and the wall time (the command line's log). Under
+    several processes the main one measures and writes (the others return the card without metrics); a run that
+    fails removes the cache files it wrote."""
+    check_resume(config, what=f"the inverter of {config.classifier}/{config.layer}")
     timer = Timer()
     config, acc = start_run(config)
     if acc.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    clf = load_classifier(config.classifier, checkpoint_path=config.classifier_checkpoint, device=acc.device).eval()
-    clf.requires_grad_(False)
-    base = DiffusionBase.from_pretrained(config.base, device=acc.device)
-    stream, batches = training_batches(config, clf, base, acc.device)
-    inv = build_inverter(config, clf, base, batches, acc.device)
-    losses, loop = train(config, acc, inv, clf, stream, batches)
-    card = {"config": inv.config,
-            "training": {"command": command_line(), "seed": config.seed, "steps": loop.total,
-                         "batch_size": config.batch_size, "lr": config.lr, "drop_prob": config.drop_prob,
-                         "snr_gamma": config.snr_gamma, "ema": config.ema, "data": config.data,
-                         "mixed_precision": config.mixed_precision, "compile": config.compile,
-                         "init_from": config.init_from, "wall_time_s": timer.seconds, "device": str(acc.device),
-                         "loss_curve": _curve(losses)}}
-    if config.init_from and (prev := init_card(Path(config.init_from) / "card.json")):  # the starting weights' card
-        card["training"]["init_card"] = prev
-    inv.card = card
-    if config.data == "tinyworld" and config.eval_images > 0:
-        card["metrics"] = inverter_card_metrics(inv, clf, num_images=config.eval_images, seed=config.seed)
-    if acc.is_main_process:
-        name = f"{config.layer}" + ("-pooled" if config.pooling == "mean" else "")
-        inv.save_pretrained(Path(config.out) / "inverter", fp16=False, card=card)
-        if config.ship:
-            inv.save_pretrained(Path(config.ship) / "inverters" / config.classifier / name, fp16=True, card=card)
-    if summary:
+    with removed_on_failure([]) as created:
+        clf, base = load_frozen(config, acc)
+        stream, batches = training_batches(config, clf, base, acc, created)
+        if config.epochs is not None:
+            global_batch = config.batch_size * acc.num_processes
+            config = dataclasses.replace(config, steps=max(1, math.ceil(config.epochs * len(stream) / global_batch)))
+        inv = build_inverter(config, clf, base, stream.probe()[0], acc.device)
+        losses, loop = train(config, acc, inv, clf, stream, batches)
+        card = inverter_card(config, acc, inv, loop, losses, timer)
+        if acc.is_main_process:
+            write_inverter(config, acc, inv, clf, card)
+        acc.wait_for_everyone()  # the weights are there for every process to read
+    if summary and acc.is_main_process:
         metrics = f"{json.dumps(card['metrics'])}, " if card.get("metrics") else ""
         print(f"FeatInv {config.classifier}/{config.layer} pooling={config.pooling}: {metrics}{timer.seconds} s")
     return inv, card
+
+
+def inverter_card(config: FeatInvConfig, acc, inv, loop: Steps, losses: list[float], timer: Timer) -> dict:
+    """The trained inverter's card: its config and the training record (without metrics)."""
+    card = {"config": inv.config,
+            "training": {"command": command_line(), "seed": config.seed, "steps": loop.total,
+                         "batch_size": config.batch_size, "processes": acc.num_processes, "lr": config.lr,
+                         "lr_schedule": config.lr_schedule, "drop_prob": config.drop_prob,
+                         "snr_gamma": config.snr_gamma, "ema": config.ema, "data": config.data,
+                         "augment": config.augment and config.data != "tinyworld",
+                         "classifier_size": config.classifier_size, "prompt": config.prompt,
+                         "max_grad_norm": config.max_grad_norm, "mixed_precision": config.mixed_precision,
+                         "compile": config.compile, "init_from": config.init_from, "wall_time_s": timer.seconds,
+                         "device": str(acc.device), "loss_curve": _curve(losses)}}
+    if config.init_from and (prev := init_card(Path(config.init_from) / "card.json")):  # the starting weights' card
+        card["training"]["init_card"] = prev
+    inv.card = card
+    return card
+
+
+def write_inverter(config: FeatInvConfig, acc, inv, clf, card: dict) -> None:
+    """Measure ``inv`` for its card (tiny world only) and write it (and ``config.ship``'s copy): the main process."""
+    from ..evaluation import inverter_card_metrics
+
+    if config.data == "tinyworld" and config.eval_images > 0:
+        card["metrics"] = inverter_card_metrics(inv, clf, num_images=config.eval_images, seed=config.seed)
+    name = f"{config.layer}" + ("-pooled" if config.pooling == "mean" else "")
+    inv.save_pretrained(Path(config.out) / "inverter", fp16=False, card=card)
+    if config.ship:
+        inv.save_pretrained(Path(config.ship) / "inverters" / config.classifier / name, fp16=True, card=card)
 
 
 @torch.no_grad()

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, command_line, parse_config,
-                     optimiser_step, resume_run, save_if_due, start_run, tinyworld_images)
+from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_resume, command_line,
+                     loop_generator, optimiser_step, parse_config, process_of, resume_run, save_if_due, start_run,
+                     tinyworld_images)
 
 VAL_IMAGES = 512  # held-out validation images for the card's PSNR
 SCALE_IMAGES = 4096  # training images whose latents set the scaling factor
@@ -35,6 +36,16 @@ class VAEConfig(RunConfig):
     kl_weight: float = 1e-6  # weight of the KL term against the reconstruction MSE
     widths: tuple[int, ...] = (32, 64)  # VAE block widths; one fewer than their number is the count of 2x
     # downsamplings
+
+    run_keys = ("widths",)
+    positive = RunConfig.positive + ("train_images",)
+
+    def check(self) -> None:
+        super().check()
+        if not (isinstance(self.kl_weight, (int, float)) and self.kl_weight >= 0):
+            raise ValueError(f"--kl-weight {self.kl_weight!r}: must be >= 0")
+        if not self.widths or min(self.widths) < 1:
+            raise ValueError(f"--widths {','.join(map(str, self.widths))}: needs one or more widths >= 1")
 
 
 def parse_args(argv=None) -> VAEConfig:
@@ -55,57 +66,76 @@ def psnr(vae, images: torch.Tensor, batch_size: int = 256) -> float:
     return torch.cat(vals).mean().item()
 
 
+class VAEStep(torch.nn.Module):
+    """The VAE's training forward as one module, ``x -> (KL per item [B], reconstruction)``: encode, sample the
+    posterior with ``generator``, decode. Under several processes DDP wraps it, so its gradients are averaged."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        post = self.vae.encode(x).latent_dist
+        return post.kl(), self.vae.decode(post.sample(generator=generator)).sample
+
+
 def train(config: VAEConfig, acc, vae, images: torch.Tensor) -> tuple[torch.nn.Module, Steps]:
     """The training loop on uint8 ``images`` ``[N, 3, H, W]`` (resumed with ``config.resume``); returns the trained
-    VAE (unwrapped, in eval mode) and the finished loop."""
+    VAE (unwrapped, in eval mode) and the finished loop. Each process trains on its own share of every global batch
+    and draws its own posterior samples."""
     opt, sched = adamw_with_schedule(vae.parameters(), config, weight_decay=0.0)
-    stream = TensorStream(images, batch_size=config.batch_size, seed=config.seed)
-    state = resume_run(config, modules={"vae": vae}, optimizer=opt, lr_scheduler=sched, stream=stream)
-    vae, opt = acc.prepare(vae, opt)
+    rank, world = process_of(acc)
+    stream = TensorStream(images, batch_size=config.batch_size, seed=config.seed, rank=rank, world=world)
+    state = resume_run(config, modules={"vae": vae}, optimizer=opt, lr_scheduler=sched, stream=stream, acc=acc)
+    g = loop_generator(config, acc, state)
+    step_p, opt = acc.prepare(VAEStep(vae), opt)
     it = iter(stream)
     loop = Steps(state["step"] if state else 0, config.steps, desc="vae", max_minutes=config.max_minutes,
-                 lr_scheduler=sched, progress=config.progress)
-    vae.train()
+                 lr_scheduler=sched, progress=config.progress, acc=acc)
+    step_p.train()
     for step in loop:
         (x,) = next(it)
         x = x.float() / 255 * 2 - 1
-        with acc.accumulate(vae):
-            post = acc.unwrap_model(vae).encode(x).latent_dist
-            rec = acc.unwrap_model(vae).decode(post.sample()).sample
+        with acc.accumulate(step_p):
+            kl, rec = step_p(x, generator=g)
             mse = F.mse_loss(rec, x)
-            optimiser_step(acc, mse + config.kl_weight * post.kl().mean(), vae, opt, sched)
+            optimiser_step(acc, mse + config.kl_weight * kl.mean(), step_p, opt, sched)
         loop.log(mse=mse.item())
-        save_if_due(loop, step, acc, config, modules={"vae": acc.unwrap_model(vae)}, optimizer=opt,
-                    lr_scheduler=sched, extra={"stream": stream.state_dict()})
-    return acc.unwrap_model(vae).eval(), loop
+        save_if_due(loop, step, acc, config, modules={"vae": vae}, optimizer=opt, lr_scheduler=sched,
+                    extra={"stream": stream.state_dict()}, generator=g)
+    return vae.eval(), loop
 
 
 def main(config: VAEConfig) -> dict:
-    """Train, set the latent scale, measure the held-out PSNR, write ``config.out/vae`` with its card."""
+    """Train, set the latent scale, measure the held-out PSNR, write ``config.out/vae`` with its card (the main
+    process; the others return the card without metrics)."""
     from diffusers import AutoencoderKL
     from ..diffusion import tiny_vae_config
 
+    check_resume(config, what="the VAE")
     timer = Timer()
     config, acc = start_run(config)
     vae_config = tiny_vae_config(widths=config.widths)
     vae = AutoencoderKL(**vae_config)
     images, _ = tinyworld_images(config.train_images, split="train", seed=config.seed, device=acc.device,
-                                 progress=config.progress)
+                                 progress=config.progress and acc.is_main_process)
     vae, loop = train(config, acc, vae, images)
     with torch.no_grad():  # the latent scale, as SD sets it: unit-variance latents for the diffusion model
         z = torch.cat([vae.encode(images[s:s + 512].float() / 255 * 2 - 1).latent_dist.mode()
                        for s in range(0, min(len(images), SCALE_IMAGES), 512)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    held, _ = tinyworld_images(VAL_IMAGES, split="val", seed=config.seed, device=acc.device)
-    val_psnr = psnr(vae, held.float() / 255)
     card = {"config": vae_config, "scaling_factor": vae.config.scaling_factor,
             "training": {"command": command_line(), "seed": config.seed, "steps": loop.total,
-                         "batch_size": config.batch_size, "wall_time_s": timer.seconds, "device": str(acc.device)},
-            "metrics": {"val_psnr_db": round(val_psnr, 2), "val_images": VAL_IMAGES}}
+                         "batch_size": config.batch_size, "processes": acc.num_processes,
+                         "wall_time_s": timer.seconds, "device": str(acc.device)}}
     if acc.is_main_process:
+        held, _ = tinyworld_images(VAL_IMAGES, split="val", seed=config.seed, device=acc.device)
+        val_psnr = psnr(vae, held.float() / 255)
+        card["metrics"] = {"val_psnr_db": round(val_psnr, 2), "val_images": VAL_IMAGES}
         vae.save_pretrained(Path(config.out) / "vae")
         (Path(config.out) / "vae" / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    print(f"vae: val PSNR {val_psnr:.2f} dB, scaling_factor {vae.config.scaling_factor:.4f}, {timer.seconds} s")
+        print(f"vae: val PSNR {val_psnr:.2f} dB, scaling_factor {vae.config.scaling_factor:.4f}, {timer.seconds} s")
+    acc.wait_for_everyone()  # the weights are there for every process to read
     return card
 
 
