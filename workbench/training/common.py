@@ -316,14 +316,15 @@ class StepBudget:
     lowered) total and lowers the LR schedule's horizon with it, so the cosine decay still ends at the last step.
     """
 
-    def __init__(self, max_minutes: float | None, lr_scheduler=None, probe: int = 30, acc=None,
-                 clock=time.monotonic):
+    clock = staticmethod(time.monotonic)  #: seconds (a test may skew one process's clock)
+    probe_steps = 30  #: steps measured before the total is decided
+
+    def __init__(self, max_minutes: float | None, lr_scheduler=None, probe: int | None = None, acc=None):
         self.limit = None if max_minutes is None else max_minutes * 60
         self.sched = lr_scheduler
-        self.probe = probe
+        self.probe = probe or self.probe_steps
         self.acc = acc
-        self.clock = clock
-        self.t0 = clock()
+        self.t0 = self.clock()
         self.seen = 0
 
     def update(self, step: int, total: int) -> int:
