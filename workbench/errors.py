@@ -18,7 +18,19 @@ class LayerNotFoundError(WorkbenchError, KeyError):
 
 
 class BadInputError(WorkbenchError, ValueError):
-    """An input that breaks the image convention: a float ``Tensor[B, 3, H, W]`` in [0, 1], all finite."""
+    """An input that breaks the image convention: a float ``Tensor[B, 3, H, W]`` in [0, 1], all finite, at the
+    classifier's input size."""
+
+
+class ArgumentTypeError(WorkbenchError, TypeError):
+    """An argument of the wrong kind, refused by :mod:`workbench.checks`: a float or a string where an int is
+    needed (``num_samples=1.5``, ``seed="7"``), an int where a layer name is needed."""
+
+
+class ArgumentValueError(WorkbenchError, ValueError):
+    """An argument of the right kind out of its range, refused by :mod:`workbench.checks`: a count below 1, a seed
+    outside ``[0, 2**64)``, a NaN, infinite or negative scale, a device this machine lacks, a size that cannot fit
+    in memory."""
 
 
 class HookError(WorkbenchError, ValueError):
