@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from . import interventions
+from .checks import check_images, check_layer, checked_int
 from .errors import BadInputError, HookError, InterventionError, LayerNotFoundError
 
 Names = Union[str, Sequence[str], Callable[[str], bool]]
@@ -184,10 +185,11 @@ def _resolve(root: nn.Module, names: Names) -> dict[str, tuple[nn.Module, bool]]
         return picked
     if isinstance(names, str):
         names = [names]
+    if not hasattr(names, "__iter__"):
+        check_layer(names)  # raises: an int or another object that names no layer
     picked = {}
     for name in names:
-        if not isinstance(name, str):
-            raise TypeError(f"layer names are strings, got {name!r} ({type(name).__name__})")
+        check_layer(name, "layer")
         if name not in modules:
             raise _unknown(name, list(modules), type(root).__name__)
         picked[name] = (modules[name], True)
@@ -232,6 +234,46 @@ def check_image_batch(x: Any, channels: int | None = 3) -> Tensor:
     if not bool(torch.isfinite(x).all()):
         raise BadInputError(f"the input holds NaN or Inf values ({int((~torch.isfinite(x)).sum())} of {x.numel()}).")
     return x
+
+
+#: A flexible classifier (a CNN) takes images up to this many times its input size on a side; larger ones are
+#: refused before the forward pass, which would run for long and may not fit in memory.
+MAX_UPSCALE = 4
+
+
+def _fixed_size(root: nn.Module) -> tuple[int, int] | None:
+    """``(H, W)`` for a model that only takes one input size (a timm ViT or Swin with a strict patch embedding),
+    else ``None``."""
+    patch_embed = getattr(root, "patch_embed", None)
+    size = getattr(patch_embed, "img_size", None)
+    if size is None or not getattr(patch_embed, "strict_img_size", False) or getattr(root, "dynamic_img_size", False):
+        return None
+    return tuple(int(v) for v in size)
+
+
+def check_input_size(model: nn.Module, x: Tensor) -> None:
+    """Raise :class:`BadInputError` when images ``x [B, 3, H, W]`` do not fit ``model``: another size than a ViT or
+    Swin takes, or more than :data:`MAX_UPSCALE` times a :class:`~workbench.models.Classifier`'s input size on a
+    side. The message points to ``wb.preprocess`` (for files) and ``classifier_view`` (for tensors).
+
+    Example:
+        >>> check_input_size(vit, torch.rand(1, 3, 64, 64))     # BadInputError: ... takes 32x32 images
+    """
+    from .models import Classifier
+
+    root = _root(model)
+    hw = tuple(int(v) for v in x.shape[-2:])
+    fixed = _fixed_size(root)
+    size = tuple(model.input_size[-2:]) if isinstance(model, Classifier) else None
+    fix = ("resize them first: wb.preprocess(classifier) for an image file or PIL image, "
+           "workbench.models.classifier_view(images, classifier) for a tensor")
+    name = getattr(model, "name", type(root).__name__)
+    if fixed is not None and hw != fixed:
+        raise BadInputError(f"the images are {hw[0]}x{hw[1]}, but {name} takes {fixed[0]}x{fixed[1]} images only; "
+                            + fix)
+    if size is not None and (hw[0] > MAX_UPSCALE * size[0] or hw[1] > MAX_UPSCALE * size[1]):
+        raise BadInputError(f"the images are {hw[0]}x{hw[1]}, more than {MAX_UPSCALE} times the {size[0]}x{size[1]} "
+                            f"input size of {name}; " + fix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +330,16 @@ class FeatureCache(Mapping):
 # The one implementation behind capture, run_with_cache and run_with_hooks
 # ---------------------------------------------------------------------------------------------
 
+def _check_finite_replacement(name: str, fn: Hook, new: Tensor, act: Tensor) -> None:
+    """A hook's replacement holds NaN or Inf where the activation had none: refuse it, naming the hook."""
+    if not new.is_floating_point() or bool(torch.isfinite(new).all()) or not bool(torch.isfinite(act).all()):
+        return
+    bad = int((~torch.isfinite(new)).sum())
+    label = getattr(fn, "__qualname__", None) if callable(fn) and hasattr(fn, "__code__") else repr(fn)
+    raise HookError(f"the hook {label} on {name!r} returned NaN or infinite values ({bad} of {new.numel()}); every "
+                    "logit downstream would be NaN. Check its arguments (a NaN alpha or mean, a division by zero).")
+
+
 @contextlib.contextmanager
 def _hooked(model: nn.Module, names: Names | None, hooks: Mapping[str, Hook] | None,
             cache: FeatureCache | None, detach: bool) -> Iterator[None]:
@@ -303,10 +355,14 @@ def _hooked(model: nn.Module, names: Names | None, hooks: Mapping[str, Hook] | N
         targets.setdefault(name, entry)
     channels = _expected_channels(model, root)
     state: dict[str, Any] = {"input_hw": None}
+    from .models import Classifier
+
+    in_range = isinstance(model, Classifier)  # a Classifier's input is [0, 1]; a bare module gets it as is
 
     def check_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
         x = args[0] if args else next(iter(kwargs.values()), None)
-        check_image_batch(x, channels)
+        check_images(x, "x", channels=channels) if in_range else check_image_batch(x, channels)
+        check_input_size(model, x)
         state["input_hw"] = tuple(x.shape[-2:])
 
     def make_hook(name: str, explicit: bool) -> Callable:
@@ -330,6 +386,7 @@ def _hooked(model: nn.Module, names: Names | None, hooks: Mapping[str, Hook] | N
                     if new.shape != act.shape:
                         raise HookError(f"the hook on {name!r} returned shape {list(new.shape)}, but the layer's "
                                         f"activation is {list(act.shape)}; a replacement must keep the shape")
+                    _check_finite_replacement(name, fn, new, act)
                     new = new.to(dtype=act.dtype, device=act.device)
                     replaced = layout.from_nchw(new, out)
                     act = new
@@ -616,9 +673,10 @@ def add_direction(direction: Tensor, alpha: float, mask: Tensor | None = None) -
         >>> wb.run_with_hooks(clf, x, {"stages.1": wb.add_direction(d, alpha=3.0)})
     """
     interventions.check_direction(direction)
+    alpha = interventions.check_alpha(alpha)
     if mask is not None:
         interventions.check_mask(mask)
-    return DirectionAddition(direction.detach(), float(alpha), None if mask is None else mask.detach())
+    return DirectionAddition(direction.detach(), alpha, None if mask is None else mask.detach())
 
 
 # ------------------------------------------------------------------------------------------ feature maps
@@ -634,6 +692,8 @@ def extract_features(classifier: nn.Module, images: torch.Tensor, layer: str, *,
     Example:
         >>> extract_features(cnn, torch.rand(2, 3, 32, 32), "stages.3").shape   # [2, 192, 4, 4]
     """
+    layer = check_layer(layer)
+    batch_size = checked_int(batch_size, "batch_size", minimum=1)
     dev = _device(classifier)
     outs = []
     for s in range(0, len(images), batch_size):

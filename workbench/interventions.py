@@ -19,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -52,6 +53,8 @@ def check_channels(channels: Any, num_channels: int | None = None) -> list[int]:
     """
     if isinstance(channels, (int, Tensor)) and not isinstance(channels, bool):
         channels = torch.as_tensor(channels).reshape(-1).tolist()
+    elif isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
+        channels = [channels]   # 1.5, True, "3": refused below with the value named
     out = []
     for c in channels:
         try:
@@ -129,9 +132,29 @@ def check_direction(direction: Any, num_channels: int | None = None) -> None:
     if not isinstance(direction, Tensor) or direction.ndim != 1:
         got = f"Tensor{list(direction.shape)}" if isinstance(direction, Tensor) else repr(direction)
         raise InterventionError(f"direction is Tensor[C], got {got}")
+    if direction.is_floating_point() and not bool(torch.isfinite(direction).all()):
+        raise InterventionError(f"direction holds NaN or infinite values ({int((~torch.isfinite(direction)).sum())} "
+                                f"of {len(direction)}); every activation it moves would be NaN")
     if num_channels is not None and len(direction) != num_channels:
         raise InterventionError(f"direction has {len(direction)} entries, but the map has {num_channels} channels "
                                 "(in dimension 1)")
+
+
+def check_alpha(alpha: Any) -> float:
+    """A step size as a finite ``float``; NaN, an infinity or a non-number raises :class:`InterventionError`.
+
+    Example:
+        >>> check_alpha(2)
+        2.0
+    """
+    try:
+        out = float(alpha)
+    except (TypeError, ValueError, RuntimeError):
+        raise InterventionError(f"alpha is a number, got {alpha!r}") from None
+    if isinstance(alpha, (bool, str)) or not math.isfinite(out):
+        raise InterventionError(f"alpha={alpha!r}: the step size must be a finite number (a NaN or infinite alpha "
+                                "makes every activation downstream NaN)")
+    return out
 
 
 def _check_map(features: Tensor) -> None:
@@ -191,7 +214,8 @@ def shift_features(features: Tensor, direction: Tensor, alpha: float, mask: Tens
         ``Tensor[B, C, h, w]``, a new tensor.
 
     Raises:
-        InterventionError: a direction that is not ``Tensor[C]``, or a mask that does not fit the map.
+        InterventionError: a direction that is not ``Tensor[C]`` or not finite, a NaN or infinite ``alpha``, or a
+            mask that does not fit the map.
 
     Example:
         >>> left = torch.zeros(4, 4); left[:, :2] = 1
@@ -199,6 +223,7 @@ def shift_features(features: Tensor, direction: Tensor, alpha: float, mask: Tens
     """
     _check_map(features)
     check_direction(direction, features.shape[1])
+    alpha = check_alpha(alpha)
     step = (alpha * direction).to(features).view((1, -1) + (1,) * (features.ndim - 2))
     if mask is None:
         return features + step

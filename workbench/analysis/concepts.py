@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
-from ..interventions import check_direction, check_mask, shift_features
+from ..interventions import check_alpha, check_direction, check_mask, shift_features
 from . import class_probabilities, map_logits
 
 METHODS = ("pca", "nmf", "kmeans")
@@ -308,13 +308,13 @@ def steer(features: Tensor, concept: Concept, alpha: float, mask: Tensor | None 
 
     Raises:
         AnalysisError: maps from another layer or with another channel count than the concept's.
-        InterventionError: a mask of the wrong layout or spatial size.
+        InterventionError: a mask of the wrong layout or spatial size, or a NaN or infinite ``alpha``.
 
     Example:
         >>> steer(feats, star, 2.0, mask=left_half, layer="stages.3")
     """
     concept.check(features, layer=layer)
-    return shift_features(features, concept.direction, float(alpha) * concept.scale, mask)
+    return shift_features(features, concept.direction, check_alpha(alpha) * concept.scale, mask)
 
 
 def steering_sweep(features: Tensor, concept: Concept, alphas: Sequence[float], mask: Tensor | None = None, *,
@@ -386,7 +386,7 @@ class Edit:
     concept: Concept | None = None
 
     def __call__(self, features: Tensor, alpha: float) -> Tensor:
-        return self.apply(features, float(alpha))
+        return self.apply(features, check_alpha(alpha))
 
     def __repr__(self) -> str:
         return f"Edit({self.name!r}, layer={self.layer!r})"
@@ -460,6 +460,7 @@ def transplant(features: Tensor, vector: Tensor, alpha: float, mask: Tensor) -> 
         >>> transplant(f, star_vector, 1.0, object_mask(f))
     """
     check_direction(vector, features.shape[1])
+    alpha = check_alpha(alpha)
     m = check_mask(mask, features.shape[-2:], features.shape[0]).to(features)
     return features + alpha * m * (vector.to(features).view(1, -1, 1, 1) - features)
 
