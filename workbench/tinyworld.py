@@ -48,6 +48,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .checks import check_seed, checked_int
+from .errors import ArgumentValueError
+
 IMAGE_SIZE = 32
 """Height and width of every image, in pixels."""
 
@@ -186,7 +189,7 @@ def _capped(u: np.ndarray, low: float, high: np.ndarray) -> np.ndarray:
 
 def _split_id(split: str) -> int:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits are {SPLITS}")
+        raise ArgumentValueError(f"unknown split {split!r}; valid splits are {SPLITS}")
     return SPLITS.index(split)
 
 
@@ -283,7 +286,7 @@ def sample_factors(n: int, *, seed: int, split: str, start: int = 0, ood: bool =
 
     Args:
         n: number of items.
-        seed: non-negative integer seed of the world.
+        seed: integer seed of the world, in ``[0, 2**64)`` (the hash tells no more apart).
         split: one of :data:`SPLITS`.
         start: index of the first item.
         ood: if True draw only the held-out (shape, background) pairs of :data:`OOD_COMBOS`;
@@ -299,12 +302,9 @@ def sample_factors(n: int, *, seed: int, split: str, start: int = 0, ood: bool =
         >>> f["shape"], f["size"].shape
         (tensor([...]), torch.Size([4]))
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
-    if int(seed) < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    n = checked_int(n, "n", minimum=0)
+    start = checked_int(start, "start", minimum=0)
+    seed = check_seed(seed)
     stream = 2 * _split_id(split) + int(bool(ood))
     keys = _item_keys(seed, stream, np.arange(start, start + n, dtype=np.uint64))
 
@@ -723,7 +723,7 @@ class TinyWorld(torch.utils.data.Dataset):
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``; each split has its own random stream.
         size: number of items; ``None`` uses :data:`DEFAULT_SIZES` (train 50000, val 2000, test 2000).
-        seed: non-negative world seed.
+        seed: integer world seed in ``[0, 2**64)``; any other (``1.9``, ``-1``, ``2**64``) is refused here.
         ood: if True, items are drawn only from the held-out pairs of :data:`OOD_COMBOS`.
         chunk_size: items rendered together.
         cache_chunks: chunks kept in memory (each ``chunk_size * 12 KiB``).
@@ -742,12 +742,10 @@ class TinyWorld(torch.utils.data.Dataset):
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, ood: bool = False, *,
                  chunk_size: int = 1024, cache_chunks: int = 64, device: torch.device | str | None = None):
         _split_id(split)
-        size = DEFAULT_SIZES[split] if size is None else int(size)
-        if size < 0:
-            raise ValueError(f"size must be >= 0, got {size}")
-        if chunk_size < 1 or cache_chunks < 1:
-            raise ValueError(f"chunk_size and cache_chunks must be >= 1, got {chunk_size} and {cache_chunks}")
-        self.split, self.size, self.seed, self.ood = split, size, int(seed), bool(ood)
+        size = DEFAULT_SIZES[split] if size is None else checked_int(size, "size", minimum=0)
+        chunk_size = checked_int(chunk_size, "chunk_size", minimum=1)
+        cache_chunks = checked_int(cache_chunks, "cache_chunks", minimum=1)
+        self.split, self.size, self.seed, self.ood = split, size, check_seed(seed), bool(ood)
         self.chunk_size, self.cache_chunks, self.device = chunk_size, cache_chunks, device
         self._factors: dict[str, Tensor] | None = None
         self._cache: OrderedDict[int, Tensor] = OrderedDict()
