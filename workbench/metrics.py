@@ -209,7 +209,7 @@ class PooledFeatures(nn.Module):
         self.classifier = classifier
         self.size = tuple(classifier.input_size[-2:])
         with torch.no_grad():
-            self.num_features = int(self.forward(torch.rand(1, 3, *self.size, device=_device(classifier))).shape[-1])
+            self.num_features = int(self.forward(torch.zeros(1, 3, *self.size, device=_device(classifier))).shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_device
 from .errors import ImageReadError, UnknownModelError, WeightsUnavailableError
 from .weights import card_path, load_state, read_card, save_state, weights_path, write_card
 from .zoo import SHIPPED_CLASSIFIERS, TINY_INPUT_SIZE, TINY_MEAN, TINY_STD, build_network
@@ -217,14 +218,29 @@ def load_classifier(name: str, *, pretrained: bool = True, checkpoint_path: Path
         WeightsUnavailableError: the weights cannot be had (hub unreachable within 30 s and no
             cache, no pretrained weights in timm, a missing, corrupted or mismatched checkpoint).
         UnknownModelError: ``name`` is neither a timm model nor a shipped one.
+        ArgumentValueError: a ``device`` this machine does not have (``"cuda"`` without a GPU).
+
+    The caller's random state is left as it was: modules draw their initial weights before the pretrained ones
+    replace them, from a forked generator (``torch.random.fork_rng``).
 
     Example:
         >>> clf = wb.load_classifier("resnet18", pretrained=False, num_classes=10)
         >>> clf(torch.rand(2, 3, 224, 224)).shape      # torch.Size([2, 10])
     """
+    check_device(device)
+    with torch.random.fork_rng(devices=[]):
+        return _load_classifier(name, pretrained=pretrained, checkpoint_path=checkpoint_path, device=device,
+                                **model_kwargs)
+
+
+def _load_classifier(name: str, *, pretrained: bool, checkpoint_path: PathLike | None, device: str | torch.device,
+                     **model_kwargs: Any) -> Classifier:
+    """:func:`load_classifier` without its guard of the caller's random state."""
     import timm
     from timm.data import resolve_data_config
 
+    if not isinstance(name, str):
+        raise UnknownModelError(f"a model name is a string such as 'tinyworld-cnn' or 'resnet50', got {name!r}")
     shipped = _shipped_names()
     if name in shipped:
         if checkpoint_path is not None or model_kwargs or not pretrained:
@@ -342,6 +358,36 @@ def preprocess(model: nn.Module):
     return T.Compose([ToFloatRGB(), *resize, Clamp01()])
 
 
+def read_image(path: PathLike):
+    """Read an image file as a PIL image, EXIF rotation applied; the file half of :func:`load_image`, which needs no
+    model (the command line reads the file before it loads one).
+
+    Raises:
+        ImageReadError: the file is not an image, is a folder, or is too large for Pillow to open safely (its
+            decompression-bomb limit). FileNotFoundError: there is no such file.
+
+    Example:
+        >>> x = wb.preprocess(clf)(read_image("cat.png"))[None]
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"{str(path)!r} is a folder, not an image file; name one of the images in it")
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {str(path)!r}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"{str(path)!r} is too large to read safely ({err}). Downscale it first (any size works: "
+                             f"it is resized to the classifier's input), or raise PIL.Image.MAX_IMAGE_PIXELS if you "
+                             f"trust the file") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{str(path)!r} is not an image file PIL can read ({type(err).__name__}: {err})") from err
+
+
 def load_image(path: PathLike, model: nn.Module) -> torch.Tensor:
     """Read any image file and return it ready for ``model``.
 
@@ -353,23 +399,18 @@ def load_image(path: PathLike, model: nn.Module) -> torch.Tensor:
         ``Tensor[1, 3, H, W]`` float in [0, 1] at the model's input size, on the model's device.
 
     Raises:
-        ImageReadError: the file is not an image. FileNotFoundError: there is no such file.
+        ImageReadError: the file is not an image, is a folder, or is too large for Pillow to open safely
+            (its decompression-bomb limit). FileNotFoundError: there is no such file.
 
     Example:
         >>> x = wb.load_image("cat.png", clf)
         >>> clf(x).softmax(-1)
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    return prepare_image(read_image(path), model)
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file at {str(path)!r}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{str(path)!r} is not an image file PIL can read ({type(err).__name__}: {err})") from err
+
+def prepare_image(img, model: nn.Module) -> torch.Tensor:
+    """A PIL image -> ``Tensor[1, 3, H, W]`` in [0, 1] at ``model``'s input size, on its device (:func:`preprocess`)."""
     x = preprocess(model)(img)[None]
     param = next(iter(model.parameters()), None)
     return x.to(param.device) if param is not None else x

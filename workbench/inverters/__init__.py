@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from ..checks import check_device, check_layer
 from ..errors import WeightsUnavailableError
 from ..paths import data_dir
 from .interface import read_config
@@ -38,10 +39,24 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
     The optional ``classifier``, ``layer``, ``feature_shape`` and ``image_size`` are checked against what the
     inverter was trained for; a mismatch (say, ViT features for a CNN inverter) is refused with a clear error.
 
+    Loading leaves the caller's random state as it was (modules draw initial weights before theirs load, from a
+    forked generator).
+
     Example:
         >>> inv = wb.load_inverter("tinyworld-cnn/stages.3")
         >>> opt = wb.load_inverter("optimization:tinyworld-cnn/stages.3")  # an OptimizationInverter
     """
+    if layer is not None:
+        check_layer(layer)
+    check_device(device)
+    with torch.random.fork_rng(devices=[]):
+        return _load_inverter(name_or_path, classifier=classifier, layer=layer, feature_shape=feature_shape,
+                              image_size=image_size, base=base, device=device)
+
+
+def _load_inverter(name_or_path: str | Path, *, classifier: str | None, layer: str | None,
+                   feature_shape: Sequence[int] | None, image_size: int | None, base, device: str | torch.device):
+    """:func:`load_inverter` without its guard of the caller's random state."""
     from ..errors import InverterMismatchError
     from .featinv import FeatInv
 
@@ -77,7 +92,9 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
         from .optimization import OptimizationInverter
 
         return OptimizationInverter.from_pretrained(path, device=device)
-    raise ValueError(f"{path / 'config.json'} names an unknown inverter class {kind!r}")
+    raise WeightsUnavailableError(f"{path / 'config.json'} names an unknown inverter class {kind!r} (expected FeatInv, "
+                                  "DecoderInverter or OptimizationInverter); restore the file from git or re-save "
+                                  "the inverter with save_pretrained")
 
 
 def _optimization_baseline(spec: str, *, device: str | torch.device = "cpu"):
