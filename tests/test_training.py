@@ -363,22 +363,84 @@ def test_make_weights_init_from_continues_shipped_artefacts(tmp_path):
         all_stages.main(all_stages.parse_args([*first, "--runs", str(tmp_path / "r3"), "--init-from", str(tmp_path)]))
 
 
-def test_train_inverter_on_an_image_folder(tmp_path):
-    """--data PATH takes an ImageFolder layout (ImageNet's), resized and centre-cropped to the base's size."""
+def _image_folder(root: Path, per_class: int = 4) -> Path:
+    """A tiny ImageFolder: two classes of random 40x48 PNGs."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for cls in ("n01", "n02"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
-    args = featinv.parse_args(["--classifier", "tinyworld-vit", "--layer", "blocks.2", "--data", str(tmp_path / "imgs"),
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_train_inverter_on_an_image_folder(tmp_path):
+    """--data PATH takes an ImageFolder layout (ImageNet's), augmented by default as the official training does."""
+    folder = _image_folder(tmp_path / "imgs")
+    args = featinv.parse_args(["--classifier", "tinyworld-vit", "--layer", "blocks.2", "--data", str(folder),
                                "--steps", "3", "--batch-size", "4", "--num-workers", "0", "--out", str(tmp_path / "run"),
-                               "--device", "cpu", "--no-progress"])
+                               "--device", "cpu", "--no-progress", "--mixed-precision", "no"])
     inv, card = featinv.main(args)
-    assert card["training"]["steps"] == 3 and card["training"]["data"] == str(tmp_path / "imgs")
+    assert card["training"]["steps"] == 3 and card["training"]["data"] == str(folder)
+    assert card["training"]["augment"] is True
     assert "metrics" not in card  # held-out metrics are for the tiny world; an image folder has no test split here
+
+
+def test_image_folder_augmentation_is_the_official_one_reproducible_and_resumable(tmp_path):
+    """RandomResizedCrop + random horizontal and vertical flips, drawn from (seed, epoch, item): the same seed gives
+    the same batches (also in loader processes), another seed other crops, a new epoch new crops of the same
+    images, and a stream restored from its state_dict continues with the batches the uninterrupted one reads."""
+    from torchvision import transforms
+
+    from workbench.training.data import ImageFolderStream
+
+    folder = _image_folder(tmp_path / "imgs")
+
+    def stream(seed=0, **kw):
+        return ImageFolderStream(folder, image_size=16, batch_size=2, seed=seed, **{"num_workers": 0, **kw})
+
+    kinds = [type(t) for t in stream().items.tf.transforms]
+    assert kinds[:3] == [transforms.RandomResizedCrop, transforms.RandomHorizontalFlip, transforms.RandomVerticalFlip]
+    first = [x for x, _ in zip((b[0] for b in stream()), range(8))]  # two epochs of 4 batches
+    again = [x for x, _ in zip((b[0] for b in stream(num_workers=2)), range(8))]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    other = next(iter(stream(seed=1)))[0]
+    assert not torch.equal(other, first[0])
+    plain = stream(augment=False)
+    assert not torch.equal(next(iter(plain))[0], first[0])  # resized and centre-cropped only
+    s = stream()
+    it = iter(s)
+    for _ in range(5):
+        next(it)
+    resumed = stream()
+    resumed.load_state_dict(s.state_dict())
+    assert resumed.state_dict() == {"epoch": 1, "offset": 2}
+    assert all(torch.equal(b[0], x) for b, x in zip(iter(resumed), first[5:]))
+
+
+def test_tensor_stream_epochs_resume_and_refuse_a_global_batch_larger_than_the_data():
+    from workbench.training.data import EpochOrder, TensorStream
+
+    s = TensorStream(torch.arange(10), batch_size=3, seed=0)
+    it = iter(s)
+    seen = [next(it)[0] for _ in range(3)]  # one epoch: 3 batches of 3, the tenth item dropped
+    assert len(set(torch.cat(seen).tolist())) == 9 and s.state_dict() == {"epoch": 0, "offset": 9}
+    nxt = next(it)[0]
+    assert s.state_dict() == {"epoch": 1, "offset": 3}
+    r = TensorStream(torch.arange(10), batch_size=3, seed=0)
+    r.load_state_dict({"epoch": 0, "offset": 9})
+    assert torch.equal(next(iter(r))[0], nxt)
+    assert torch.equal(s.probe()[0], TensorStream(torch.arange(10), batch_size=3, seed=0).probe()[0])
+    with pytest.raises(ValueError, match="3 x 4 process\\(es\\) = 12 items does not fit in the 10 items"):
+        EpochOrder(10, batch_size=3, seed=0, world=4)
+
+
+def test_tiny_world_is_never_augmented(tmp_path):
+    inv = featinv.train_featinv(classifier="tinyworld-cnn", layer="stages.3", steps=1, batch_size=4, out=tmp_path,
+                                device="cpu", train_images=16, eval_images=0, progress=False, mixed_precision="no")
+    assert inv.card["training"]["augment"] is False
 
 
 def test_runs_with_different_precisions_share_one_process(tmp_path):
