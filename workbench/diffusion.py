@@ -22,7 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import WeightsUnavailableError
+from .checks import check_images, check_seed, checked_float, checked_int
+from .errors import BadInputError, WeightsUnavailableError
 from .paths import data_dir
 
 SHIPPED_BASES = ("tinyworld-base",)
@@ -197,13 +198,13 @@ def gradient_guide(loss: Callable[[torch.Tensor], torch.Tensor], scheduler, scal
     return guide
 
 
-def _check_sampling(what: str, guidance_scale: float, **counts: int) -> None:
-    """The argument checks every sampler shares: each count at least 1, ``guidance_scale >= 1``."""
-    if any(v < 1 for v in counts.values()):
-        given = ", ".join(f"{k}={v}" for k, v in counts.items())
-        raise ValueError(f"{what}({given}): each must be at least 1")
-    if not guidance_scale >= 1.0:
-        raise ValueError(f"guidance_scale={guidance_scale}: must be >= 1.0 (1.0 turns guidance off)")
+def _check_sampling(guidance_scale: float, seed: int, **counts: int) -> None:
+    """The argument checks every sampler shares: each count an int of at least 1, a finite ``guidance_scale >= 1``,
+    a seed in ``[0, 2**64)``."""
+    for name, value in counts.items():
+        checked_int(value, name, minimum=1)
+    checked_float(guidance_scale, "guidance_scale", minimum=1.0)
+    check_seed(seed)
 
 
 def sd_miniature_configs() -> dict[str, dict[str, Any]]:
@@ -381,8 +382,8 @@ class DiffusionBase(nn.Module):
         """
         from tqdm.auto import tqdm
 
-        _check_sampling("sample", guidance_scale, num_images=num_images, num_inference_steps=num_inference_steps,
-                        batch_size=batch_size)
+        _check_sampling(guidance_scale, seed, num_images=num_images,
+                        num_inference_steps=num_inference_steps, batch_size=batch_size)
         device = self.prompt_embeds.device
         g = torch.Generator("cpu").manual_seed(seed)
         out = []
@@ -413,13 +414,13 @@ class DiffusionBase(nn.Module):
         """
         from tqdm.auto import tqdm
 
-        if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(f"img2img: images have shape {tuple(images.shape)}; expected "
-                             f"[B, 3, {self.image_size}, {self.image_size}] in [0, 1]")
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"img2img(strength={strength}): must be in [0, 1] "
-                             "(0: no noise, 1: noise to the first timestep)")
-        _check_sampling("img2img", guidance_scale, num_inference_steps=num_inference_steps, batch_size=batch_size)
+        check_images(images, "images")
+        if images.shape[1:] != (3, self.image_size, self.image_size):
+            raise BadInputError(f"img2img: images have shape {tuple(images.shape)}; expected "
+                                f"[B, 3, {self.image_size}, {self.image_size}] in [0, 1]")
+        strength = checked_float(strength, "strength", minimum=0.0, maximum=1.0)
+        _check_sampling(guidance_scale, seed, num_inference_steps=num_inference_steps,
+                        batch_size=batch_size)
         device = self.prompt_embeds.device
         g = torch.Generator("cpu").manual_seed(seed)
         out = []

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..checks import check_seed, checked_int
 from .feature_distance import warn_if_off_distribution
 from .interface import (
     capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
@@ -120,8 +121,9 @@ class DecoderInverter(nn.Module):
         """
         from tqdm.auto import tqdm
 
-        if num_samples < 1 or batch_size < 1:
-            raise ValueError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
+        num_samples = checked_int(num_samples, "num_samples", minimum=1)
+        batch_size = checked_int(batch_size, "batch_size", minimum=1)
+        check_seed(seed)
         check_features(self, features)
         warn_if_off_distribution(self, features)
         dev = self.feature_mean.device

@@ -227,7 +227,7 @@ class FeatInv(nn.Module):
 
         num_inference_steps, guidance_scale, scheduler, feature_guidance_scale, feature_guidance_steps = \
             _sampler_settings(num_samples, batch_size, num_inference_steps, guidance_scale, scheduler, guidance_mode,
-                              feature_guidance_scale, feature_guidance_steps)
+                              feature_guidance_scale, feature_guidance_steps, seed=seed)
         check_features(self, features)
         warn_if_off_distribution(self, features)
         device = self.base.prompt_embeds.device
@@ -324,6 +324,9 @@ class FeatInv(nn.Module):
         """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` in [0, 1] with ``classifier`` (default: the
         shipped or timm model named ``self.classifier_name``), resized to its input size, then :meth:`invert`
         them with ``kwargs`` -> ``[B, S, 3, H, W]``; feature guidance, if on, uses the same classifier."""
+        from ..checks import check_images
+
+        check_images(images, "images")  # before any classifier loads
         if classifier is None:
             from ..models import load_classifier
 
@@ -357,25 +360,27 @@ class FeatInv(nn.Module):
 
 
 def _sampler_settings(num_samples, batch_size, num_inference_steps, guidance_scale, scheduler, guidance_mode,
-                      feature_guidance_scale, feature_guidance_steps) -> tuple:
-    """``invert``'s sampler arguments with the module defaults filled in, each checked; returns
+                      feature_guidance_scale, feature_guidance_steps, seed=0) -> tuple:
+    """``invert``'s sampler arguments with the module defaults filled in, each checked (counts are ints >= 1, scales
+    finite and >= 0, the seed in ``[0, 2**64)``; :mod:`workbench.checks` names the bad one); returns
     ``(num_inference_steps, guidance_scale, scheduler, feature_guidance_scale, feature_guidance_steps)``."""
-    num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else int(num_inference_steps)
-    guidance_scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+    from ..checks import check_seed, checked_float, checked_int
+    from ..errors import ArgumentValueError
+
+    checked_int(num_samples, "num_samples", minimum=1)
+    checked_int(batch_size, "batch_size", minimum=1)
+    check_seed(seed)
+    num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None \
+        else checked_int(num_inference_steps, "num_inference_steps", minimum=1)
+    guidance_scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None \
+        else checked_float(guidance_scale, "guidance_scale", minimum=0.0)
     scheduler = DEFAULT_SCHEDULER if scheduler is None else scheduler
     feature_guidance_scale = DEFAULT_FEATURE_GUIDANCE_SCALE if feature_guidance_scale is None \
-        else float(feature_guidance_scale)
-    if not feature_guidance_scale >= 0:
-        raise ValueError(f"feature_guidance_scale={feature_guidance_scale}: must be >= 0 (0 turns it off)")
+        else checked_float(feature_guidance_scale, "feature_guidance_scale", minimum=0.0)
     feature_guidance_steps = DEFAULT_FEATURE_GUIDANCE_STEPS if feature_guidance_steps is None \
-        else int(feature_guidance_steps)
-    if feature_guidance_steps < 1:
-        raise ValueError(f"feature_guidance_steps={feature_guidance_steps}: must be >= 1 (the last steps guided)")
+        else checked_int(feature_guidance_steps, "feature_guidance_steps", minimum=1)
     if guidance_mode not in ("features", "prompt"):
-        raise ValueError(f"guidance_mode={guidance_mode!r}; expected 'features' or 'prompt'")
-    if num_samples < 1 or num_inference_steps < 1 or batch_size < 1:
-        raise ValueError(f"num_samples, num_inference_steps and batch_size must be >= 1 (got {num_samples}, "
-                         f"{num_inference_steps}, {batch_size})")
+        raise ArgumentValueError(f"guidance_mode={guidance_mode!r}; expected 'features' or 'prompt'")
     return num_inference_steps, guidance_scale, scheduler, feature_guidance_scale, feature_guidance_steps
 
 

@@ -25,7 +25,8 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ..errors import InverterMismatchError
+from ..checks import check_images
+from ..errors import BadInputError, InverterMismatchError, WeightsUnavailableError
 from ..models import classifier_view
 from ..weights import read_card, write_card
 
@@ -58,9 +59,46 @@ class Inverter(Protocol):
 
 
 # ---------------------------------------------------------------------- features
+#: Maps further than this many standard deviations of the inverter's training maps (or, for an inverter without
+#: feature statistics, larger than this in absolute value) are refused: float32 arithmetic inside the networks
+#: (squares in normalisation layers and losses) overflows from about 1e19 and turns every image into NaN.
+MAX_FEATURE_SCALE = 1e12
+
+
+def _feature_statistics(inverter: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(feature_mean, feature_std)`` ``[C]`` each, from the inverter or one of its submodules; None without them."""
+    modules = inverter.modules() if isinstance(inverter, nn.Module) else [inverter]
+    for module in modules:
+        mean, std = getattr(module, "feature_mean", None), getattr(module, "feature_std", None)
+        if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor):
+            return mean, std
+    return None
+
+
+def _check_scale(inverter: Inverter, features: torch.Tensor) -> None:
+    """Refuse maps scaled so far out (``features * 1e30``) that inverting them would give NaN images."""
+    if features.numel() == 0:
+        return
+    stats = _feature_statistics(inverter)
+    f = features.detach().float()
+    if stats is None:
+        scale, unit = float(f.abs().max()), "in absolute value"
+    else:
+        mean, std = (t.detach().float().to(f.device).view(1, -1, 1, 1) for t in stats)
+        scale, unit = float(((f - mean) / std).abs().max()), "standard deviations from the maps it was trained on"
+    if not scale <= MAX_FEATURE_SCALE:
+        raise BadInputError(f"these maps reach {scale:.3g} {unit} (largest value {float(f.abs().max()):.3g}); maps that "
+                            f"far out (beyond {MAX_FEATURE_SCALE:.0e}) overflow float32 inside the "
+                            f"{type(inverter).__name__} and would give NaN images. Were they scaled by mistake? Capture "
+                            f"them with wb.run_with_cache(classifier, images, {inverter.layer!r}).")
+
+
 def check_features(inverter: Inverter, features: torch.Tensor) -> None:
-    """Refuse maps the inverter was not built for (:class:`~workbench.errors.InverterMismatchError`) and
-    non-finite maps (``ValueError``)."""
+    """Refuse maps the inverter was not built for (:class:`~workbench.errors.InverterMismatchError`), and
+    non-finite maps or maps so large that inverting them would give NaN images (:data:`MAX_FEATURE_SCALE`;
+    :class:`~workbench.errors.BadInputError`, a ``ValueError``)."""
+    if not isinstance(features, torch.Tensor):
+        raise BadInputError(f"features are a Tensor[B, C, h, w] of maps, got {type(features).__name__}")
     if features.ndim != 4 or tuple(features.shape[1:]) != tuple(inverter.feature_shape):
         raise InverterMismatchError(
             f"this {type(inverter).__name__} inverts {inverter.classifier_name!r} at {inverter.layer!r}, whose maps "
@@ -68,7 +106,8 @@ def check_features(inverter: Inverter, features: torch.Tensor) -> None:
             f"them with wb.run_with_cache(classifier, images, {inverter.layer!r}) from {inverter.classifier_name!r}, "
             f"or load the inverter of your classifier and layer (wb.list_inverters()).")
     if not torch.isfinite(features).all():
-        raise ValueError("features contain NaN or Inf; inverting them would give NaN images")
+        raise BadInputError("features contain NaN or Inf; inverting them would give NaN images")
+    _check_scale(inverter, features)
 
 
 def register_feature_statistics(module: nn.Module, channels: int) -> None:
@@ -101,6 +140,7 @@ def capture_and_invert(inverter: Inverter, images: torch.Tensor, classifier: nn.
     ``classifier`` of its own, e.g. FeatInv's for feature guidance)."""
     from ..hooks import extract_features
 
+    check_images(images, "images")
     if classifier is None:
         from ..models import load_classifier
 
@@ -202,20 +242,52 @@ def read_config(path: str | Path, cls: type | None = None) -> dict[str, Any]:
     when one is given (a config without ``"class"`` is a FeatInv's)."""
     file = Path(path) / "config.json"
     cfg = read_card("config", Path(path))
+    if not isinstance(cfg, dict):
+        raise WeightsUnavailableError(f"{file} holds a JSON {type(cfg).__name__}, not a config object; {_RESTORE}")
     if cls is not None and cfg.get("class", "FeatInv") != cls.__name__:
         raise InverterMismatchError(f"{file} holds a {cfg.get('class')!r}, not a {cls.__name__}; load it with "
                                     f"wb.load_inverter({str(path)!r})")
+    if cls is not None:
+        missing = [key for key in required_config(cls) if key not in cfg]
+        if missing:
+            raise WeightsUnavailableError(f"{file} is incomplete: it lacks {missing}, which a {cls.__name__} needs; "
+                                          f"{_RESTORE}")
     return cfg
 
 
+#: How to restore a broken inverter folder, for the messages that name a broken file.
+_RESTORE = ("restore the folder with `git checkout data/` (a shipped inverter), re-save it with save_pretrained, or "
+            "retrain it with `workbench train-inverter` / `make weights`")
+
+#: Constructor arguments that configs record under another key (the object's name).
+_RECORDED_AS = {"base": "base", "classifier": "classifier_name"}
+
+
+def required_config(cls: type) -> list[str]:
+    """The config keys that rebuilding ``cls`` needs: its constructor arguments without a default (objects under
+    the key they are recorded as) and the derived keys loading checks (``cls.derived_config``)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    keys = [_RECORDED_AS.get(p.name, p.name) for p in params
+            if p.name != "self" and p.default is inspect.Parameter.empty
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    return list(dict.fromkeys(keys + list(getattr(cls, "derived_config", ()))))
+
+
 def load_weights(module: nn.Module, file: Path) -> None:
-    """Load a safetensors file into ``module``; every tensor must match (no missing or unexpected key)."""
+    """Load a safetensors file into ``module``; every tensor must match (no missing or unexpected key, no other
+    shape: a :class:`~workbench.errors.WeightsUnavailableError` names the file, its config and how to restore them)."""
     from ..weights import load_state
 
-    missing, unexpected = module.load_state_dict(load_state(file), strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(load_state(file), strict=False)
+    except RuntimeError as err:  # a tensor of another shape: config.json and the weights disagree
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                     str(err).splitlines()[0])
+        raise WeightsUnavailableError(f"{file} does not match {file.parent / 'config.json'} ({first}); one of the "
+                                      f"two is broken or from another inverter: {_RESTORE}") from None
     if missing or unexpected:
         raise InverterMismatchError(f"{file} does not match its config.json "
-                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]}); {_RESTORE}")
 
 
 def training_card(path: str | Path) -> dict[str, Any]:

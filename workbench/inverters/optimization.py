@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_seed, checked_float, checked_int
 from .interface import (
     capture_and_invert, check_features, describe, init_kwargs, inverter_config, read_config,
     register_to_config, training_card, write_pretrained)
@@ -74,6 +75,11 @@ class OptimizationInverter(nn.Module):
         super().__init__()
         from ..hooks import extract_features
 
+        checked_int(num_optimizer_steps, "num_optimizer_steps")
+        checked_int(jitter, "jitter")
+        for name, value in (("lr", lr), ("tv_weight", tv_weight), ("norm_weight", norm_weight), ("alpha", alpha),
+                            ("beta", beta)):
+            checked_float(value, name)
         if num_optimizer_steps < 1 or lr <= 0 or tv_weight < 0 or norm_weight < 0 or jitter < 0:
             raise ValueError(f"num_optimizer_steps >= 1, lr > 0 and tv_weight, norm_weight, jitter >= 0 are needed; "
                              f"got num_optimizer_steps={num_optimizer_steps}, lr={lr}, tv_weight={tv_weight}, "
@@ -155,7 +161,9 @@ class OptimizationInverter(nn.Module):
         from tqdm.auto import tqdm
 
         check_features(self, features)
-        n = self.num_optimizer_steps if num_optimizer_steps is None else int(num_optimizer_steps)
+        check_seed(seed)
+        n = self.num_optimizer_steps if num_optimizer_steps is None else \
+            checked_int(num_optimizer_steps, "num_optimizer_steps", minimum=1)
         losses: list[float] = []
         dev = next(self.classifier.parameters()).device
         with tqdm(total=n, desc="optimisation", disable=not progress) as bar:
@@ -180,10 +188,12 @@ class OptimizationInverter(nn.Module):
         """
         from tqdm.auto import tqdm
 
-        if num_samples < 1 or batch_size < 1:
-            raise ValueError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
+        num_samples = checked_int(num_samples, "num_samples", minimum=1)
+        batch_size = checked_int(batch_size, "batch_size", minimum=1)
+        check_seed(seed)
         check_features(self, features)
-        n = self.num_optimizer_steps if num_optimizer_steps is None else int(num_optimizer_steps)
+        n = self.num_optimizer_steps if num_optimizer_steps is None else \
+            checked_int(num_optimizer_steps, "num_optimizer_steps", minimum=1)
         B, S = features.shape[0], num_samples
         dev = next(self.classifier.parameters()).device
         feats = features.detach().float().repeat_interleave(S, 0)
