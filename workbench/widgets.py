@@ -26,7 +26,8 @@ def parse_channels(text: str, num_channels: int) -> list[int]:
     """``"3, 7, 10-12"`` -> ``[3, 7, 10, 11, 12]``, checked against ``num_channels``.
 
     Raises:
-        InterventionError: text that is not ints and ranges, or indices out of range.
+        InterventionError: text that is not ints and ranges, a range that runs backwards (``"5-2"``), or indices out
+            of range.
 
     Example:
         >>> parse_channels("0-2, 5", 192)
@@ -42,11 +43,15 @@ def parse_channels(text: str, num_channels: int) -> list[int]:
         try:
             if "-" in part[1:]:
                 lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
-                out.extend(range(int(lo), int(hi) + 1))
+                lo, hi = int(lo), int(hi)
             else:
-                out.append(int(part))
+                lo = hi = int(part)
         except ValueError:
             raise InterventionError(f"cannot read channels {text!r}: write ints and ranges, e.g. '3, 7, 10-20'") from None
+        if hi < lo:
+            raise InterventionError(f"the channel range {part!r} runs backwards; write '{hi}-{lo}' for channels {hi} "
+                                    f"to {lo}")
+        out.extend(range(lo, hi + 1))
     return check_channels(out, num_channels)
 
 
@@ -94,6 +99,27 @@ def _probability_table(columns: Mapping[str, Tensor], class_names: Sequence[str]
             f"{head}</tr>{rows}</table>")
 
 
+def _check_explorer_inputs(classifier: nn.Module, inverters: Mapping[str, nn.Module], images: Tensor) -> None:
+    """Refuse, before any widget is built, what would fail only when Invert is pressed: no inverter, an inverter filed
+    under another layer or made for another classifier, images that are not a float batch in [0, 1]."""
+    from .checks import check_images
+
+    if not inverters:
+        raise AnalysisError("Explorer needs at least one inverter, e.g. {'stages.3': wb.load_inverter(...)}")
+    name = getattr(classifier, "name", None)
+    for layer, inverter in inverters.items():
+        if getattr(inverter, "layer", layer) != layer:
+            raise AnalysisError(f"the inverter filed under {layer!r} inverts {inverter.layer!r}; file it under "
+                                f"{inverter.layer!r}, or load the inverter of {layer!r}")
+        made_for = getattr(inverter, "classifier_name", None)
+        if name not in (None, "custom") and made_for is not None and made_for != name:
+            raise AnalysisError(f"the inverter of {layer!r} was made for {made_for!r}, but the classifier is "
+                                f"{name!r}; load the inverters of {name!r}")
+    check_images(images, "images")
+    if len(images) == 0:
+        raise AnalysisError("Explorer needs at least one image to choose from")
+
+
 class Explorer:
     """Explore what a layer keeps: edit its map (ablate channels, steer along a concept) and invert the edit.
 
@@ -132,8 +158,7 @@ class Explorer:
 
         from .tinyworld import CLASSES
 
-        if not inverters:
-            raise AnalysisError("Explorer needs at least one inverter, e.g. {'stages.3': wb.load_inverter(...)}")
+        _check_explorer_inputs(classifier, inverters, images)
         self.classifier, self.inverters, self.images = classifier, dict(inverters), images
         self.labels = labels
         if concepts is not None and not isinstance(concepts, Mapping):

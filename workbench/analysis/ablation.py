@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import checked_int
 from ..errors import AnalysisError
 from ..interventions import ablate_features, check_mode
 from . import check_channels, map_logits, score_inversions
@@ -246,8 +247,9 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
     labels = torch.as_tensor(labels).long().cpu()
     if mode == "mean" and means is None:
         means = feats.mean((0, 2, 3))
+    counts = [checked_int(n, "each of counts") for n in counts]   # 2.5 channels is not a count
     for n in counts:
-        if not 0 <= int(n) <= len(order):
+        if not 0 <= n <= len(order):
             raise AnalysisError(f"count {n} is outside 0..{len(order)} (the length of order)")
     table = ablation_table(classifier, images, labels, layer, {int(n): order[:int(n)] for n in counts}, mode=mode,
                            means=means)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_allocation, checked_int
 from ..errors import AnalysisError
 from . import check_mask, class_probabilities, downsample_mask
 
@@ -48,7 +49,8 @@ def splice(features_a: Tensor, features_b: Tensor, mask: Tensor) -> Tensor:
         ``Tensor[B, C, h, w]``.
 
     Raises:
-        AnalysisError: maps of different shapes. InterventionError: a mask that is not ``h x w``.
+        AnalysisError: maps of different shapes, or mask values outside [0, 1]. InterventionError: a mask that is
+            not ``h x w``.
 
     Example:
         >>> left = torch.zeros(4, 4); left[:, :2] = 1
@@ -58,6 +60,9 @@ def splice(features_a: Tensor, features_b: Tensor, mask: Tensor) -> Tensor:
         raise AnalysisError(f"features_a {list(features_a.shape)} and features_b {list(features_b.shape)} must be "
                             f"two Tensor[B, C, h, w] of one shape")
     m = check_mask(mask, features_a.shape[-2:], features_a.shape[0]).to(features_a)
+    if m.numel() and not (bool(torch.isfinite(m).all()) and float(m.min()) >= 0 and float(m.max()) <= 1):
+        raise AnalysisError(f"the mask's values lie in [{float(m.min()):g}, {float(m.max()):g}]; a splice mask is in "
+                            "[0, 1] (1 takes A, 0 takes B): outside it, splice would extrapolate beyond both maps")
     return m * features_a + (1 - m) * features_b
 
 
@@ -172,22 +177,34 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
 def interpolate(features_a: Tensor, features_b: Tensor, n_steps: int) -> Tensor:
     """Linear interpolation of maps: ``(1 - t) A + t B`` for ``t`` in ``linspace(0, 1, n_steps)``.
 
+    The sweep is built into one buffer (no temporaries of its size); one that cannot fit in free memory is refused
+    before anything is allocated, with its size in the message.
+
     Args:
         features_a, features_b: ``Tensor[B, C, h, w]``.
-        n_steps: ``T >= 2``.
+        n_steps: ``T >= 2``, an int.
 
     Returns:
         ``Tensor[B, T, C, h, w]``.
+
+    Raises:
+        AnalysisError: maps of two shapes, or ``n_steps < 2``. ArgumentTypeError: ``n_steps`` is not an int.
+        ArgumentValueError: the sweep would not fit in free memory.
 
     Example:
         >>> seq = interpolate(fa, fb, 5)          # seq[:, 0] == fa, seq[:, -1] == fb
     """
     if features_a.shape != features_b.shape:
         raise AnalysisError(f"cannot interpolate maps of shapes {list(features_a.shape)} and {list(features_b.shape)}")
+    n_steps = checked_int(n_steps, "n_steps")
     if n_steps < 2:
         raise AnalysisError(f"n_steps must be >= 2, got {n_steps}")
-    t = torch.linspace(0, 1, n_steps, dtype=features_a.dtype, device=features_a.device).view(1, -1, 1, 1, 1)
-    return (1 - t) * features_a[:, None] + t * features_b[:, None]
+    shape = (features_a.shape[0], n_steps, *features_a.shape[1:])
+    check_allocation(shape, features_a.dtype, features_a.device, f"interpolate(n_steps={n_steps})")
+    out = torch.empty(shape, dtype=features_a.dtype, device=features_a.device)
+    t = torch.linspace(0, 1, n_steps, dtype=features_a.dtype, device=features_a.device)
+    view = (1, -1) + (1,) * (features_a.ndim - 1)
+    return torch.lerp(features_a[:, None].expand(shape), features_b[:, None].expand(shape), t.view(view), out=out)
 
 
 def arithmetic(features_a: Tensor, features_b: Tensor, features_c: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import checked_int
 from ..errors import AnalysisError
 from . import map_logits, score_inversions
 
@@ -192,6 +193,7 @@ def fit_pca(features: Tensor | Iterable[Tensor], *, layer: str | None = None, n_
     """
     from sklearn.decomposition import PCA, IncrementalPCA
 
+    batch_size = checked_int(batch_size, "batch_size", minimum=1)
     batches = [features] if isinstance(features, Tensor) else features
     first = None
     model = None
@@ -201,7 +203,7 @@ def fit_pca(features: Tensor | Iterable[Tensor], *, layer: str | None = None, n_
         if first is None:
             first = batch
             c = batch.shape[1]
-            k = c if n_components is None else int(n_components)
+            k = c if n_components is None else checked_int(n_components, "n_components")
             if not 1 <= k <= c:
                 raise AnalysisError(f"n_components={n_components} but the maps have {c} channels; ask for at most {c}")
             use_incremental = (not isinstance(features, Tensor)) or (
