@@ -1,8 +1,9 @@
 """The ``workbench`` command line: ``workbench COMMAND [--help | ARGS]``.
 
 Each command is a module with ``parse_args(argv)`` and ``main(args)``; the training commands live in
-``workbench/training/``, the others here. The library's own errors (and a missing file) end a command with one
-line on stderr, ``workbench COMMAND: message``, and exit status 1.
+``workbench/training/``, the others here. The library's own errors (and a missing file, a folder in the way, a place
+that cannot be written) end a command with one line on stderr, ``workbench COMMAND: message``, and exit status 1.
+Output paths (``--out``, ``evaluate --json``) and ``--device`` are checked before any command starts its work.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ COMMANDS = {
 
 #: commands whose --out is a folder (a run folder, or the demo's outputs), checked before any slow work
 _FOLDER_OUT = {"demo", "train-classifier", "train-vae", "train-base", "train-inverter", "train-decoder"}
+#: commands that write a file named by another flag than --out: command -> that argument
+_FILE_FLAGS = {"evaluate": "json"}
 
 
 def usage() -> str:
@@ -34,20 +37,48 @@ def usage() -> str:
             + "\n".join(lines))
 
 
-def check_out(args, *, folder: bool) -> None:
-    """Refuse an ``--out`` that cannot be written, before any slow work: a path below a file, or (for a
-    ``folder``) an existing file.
+def check_out(args, *, folder: bool, attr: str = "out") -> None:
+    """Refuse an output path that cannot be written, before any slow work: a path below a file, an existing file
+    where a folder goes (``folder``), an existing folder where a file goes, or a place this process cannot write.
+
+    Args:
+        args: the parsed arguments; ``args.<attr>`` is the path (``None``: nothing to check).
+        folder: the path names a folder (a run folder, the demo's outputs) rather than a file.
+        attr: the argument holding the path (``"out"``, or ``"json"`` for ``workbench evaluate``).
 
     Raises:
-        NotADirectoryError: naming the file in the way.
+        NotADirectoryError: naming the file in the way. IsADirectoryError: a folder where a file goes.
+        PermissionError: naming the folder that cannot be written.
     """
-    out = getattr(args, "out", None)
+    out = getattr(args, attr, None)
     if out is None:
         return
-    out = Path(out)
+    flag, out = f"--{attr.replace('_', '-')}", Path(out)
     for p in ([out] if folder else []) + list(out.parents):
         if p.exists() and not p.is_dir():
-            raise NotADirectoryError(f"--out {str(out)!r}: {str(p)!r} is a file, not a folder")
+            raise NotADirectoryError(f"{flag} {str(out)!r}: {str(p)!r} is a file, not a folder")
+    if not folder and out.is_dir():
+        raise IsADirectoryError(f"{flag} {str(out)!r} is a folder; name a file in it, e.g. "
+                                f"{str(out / ('figure.png' if attr == 'out' else 'summary.json'))!r}")
+    _check_writable(flag, out, folder)
+
+
+def _check_writable(flag: str, out: Path, folder: bool) -> None:
+    """Create and remove a file where ``out`` will be written (in the nearest folder that exists), so that a
+    read-only place fails now, not after the work; an existing file must itself be writable."""
+    import os
+    import tempfile
+
+    if out.is_file() and not os.access(out, os.W_OK):
+        raise PermissionError(f"{flag} {str(out)!r}: the file exists and cannot be overwritten (permission denied)")
+    place = next(p for p in ([out] if folder else []) + list(out.parents) if p.is_dir())
+    try:
+        fd, probe = tempfile.mkstemp(dir=place, prefix=".workbench-write-check-")
+    except OSError as err:
+        raise PermissionError(f"{flag} {str(out)!r}: cannot write in {str(place)!r} "
+                              f"({err.strerror or type(err).__name__}); choose another place") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def main(argv=None) -> int:
@@ -73,9 +104,13 @@ def main(argv=None) -> int:
     module = importlib.import_module(COMMANDS[cmd][0])
     args = module.parse_args(rest)  # argparse prints its own usage errors and exits with status 2
     try:
-        check_out(args, folder=cmd in _FOLDER_OUT)
+        check_out(args, folder=cmd in _FOLDER_OUT, attr=_FILE_FLAGS.get(cmd, "out"))
+        if getattr(args, "device", None) is not None:
+            from ..checks import check_device
+
+            check_device(args.device, "--device")
         result = module.main(args)
-    except (WorkbenchError, FileNotFoundError, NotADirectoryError) as err:
+    except (WorkbenchError, OSError) as err:  # OSError: a missing file, a folder in the way, no permission
         return _fail(cmd, str(err))
     except SystemExit as err:  # a command that stops with a message, e.g. SystemExit("--min-timestep 2000: ...")
         if isinstance(err.code, str):

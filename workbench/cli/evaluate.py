@@ -49,12 +49,34 @@ def invert_options(inverter, args) -> dict:
     return options
 
 
+def check_args(args) -> None:
+    """Every count an int >= 1 and the seed in ``[0, 2**64)``, before any model loads."""
+    from ..checks import check_seed, checked_int
+
+    for flag in ("num_images", "num_samples", "num_inference_steps", "batch_size"):
+        if getattr(args, flag) is not None:
+            checked_int(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=1)
+    check_seed(args.seed, "--seed")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a temporary name, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def main(args) -> int:
     from ..evaluation import evaluate
     from ..inverters import load_inverter
     from ..models import load_classifier
     from ..tinyworld import TinyWorld
 
+    check_args(args)
     inv = load_inverter(args.inverter, device=args.device)
     clf = load_classifier(inv.classifier_name, device=args.device)
     dataset = TinyWorld(args.split, size=max(args.num_images, 2000), seed=0, ood=args.ood)
@@ -68,8 +90,7 @@ def main(args) -> int:
         out = {"inverter": args.inverter, "summary": summ,
                "attrs": {k: v for k, v in table.attrs.items() if isinstance(v, (str, int, float, dict))},
                "rows": json.loads(table.to_json(orient="records"))}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        write_json(Path(args.json), out)
     return 0
 
 

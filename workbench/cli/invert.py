@@ -44,28 +44,75 @@ def class_names(classifier) -> list[str] | None:
     return None if names is None else list(names)
 
 
+def output_path(args) -> Path:
+    """Where the figure goes: ``--out``, or ``outputs/invert_<image>_<layer>.png``."""
+    return Path(args.out or f"outputs/invert_{Path(args.image).stem}_{args.layer}.png")
+
+
+def check_args(args) -> None:
+    """Every argument, before any model loads: counts are ints >= 1, the guidance scale finite and >= 0, the seed
+    in ``[0, 2**64)``, ``--image`` an existing file (not a folder), ``--out`` a file type matplotlib writes."""
+    from matplotlib.figure import Figure
+
+    from ..checks import check_seed, checked_float, checked_int
+    from ..errors import ArgumentValueError, ImageReadError
+
+    checked_int(args.num_samples, "--num-samples", minimum=1)
+    for flag in ("num_inference_steps", "batch_size"):
+        if getattr(args, flag) is not None:
+            checked_int(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=1)
+    if args.guidance_scale is not None:
+        checked_float(args.guidance_scale, "--guidance-scale", minimum=0.0)
+    check_seed(args.seed, "--seed")
+    image = Path(args.image)
+    if image.is_dir():
+        raise ImageReadError(f"--image {str(image)!r} is a folder, not an image file; name one of the images in it")
+    if not image.is_file():
+        raise FileNotFoundError(f"--image {str(image)!r}: no such file")
+    kinds, out = Figure().canvas.get_supported_filetypes(), output_path(args)
+    suffix = out.suffix.lstrip(".").lower()
+    if suffix not in kinds:
+        raise ArgumentValueError(f"--out {str(out)!r}: matplotlib writes no {suffix or 'suffix-less'!r} files; end the "
+                                 f"name with one of {', '.join('.' + k for k in sorted(kinds))}")
+
+
+def save_figure(fig, out: Path) -> None:
+    """Write ``fig`` to ``out`` atomically: to a temporary name beside it, then renamed, so a failure leaves no
+    half-written file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".").lower())
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def main(args) -> int:
     import matplotlib.pyplot as plt
 
     from ..inverters import load_inverter
-    from ..models import load_classifier, load_image
+    from ..models import load_classifier, prepare_image, read_image
     from ..plot import inversion_figure
 
+    check_args(args)
     path = Path(args.image)
+    image = read_image(path)  # a file that is not an image fails here, before any model loads
     clf = load_classifier(args.classifier, device=args.device)
-    x = load_image(path, clf)
+    x = prepare_image(image, clf)
     inv = load_inverter(args.inverter or f"{args.classifier}/{args.layer}", classifier=args.classifier,
                         layer=args.layer, device=args.device)
     options = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
                "batch_size": args.batch_size}
     samples = inv.invert_images(x, clf, num_samples=args.num_samples, seed=args.seed,
                                 **{k: v for k, v in options.items() if v is not None})
-    out = Path(args.out or f"outputs/invert_{path.stem}_{args.layer}.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_path(args)
     fig = inversion_figure(x, samples, row_labels=[f"{args.classifier}\n{args.layer}"],
                            title=f"{path.name}: what {args.classifier} keeps at {args.layer}")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, out)
+    finally:
+        plt.close(fig)
     with torch.no_grad():
         pred = clf(x.to(args.device)).argmax(1).item()
         preds = clf(samples[0].to(args.device)).argmax(1).tolist()
