@@ -245,15 +245,19 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
 
     Raises:
         ValueError: ``num_images`` larger than the dataset; a layer or classifier the inverter was not built for.
+        BadInputError: a tensor dataset that is not float images in [0, 1] (``uint8``: divide by 255).
 
     Example:
         >>> t = wb.evaluate(inv, cnn, "stages.3", wb.TinyWorld("test", size=256), num_images=32)
         >>> t.summary()
     """
+    from .checks import check_images
     from .hooks import extract_features
     from .inverters.feature_distance import feature_distance
     from .tinyworld import TinyWorld
 
+    if isinstance(dataset, torch.Tensor):  # uint8 or 0..255 floats would be measured as if in [0, 1]
+        check_images(dataset, "dataset")
     layer = inverter.layer if layer is None else layer
     if layer != inverter.layer:
         raise ValueError(f"the inverter inverts {inverter.layer!r}, not {layer!r}; pass layer={inverter.layer!r} "
