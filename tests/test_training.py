@@ -547,3 +547,80 @@ def test_card_evaluator_reproduces_a_shipped_card():
     m = inverter_card_metrics(wb.load_inverter(name), wb.load_classifier("tinyworld-cnn"),
                               num_images=card["test_images"])
     assert m == card
+
+
+# ---------------------------------------------------------------- the official recipe, as a preset
+def test_the_official_preset_trains_and_samples_at_tiny_size(tmp_path):
+    """The official recipe at tiny size, random weights, offline: ConvNeXt (atto standing in for base) read at 288 px
+    and inverted at forward_features, the miniature SD base, an augmented ImageFolder; 3 epochs set the steps, and
+    the card records the recipe; the preset's sampler (DDIM, guidance 1.75, guidance_mode='prompt') inverts."""
+    import inspect
+
+    import timm
+    from safetensors.torch import save_file
+
+    import workbench as wb
+    from workbench.diffusion import miniature_base
+    from workbench.inverters.featinv import FeatInv
+
+    official = wb.presets.get("official")
+    assert (official.classifier, official.layer, official.feature_shape) == \
+        ("convnext_base.fb_in22k_ft_in1k", "stages.3", (1024, 9, 9))
+    assert official.sampler == {"scheduler": "ddim", "num_inference_steps": 50, "guidance_scale": 1.75,
+                                "guidance_mode": "prompt", "feature_guidance_scale": 0.0}
+    assert set(official.sampler) <= set(inspect.signature(FeatInv.invert).parameters)
+    torch.manual_seed(0)
+    save_file(timm.create_model("convnext_atto", pretrained=False).state_dict(), str(tmp_path / "atto.safetensors"))
+    miniature_base(seed=0).save_pretrained(tmp_path / "base", fp16=False)
+    config = official.config(data=str(_image_folder(tmp_path / "imgs", per_class=2)), out=str(tmp_path / "run"),
+                             classifier="convnext_atto", classifier_checkpoint=str(tmp_path / "atto.safetensors"),
+                             base=str(tmp_path / "base"), batch_size=2, num_workers=0, device="cpu", progress=False)
+    inv = featinv.train_featinv(config)
+    training = inv.card["training"]
+    assert training["steps"] == 6  # 3 epochs of 4 images at batch 2
+    assert (training["lr"], training["lr_schedule"], training["max_grad_norm"], training["ema"]) == \
+        (1e-5, "constant", None, 0.0)
+    assert training["classifier_size"] == 288 and training["augment"] is True and training["drop_prob"] == 0.15
+    assert training["prompt"] == wb.presets.OFFICIAL_PROMPT and training["mixed_precision"] == "no"
+    assert inv.hidden_channels == 512 and inv.feature_shape == (320, 9, 9)  # atto's 320 channels at 288 px / 32
+
+    clf = wb.load_classifier("convnext_atto", checkpoint_path=tmp_path / "atto.safetensors")
+    clf.input_size = (3, 288, 288)
+    x = torch.rand(1, 3, 288, 288)
+    feats = wb.extract_features(clf, x, official.layer)
+    assert torch.allclose(feats, clf.model.forward_features(clf.normalize(x)))  # stages.3 is forward_features
+    images = inv.invert(feats, **{**official.sampler, "num_inference_steps": 2}, progress=False)
+    assert images.shape == (1, 1, 3, 64, 64) and images.isfinite().all()
+
+
+def test_the_official_preset_command_is_its_config_and_ours_stays_the_default():
+    import shlex
+
+    import workbench as wb
+
+    official = wb.presets.get("official")
+    cmd = official.train_command(data="/data/imagenet/train", out="runs/official")
+    assert cmd.startswith("accelerate launch -m workbench.cli train-inverter ")
+    argv = shlex.split(cmd)[5:]
+    assert featinv.parse_args(argv) == official.config(data="/data/imagenet/train", out="runs/official")
+    assert "--max-grad-norm none" in cmd and "--classifier-size 288" in cmd and "--epochs 3" in cmd
+    ours = featinv.parse_args(["--classifier", "c", "--layer", "l", "--out", "o"])
+    assert (ours.lr, ours.lr_schedule, ours.ema, ours.max_grad_norm, ours.hidden_channels, ours.classifier_size,
+            ours.epochs) == (3e-4, "cosine", 0.999, 1.0, 64, None, None)
+    assert wb.presets.get("resnet50").train_command(data="d", out="o") == (
+        "accelerate launch -m workbench.cli train-inverter --classifier resnet50 --layer layer4 "
+        "--base lambdalabs/miniSD-diffusers --steps 100000 --batch-size 32 --mixed-precision bf16 --data d --out o")
+
+
+def test_constant_lr_schedule_keeps_the_peak_lr():
+    from workbench.training.common import adamw_with_schedule
+
+    config = featinv.FeatInvConfig(classifier="c", layer="l", out="o", steps=50, lr=1e-5)
+    opt, sched = adamw_with_schedule([torch.nn.Parameter(torch.zeros(1))], config, weight_decay=0.01,
+                                     schedule="constant")
+    lrs = []
+    for _ in range(50):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [1e-5] * 50 and sched.horizon["total"] == 50

@@ -173,9 +173,9 @@ def config_parser(cls, *, prog: str, description: str) -> argparse.ArgumentParse
     """An argparse parser with one ``--flag-name`` per field of the config dataclass ``cls``: type, choices and
     default from the field (no default: a required flag), help from its comment (:func:`field_comments`).
 
-    Types: ``int``, ``float``, ``str``, ``X | None``, ``Literal[...]`` (choices), ``tuple[int, ...]`` (written
-    ``16,32,32``), ``dict`` (JSON); a ``bool`` field is a switch (``--flag``), or ``--flag/--no-flag`` when it
-    defaults to true. The script's own fields come first, then :class:`RunConfig`'s.
+    Types: ``int``, ``float``, ``str``, ``X | None`` (a number's flag also takes ``none``), ``Literal[...]``
+    (choices), ``tuple[int, ...]`` (written ``16,32,32``), ``dict`` (JSON); a ``bool`` field is a switch (``--flag``),
+    or ``--flag/--no-flag`` when it defaults to true. The script's own fields come first, then :class:`RunConfig`'s.
 
     Example:
         >>> config_parser(VAEConfig, prog="workbench train-vae", description="").parse_args(["--out", "runs/vae"])
@@ -206,8 +206,20 @@ def config_parser(cls, *, prog: str, description: str) -> argparse.ArgumentParse
                 kw["help"] = kw["help"].replace("%(default)s", ",".join(map(str, f.default)))
         else:
             kw["type"] = json.loads if kind is dict else kind
+            if type(None) in args and kind is not str:  # --max-grad-norm none: back to None
+                kw["type"] = or_none(kw["type"])
+                if "none" not in comments.get(f.name, ""):
+                    kw["help"] += " (none: unset)"
         p.add_argument("--" + f.name.replace("_", "-"), **kw)
     return p
+
+
+def or_none(convert):
+    """``convert`` for a flag of an optional field, which also takes ``none`` (``--max-grad-norm none``)."""
+    def parse(text: str):
+        return None if text.strip().lower() == "none" else convert(text)
+    parse.__name__ = getattr(convert, "__name__", "value")  # what argparse names in 'invalid float value'
+    return parse
 
 
 def parse_config(cls, argv=None, *, prog: str, description: str):
