@@ -28,6 +28,11 @@ INV_TINY = ["train-inverter", "--classifier", "tinyworld-cnn", "--layer", "stage
             "--save-every", "2", "--eval-images", "0", "--mixed-precision", "no", *SMALL]
 INV_FOLDER = ["train-inverter", "--classifier", "tinyworld-vit", "--layer", "blocks.2", "--batch-size", "2",
               "--save-every", "2", "--num-workers", "0", "--mixed-precision", "no", "--no-progress"]
+CLASSIFIER = ["train-classifier", "--name", "tinyworld-cnn", "--batch-size", "4", "--test-images", "8", *SMALL,
+              *TINY_CNN]
+VAE = ["train-vae", "--widths", "16,16", "--batch-size", "4", *SMALL]
+DECODER = ["train-decoder", "--classifier", "tinyworld-cnn", "--layer", "stages.3", "--batch-size", "4",
+           "--hidden-channels", "16", "--eval-images", "0", "--feature-loss-images", "2", *SMALL]
 PER_PROCESS = 4  # the batch of each process in the data scenarios
 
 
@@ -139,6 +144,20 @@ def budget_scenario(out: Path, rank: int) -> dict:
     return json.loads((out / "tinyworld-base" / "card.json").read_text())["training"]["steps"] if rank == 0 else None
 
 
+def fingerprint_last_step(weights: dict) -> None:
+    """Make every training script record, in ``weights[out folder]``, a hash of the modules it checkpoints after its
+    last step, in this process (DDP keeps the processes' copies equal only when it sees the forward pass)."""
+    from workbench.training import base, classifier, decoder, featinv, vae
+    from workbench.training.common import state_fingerprint
+
+    for module in (classifier, vae, base, featinv, decoder):
+        def save_if_due(loop, step, acc, config, *, modules, _original=module.save_if_due, **kw):
+            _original(loop, step, acc, config, modules=modules, **kw)
+            if step + 1 == loop.total:
+                weights[Path(config.out).name] = state_fingerprint(*modules.values())
+        module.save_if_due = save_if_due
+
+
 def scenarios(out: Path, folder: Path) -> None:
     """Every scenario, in every process; what each process saw goes to ``out/process-<rank>.json``."""
     import time
@@ -162,11 +181,15 @@ def scenarios(out: Path, folder: Path) -> None:
         ended.append(self.step)
 
     Steps.__iter__ = record_end
+    seen["weights"] = {}
+    fingerprint_last_step(seen["weights"])
     for name, argv in [("base", BASE), ("inv-tiny", INV_TINY),
                        ("inv-folder", [*INV_FOLDER, "--data", str(folder)])]:
         workbench([*argv, "--out", str(out / f"{name}-full"), "--steps", "4"])
         run_interrupted([*argv, "--out", str(out / f"{name}-cut"), "--steps", "4"], at_step=3)
         workbench([*argv, "--out", str(out / f"{name}-cut"), "--steps", "4", "--resume"])
+    for name, argv in [("classifier", CLASSIFIER), ("vae", VAE), ("decoder", DECODER)]:
+        workbench([*argv, "--out", str(out / name), "--steps", "2"])
     seen["budget_steps"] = budget_scenario(out / "budget", rank)
     seen["ended"] = ended
     seen["seconds"] = round(time.time() - t0, 1)
@@ -238,12 +261,24 @@ def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_weights(launched
     assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_every_command_keeps_the_processes_weights_equal(launched):
+    """After the last step each process holds the same weights (and EMA): DDP averaged every gradient, also for
+    the VAE and the decoder, whose forward passes used to bypass it. Each run wrote one set of weights."""
+    out, _, seen = launched
+    names = {"base-full", "base-cut", "inv-tiny-full", "inv-tiny-cut", "inv-folder-full", "inv-folder-cut",
+             "classifier", "vae", "decoder"}
+    assert names <= seen[0]["weights"].keys()
+    assert {k: seen[0]["weights"][k] for k in names} == {k: seen[1]["weights"][k] for k in names}
+    assert (out / "classifier" / "tinyworld-cnn.safetensors").is_file()
+    assert (out / "vae" / "vae" / "card.json").is_file() and (out / "decoder" / "inverter" / "card.json").is_file()
+
+
 def test_every_process_ends_every_run_at_the_same_step(launched):
     """Both processes end each run together, also under --max-minutes when their clocks disagree (the main
     process decides and broadcasts)."""
     _, _, seen = launched
     assert seen[0]["ended"] == seen[1]["ended"]
-    assert seen[0]["ended"][:6] == [4] * 6  # the full and the resumed runs (a stopped one does not end)
+    assert seen[0]["ended"][:9] == [4] * 6 + [2] * 3  # the full and resumed runs (a stopped one does not end)
     budget = seen[0]["budget_steps"]
     assert 5 <= budget < 400 and seen[0]["ended"][-1] == seen[1]["ended"][-1] == budget
 
