@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from workbench.errors import ArgumentTypeError, ArgumentValueError
 from workbench.training import base, classifier, decoder, featinv, vae
 from workbench.training.common import check_resume, save_checkpoint
 
@@ -61,6 +62,8 @@ ONE_COMMAND = [
     ("train-classifier", "--label-smoothing", "1", "--label-smoothing 1.0: must be in [0, 1)"),
     ("train-decoder", "--feature-loss-images", "0", "--feature-loss-images 0: must be at least 1"),
     ("train-decoder", "--min-channels", "0", "--min-channels 0: must be at least 1"),
+    ("train-decoder", "--batch-size", "20001", "--batch-size 20001: more than the 20000 images of --train-images"),
+    ("train-inverter", "--batch-size", "50001", "--batch-size 50001: more than the 50000 images of --train-images"),
 ]
 ROWS = [(cmd, *row) for cmd in COMMANDS for row in EVERY_COMMAND] + ONE_COMMAND
 
@@ -78,13 +81,14 @@ def test_parse_args_refuses_the_value_naming_flag_and_value(command, flag, value
 
 @pytest.mark.parametrize("command,flag,value,message", ROWS, ids=[f"{r[0]} {r[1]} {r[2]}" for r in ROWS])
 def test_the_config_refuses_the_value_in_the_python_api(command, flag, value, message):
-    """``train_featinv(steps=0)`` and the other configs built in Python refuse what parse_args refuses."""
+    """``train_featinv(steps=0)`` and the other configs built in Python refuse what parse_args refuses, with the
+    library's ``ArgumentValueError`` (a ``ValueError``)."""
     from workbench.training.common import config_parser
 
     module, required = COMMANDS[command]
     cls = type(module.parse_args(required))
     fields = vars(config_parser(cls, prog="x", description="").parse_args([*required, flag, value]))  # converted
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ArgumentValueError) as e:
         cls(**fields)
     assert str(e.value).startswith(message)
 
@@ -93,10 +97,14 @@ def test_train_featinv_refuses_steps_0_before_loading_anything(monkeypatch):
     import workbench.models
 
     monkeypatch.setattr(workbench.models, "load_classifier", lambda *a, **k: pytest.fail("a model was loaded"))
-    with pytest.raises(ValueError, match="--steps 0: must be at least 1"):
+    with pytest.raises(ArgumentValueError, match="--steps 0: must be at least 1"):
         featinv.train_featinv(classifier="tinyworld-cnn", layer="stages.3", out="o", steps=0)
-    with pytest.raises(ValueError, match="--seed 1.5: must be a whole number"):
+    with pytest.raises(ArgumentTypeError, match="--seed 1.5: must be a whole number"):
         featinv.train_featinv(classifier="tinyworld-cnn", layer="stages.3", out="o", seed=1.5)
+    with pytest.raises(ArgumentValueError, match="--batch-size 64: more than the 32 images of --train-images"):
+        featinv.train_featinv(classifier="tinyworld-cnn", layer="stages.3", out="o", batch_size=64, train_images=32)
+    featinv.FeatInvConfig(classifier="c", layer="l", out="o", data="/imagenet", batch_size=64, train_images=32)  # a
+    # folder's size is its own: --train-images is the tiny world's
 
 
 @pytest.mark.parametrize("argv,message", [

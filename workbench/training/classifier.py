@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentValueError
 from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_resume, command_line,
                      init_card, loop_generator, optimiser_step, parse_config, process_of, resume_run, save_if_due,
                      start_run, tinyworld_images)
@@ -46,9 +47,9 @@ class ClassifierConfig(RunConfig):
     def check(self) -> None:
         super().check()
         if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
-            raise ValueError(f"--label-smoothing {self.label_smoothing!r}: must be in [0, 1)")
+            raise ArgumentValueError(f"--label-smoothing {self.label_smoothing!r}: must be in [0, 1)")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"--weight-decay {self.weight_decay!r}: must be >= 0")
+            raise ArgumentValueError(f"--weight-decay {self.weight_decay!r}: must be >= 0")
 
 
 def parse_args(argv=None) -> ClassifierConfig:

@@ -25,6 +25,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -37,6 +38,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from ..errors import ArgumentTypeError, ArgumentValueError
 from ..tinyworld import tinyworld_images  # noqa: F401  (the training scripts' image source)
 from .data import ImageFolderStream, TensorStream, derived_seed  # noqa: F401  (the scripts' data streams)
 
@@ -51,8 +53,8 @@ EMA_START_STEP = 200  # up to this step the EMA copies the weights (decay 0) rat
 class RunConfig:
     """The fields every training script shares; each script's config extends it (and sets the first three).
 
-    Constructing one checks every value (:meth:`check`): a bad one raises ``ValueError`` naming the flag, and
-    ``parse_args`` turns that into a usage error before anything loads.
+    Constructing one checks every value (:meth:`check`): a bad one raises ``ArgumentValueError`` (a ``ValueError``)
+    naming the flag, and ``parse_args`` turns that into a usage error before anything loads.
     """
 
     steps: int  # training steps in total (a resumed run continues to this); each step trains on one batch per
@@ -91,7 +93,8 @@ class RunConfig:
         ``--save-every 0`` divides by zero).
 
         Raises:
-            ValueError: ``"--flag value: what it must be"``.
+            ArgumentValueError: ``"--flag value: what it must be"`` (a ``ValueError``); ArgumentTypeError: a float or
+                a string where a whole number goes.
         """
         for name in self.positive:
             check_int(self, name, low=1)
@@ -100,15 +103,20 @@ class RunConfig:
         for name in self.fractions:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value <= 1):
-                raise ValueError(f"{flag(name)} {value!r}: must be a fraction in [0, 1]")
+                raise ArgumentValueError(f"{flag(name)} {value!r}: must be a fraction in [0, 1]")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"--lr {self.lr!r}: must be a finite number >= 0")
+            raise ArgumentValueError(f"--lr {self.lr!r}: must be a finite number >= 0")
         if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float))
                                                  and math.isfinite(self.max_minutes) and self.max_minutes > 0):
-            raise ValueError(f"--max-minutes {self.max_minutes!r}: must be a number of minutes > 0, or left out")
+            raise ArgumentValueError(f"--max-minutes {self.max_minutes!r}: must be a number of minutes > 0, or left "
+                                     "out")
         check_int(self, "seed", low=0, high=2 ** 64 - 1)  # what torch.Generator.manual_seed tells apart
+        images = getattr(self, "train_images", None)  # the tiny world's training set (an image folder has its own)
+        if images is not None and getattr(self, "data", "tinyworld") == "tinyworld" and self.batch_size > images:
+            raise ArgumentValueError(f"--batch-size {self.batch_size}: more than the {images} images of "
+                                     f"--train-images; lower it or raise --train-images")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ValueError(f"--device {self.device!r}: expected auto, cpu or cuda")
+            raise ArgumentValueError(f"--device {self.device!r}: expected auto, cpu or cuda")
 
     def run_record(self) -> dict[str, Any]:
         """What this run trains (:attr:`run_keys` and their values), kept in its checkpoints."""
@@ -123,18 +131,18 @@ def flag(name: str) -> str:
 def check_snr_gamma(config) -> None:
     """Refuse a ``--snr-gamma`` that is not > 0 (none is plain MSE)."""
     if config.snr_gamma is not None and not (isinstance(config.snr_gamma, (int, float)) and config.snr_gamma > 0):
-        raise ValueError(f"--snr-gamma {config.snr_gamma!r}: must be > 0 (5 is the paper's choice), or left out for "
-                         "plain MSE")
+        raise ArgumentValueError(f"--snr-gamma {config.snr_gamma!r}: must be > 0 (5 is the paper's choice), or left "
+                                 "out for plain MSE")
 
 
 def check_int(config, name: str, *, low: int, high: int | None = None) -> None:
     """Refuse a field of ``config`` that is not an int in ``[low, high]``, naming its flag and value."""
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{flag(name)} {value!r}: must be a whole number")
+        raise ArgumentTypeError(f"{flag(name)} {value!r}: must be a whole number")
     if value < low or (high is not None and value > high):
         bound = f"at least {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{flag(name)} {value}: must be {bound}")
+        raise ArgumentValueError(f"{flag(name)} {value}: must be {bound}")
 
 
 def field_comments(cls) -> dict[str, str]:
@@ -229,7 +237,7 @@ def parse_config(cls, argv=None, *, prog: str, description: str):
     parser = config_parser(cls, prog=prog, description=description)
     try:
         return cls(**vars(parser.parse_args(argv)))
-    except ValueError as e:  # a value out of range: argparse's usage error (exit status 2), before anything loads
+    except (ValueError, ArgumentTypeError) as e:  # a bad value: argparse's usage error (exit 2), before any loading
         parser.error(str(e))
 
 
@@ -571,7 +579,8 @@ def check_resume(config: RunConfig, *, what: str = "") -> None:
         return
     ck = checkpoint_folder(config.out)
     if ck is None:
-        print(f"--resume: no checkpoint in {config.out} yet; {what or 'the run'} starts from step 0", flush=True)
+        if os.environ.get("RANK", "0") == "0":  # one line, from the main process of a launch
+            print(f"--resume: no checkpoint in {config.out} yet; {what or 'the run'} starts from step 0", flush=True)
         return
     try:
         record = json.loads((ck / "step.json").read_text()).get("run") or {}

@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import torch
 
+from ..errors import ArgumentValueError
+
 
 def derived_seed(*parts: Any) -> int:
     """A 63-bit seed drawn from ``parts`` (``derived_seed(seed, "epoch", 3)``): distinct parts give unrelated
@@ -43,8 +45,9 @@ class EpochOrder:
 
     def __init__(self, n: int, *, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         if batch_size * world > n:
-            raise ValueError(f"a global batch of {batch_size} x {world} process(es) = {batch_size * world} items does "
-                             f"not fit in the {n} items of the data; lower --batch-size or add data")
+            raise ArgumentValueError(f"a global batch of {batch_size} x {world} process(es) = {batch_size * world} "
+                                     f"items does not fit in the {n} items of the data; lower --batch-size or add "
+                                     "data")
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.epoch, self.offset = 0, 0
         self._perm: tuple[int, torch.Tensor] | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentValueError
 from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_resume, command_line,
                      loop_generator, optimiser_step, parse_config, process_of, resume_run, save_if_due, start_run,
                      tinyworld_images)
@@ -52,7 +53,7 @@ class DecoderConfig(RunConfig):
     def check(self) -> None:
         super().check()
         if not (isinstance(self.feature_weight, (int, float)) and self.feature_weight >= 0):
-            raise ValueError(f"--feature-weight {self.feature_weight!r}: must be >= 0")
+            raise ArgumentValueError(f"--feature-weight {self.feature_weight!r}: must be >= 0")
 
 
 def parse_args(argv=None) -> DecoderConfig:

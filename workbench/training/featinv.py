@@ -27,6 +27,7 @@ from typing import Iterator, Literal
 
 import torch
 
+from ..errors import ArgumentValueError
 from .common import (EMA_DECAY, ImageFolderStream, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule,
                      cached_tensor, check_int, check_resume, check_snr_gamma, command_line, ema_update, encode_all,
                      init_card, loop_generator, optimiser_step, parse_config, process_of, removed_on_failure,
@@ -92,7 +93,7 @@ class FeatInvConfig(RunConfig):
         for name in ("epochs", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"--{name.replace('_', '-')} {value!r}: must be > 0, or left out")
+                raise ArgumentValueError(f"--{name.replace('_', '-')} {value!r}: must be > 0, or left out")
 
 
 def parse_args(argv=None) -> FeatInvConfig:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentValueError
 from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_resume, command_line,
                      loop_generator, optimiser_step, parse_config, process_of, resume_run, save_if_due, start_run,
                      tinyworld_images)
@@ -43,9 +44,9 @@ class VAEConfig(RunConfig):
     def check(self) -> None:
         super().check()
         if not (isinstance(self.kl_weight, (int, float)) and self.kl_weight >= 0):
-            raise ValueError(f"--kl-weight {self.kl_weight!r}: must be >= 0")
+            raise ArgumentValueError(f"--kl-weight {self.kl_weight!r}: must be >= 0")
         if not self.widths or min(self.widths) < 1:
-            raise ValueError(f"--widths {','.join(map(str, self.widths))}: needs one or more widths >= 1")
+            raise ArgumentValueError(f"--widths {','.join(map(str, self.widths))}: needs one or more widths >= 1")
 
 
 def parse_args(argv=None) -> VAEConfig:
