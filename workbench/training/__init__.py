@@ -1,5 +1,6 @@
 """Training scripts, one file per artefact, each with a config dataclass, ``parse_args(argv) -> config`` and
-``main(config)``; no script imports another (what they share is in :mod:`workbench.training.common`).
+``main(config)``; no script imports another (what they share is in :mod:`workbench.training.common`, and their
+data streams, sharded over the processes of ``accelerate launch``, in :mod:`workbench.training.data`).
 
 | command                                | module                               | config               | artefact                              |
 |----------------------------------------|--------------------------------------|----------------------|---------------------------------------|
