@@ -114,7 +114,7 @@ def test_miniature_sampling_save_load_roundtrip(mini, resnet, tmp_path):
     feats = wb.metrics.extract_features(resnet, torch.rand(2, 3, 64, 64), "layer4")
     inv = FeatInv(mini, "resnet18", "layer4", feats.shape[1:])
     make_condition_matter(inv)
-    out = inv.invert(feats, num_samples=1, num_inference_steps=2, progress=False)
+    out = inv.invert(feats, num_samples=1, num_inference_steps=2, progress=False, feature_guidance_scale=0)
     assert out.shape == (2, 1, 3, 64, 64)
     assert out.min() >= 0 and out.max() <= 1
     inv.save_pretrained(tmp_path / "inv", fp16=False)
@@ -124,7 +124,8 @@ def test_miniature_sampling_save_load_roundtrip(mini, resnet, tmp_path):
     again = FeatInv.from_pretrained(tmp_path / "inv", base=mini)
     for (k, a), b in zip(inv.controlnet.state_dict().items(), again.controlnet.state_dict().values()):
         assert torch.equal(a, b), k
-    assert torch.equal(again.invert(feats, num_samples=1, num_inference_steps=2, progress=False), out)
+    assert torch.equal(again.invert(feats, num_samples=1, num_inference_steps=2, progress=False,
+                                   feature_guidance_scale=0), out)
 
 
 def test_base_save_load_roundtrip(mini, tmp_path):
@@ -219,9 +220,9 @@ def mini_inv(mini, resnet):
 
 def test_same_seed_same_images_whatever_the_batch_size(mini_inv):
     inv, feats = mini_inv
-    a = inv.invert(feats, num_samples=2, num_inference_steps=2, seed=3, progress=False, batch_size=64)
-    b = inv.invert(feats, num_samples=2, num_inference_steps=2, seed=3, progress=False, batch_size=2)
-    c = inv.invert(feats, num_samples=2, num_inference_steps=2, seed=4, progress=False)
+    a = inv.invert(feats, num_samples=2, num_inference_steps=2, seed=3, progress=False, feature_guidance_scale=0, batch_size=64)
+    b = inv.invert(feats, num_samples=2, num_inference_steps=2, seed=3, progress=False, feature_guidance_scale=0, batch_size=2)
+    c = inv.invert(feats, num_samples=2, num_inference_steps=2, seed=4, progress=False, feature_guidance_scale=0)
     assert torch.allclose(a, b, atol=1e-5)
     assert not torch.allclose(a, c)
 
@@ -231,13 +232,14 @@ def test_same_seed_same_images_whatever_the_batch_size(mini_inv):
 def test_schedulers_and_guidance_modes(mini_inv, scheduler, mode):
     inv, feats = mini_inv
     out = inv.invert(feats[:1], num_samples=1, num_inference_steps=2, scheduler=scheduler, guidance_mode=mode,
+                     feature_guidance_scale=0,
                      progress=False)
     assert out.shape == (1, 1, 3, 64, 64) and torch.isfinite(out).all()
 
 
 def test_guidance_modes_differ(mini_inv):
     inv, feats = mini_inv
-    kw = dict(num_samples=1, num_inference_steps=2, guidance_scale=3.0, progress=False)
+    kw = dict(num_samples=1, num_inference_steps=2, guidance_scale=3.0, progress=False, feature_guidance_scale=0)
     a = inv.invert(feats[:1], guidance_mode="features", **kw)
     b = inv.invert(feats[:1], guidance_mode="prompt", **kw)
     assert not torch.allclose(a, b)

@@ -12,7 +12,7 @@ import torch
 import workbench as wb
 from workbench.errors import InverterMismatchError
 from workbench.inverters.decoder import DecoderInverter
-from workbench.inverters.featinv import FeatInv
+from workbench.inverters.featinv import FeatInv, sampler_description
 from workbench.inverters.interface import Inverter, init_kwargs
 from workbench.inverters.optimization import OptimizationInverter
 
@@ -152,4 +152,5 @@ def test_repr_is_short_and_says_what_it_inverts(inverter):
     assert text.startswith(type(inverter).__name__)
     assert "'tinyworld-cnn'" in text and "'stages.3'" in text and "(192, 4, 4)" in text
     if inverter.kind == "featinv":
-        assert "tinyworld-base" in text and "ddim 8 steps, guidance 3.0 (features)" in text
+        assert "tinyworld-base" in text and sampler_description() in text   # the defaults, feature guidance included
+        assert "feature guidance" in text

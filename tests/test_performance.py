@@ -51,7 +51,7 @@ def test_fast_sampling_matches_the_slow_path(mini_inv, guidance, mode, scheduler
     inv, feats = mini_inv
     kw = dict(num_samples=3, num_inference_steps=2, guidance_scale=guidance, scheduler=scheduler, seed=1,
               guidance_mode=mode)
-    fast = inv.invert(feats, progress=False, batch_size=batch_size, **kw)
+    fast = inv.invert(feats, progress=False, batch_size=batch_size, feature_guidance_scale=0, **kw)
     slow = slow_invert(inv, feats, batch_size=batch_size, **kw)
     assert fast.shape == slow.shape == (2, 3, 3, 64, 64)
     assert (fast - slow).abs().max() < 1e-4, (fast - slow).abs().max()
@@ -65,14 +65,14 @@ def test_sampling_restores_the_conditioning_module_even_after_an_error(mini_inv,
         raise RuntimeError("boom")
     monkeypatch.setattr(inv.base, "decode", boom)
     with pytest.raises(RuntimeError, match="boom"):
-        inv.invert(feats[:1], num_samples=1, num_inference_steps=1, progress=False)
+        inv.invert(feats[:1], num_samples=1, num_inference_steps=1, progress=False, feature_guidance_scale=0)
     assert isinstance(inv.controlnet.controlnet_cond_embedding, FeatureConditioning)
 
 
 def test_sampling_output_is_an_ordinary_tensor(mini_inv):
     """Inference mode inside ``invert`` must not leak inference tensors to the caller."""
     inv, feats = mini_inv
-    out = inv.invert(feats[:1], num_samples=1, num_inference_steps=1, progress=False)
+    out = inv.invert(feats[:1], num_samples=1, num_inference_steps=1, progress=False, feature_guidance_scale=0)
     assert not out.is_inference()
     out.requires_grad_(True)  # would raise on an inference tensor
 
@@ -82,7 +82,7 @@ def test_shipped_inverter_fast_path_matches_slow_path():
     feats = torch.randn(2, *inv.feature_shape).abs()
     kw = dict(num_samples=2, num_inference_steps=2, guidance_scale=2.0, scheduler="dpm++", seed=0,
               guidance_mode="features")
-    fast = inv.invert(feats, progress=False, batch_size=3, **kw)
+    fast = inv.invert(feats, progress=False, batch_size=3, feature_guidance_scale=0, **kw)
     slow = slow_invert(inv, feats, batch_size=3, **kw)
     assert (fast - slow).abs().max() < 1e-4
 
@@ -94,7 +94,8 @@ def test_chunked_sampling_memory_is_bounded_by_batch_size(mini_inv):
     seen = []
     hook = inv.base.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
     try:
-        inv.invert(feats.repeat(4, 1, 1, 1), num_samples=2, num_inference_steps=1, progress=False, batch_size=5)
+        inv.invert(feats.repeat(4, 1, 1, 1), num_samples=2, num_inference_steps=1, progress=False, batch_size=5,
+                   feature_guidance_scale=0)
     finally:
         hook.remove()
     assert max(seen) == 10 and sum(seen) == 2 * 16

@@ -130,7 +130,8 @@ def test_invert_is_bit_identical_to_the_old_loop(inv, guidance, mode, scheduler)
     feats = wb.extract_features(wb.load_classifier("tinyworld-cnn"), wb.TinyWorld("test", size=2, seed=0).images(),
                                 "stages.3")
     kw = dict(num_samples=2, scheduler=scheduler, seed=3, guidance_mode=mode, batch_size=3)  # 3 splits a map's samples
-    new = inv.invert(feats, num_inference_steps=2, guidance_scale=guidance, progress=False, **kw)
+    new = inv.invert(feats, num_inference_steps=2, guidance_scale=guidance, progress=False, feature_guidance_scale=0,
+                     **kw)
     assert torch.equal(new, old_invert(inv, feats, steps=2, guidance=guidance, **kw))
 
 

@@ -45,9 +45,9 @@ DEFAULT_NUM_INFERENCE_STEPS = 8
 DEFAULT_GUIDANCE_SCALE = 3.0
 DEFAULT_GUIDANCE_MODE = "features"
 #: Feature guidance at sampling time: its scale (0: off) and how many of the last denoising steps it acts at, see
-#: :meth:`FeatInv.invert`.
-DEFAULT_FEATURE_GUIDANCE_SCALE = 0.0
-DEFAULT_FEATURE_GUIDANCE_STEPS = 2
+#: :meth:`FeatInv.invert`; chosen by step 4 of ``benchmarks/sampler_tradeoff.py`` (docs/benchmarks-log.md).
+DEFAULT_FEATURE_GUIDANCE_SCALE = 0.025
+DEFAULT_FEATURE_GUIDANCE_STEPS = 4
 
 
 class FeatureConditioning(nn.Module):
@@ -268,7 +268,7 @@ class FeatInv(nn.Module):
         once and kept outside the module tree (it is neither saved nor moved with the inverter)."""
         from ..models import load_classifier
 
-        cached = self.__dict__.get("_guidance_classifier")
+        cached = self.__dict__.get("_guidance_classifier_cache")
         if cached is None or cached[0] != str(device):
             try:
                 cached = (str(device), load_classifier(self.classifier_name, device=device))
@@ -278,7 +278,7 @@ class FeatInv(nn.Module):
                     f"runs the classifier {self.classifier_name!r} on the images being sampled, and it could not be "
                     f"loaded: {e}. Pass the model that made the features as classifier=..., or turn feature "
                     f"guidance off with feature_guidance_scale=0.") from e
-            self.__dict__["_guidance_classifier"] = cached
+            self.__dict__["_guidance_classifier_cache"] = cached
         return cached[1]
 
     def _predictor(self, embed: Callable[[torch.Tensor], torch.Tensor], maps: torch.Tensor, rows: range, S: int,
