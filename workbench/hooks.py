@@ -425,7 +425,8 @@ def capture(model: nn.Module, names: Names, *, detach: bool = True) -> Iterator[
 
     Raises:
         LayerNotFoundError: a name the model does not have (the message lists the closest names).
-        BadInputError: a forward pass inside the block got an input that is not ``[B, 3, H, W]`` finite floats.
+        BadInputError: a forward pass inside the block got an input that is not ``[B, 3, H, W]`` finite floats (in
+            [0, 1] and of a size it takes, for a Classifier).
 
     Example:
         >>> with wb.capture(clf, ["layer2", "layer3"]) as cache:
@@ -450,8 +451,10 @@ def run_with_cache(model: nn.Module, x: Tensor, names: Names, *, detach: bool = 
         ``(logits, cache)``: the model output and a :class:`FeatureCache` of ``Tensor[B, C, H, W]``.
 
     Raises:
-        LayerNotFoundError: unknown layer name. HookError: a named layer did not run.
-        BadInputError: ``x`` is not a finite float ``Tensor[B, 3, H, W]``.
+        LayerNotFoundError: unknown layer name. HookError: a named layer did not run, or a hook returned NaN.
+        BadInputError: ``x`` is not a finite float ``Tensor[B, 3, H, W]``; for a Classifier, also values outside
+            [0, 1] ("divide by 255") or a size it cannot take (:func:`check_input_size`; resize with
+            ``wb.preprocess``). ArgumentTypeError: a layer given as an int.
 
     Example:
         >>> logits, cache = wb.run_with_cache(clf, torch.rand(2, 3, 32, 32), "stages.1")
