@@ -572,12 +572,12 @@ def test_the_official_preset_trains_and_samples_at_tiny_size(tmp_path):
     torch.manual_seed(0)
     save_file(timm.create_model("convnext_atto", pretrained=False).state_dict(), str(tmp_path / "atto.safetensors"))
     miniature_base(seed=0).save_pretrained(tmp_path / "base", fp16=False)
-    config = official.config(data=str(_image_folder(tmp_path / "imgs", per_class=2)), out=str(tmp_path / "run"),
+    config = official.config(data=str(_image_folder(tmp_path / "imgs", per_class=1)), out=str(tmp_path / "run"),
                              classifier="convnext_atto", classifier_checkpoint=str(tmp_path / "atto.safetensors"),
                              base=str(tmp_path / "base"), batch_size=2, num_workers=0, device="cpu", progress=False)
     inv = featinv.train_featinv(config)
     training = inv.card["training"]
-    assert training["steps"] == 6  # 3 epochs of 4 images at batch 2
+    assert training["steps"] == 3  # 3 epochs of 2 images at batch 2
     assert (training["lr"], training["lr_schedule"], training["max_grad_norm"], training["ema"]) == \
         (1e-5, "constant", None, 0.0)
     assert training["classifier_size"] == 288 and training["augment"] is True and training["drop_prob"] == 0.15
