@@ -115,6 +115,15 @@ def test_curves_on_a_second_axis():
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["p_target", "concept"]
 
 
+def test_log_curves_from_zero_have_no_negative_axis():
+    """A count swept from 0 on a symlog axis (notebook 07) starts just left of 0, not at a '-10^0' tick."""
+    table = pd.DataFrame({"n": [0, 16, 64, 192], "accuracy": [1.0, 0.9, 0.6, 0.1]})
+    fig = plot.curves_figure(table, "n", ["accuracy"], logx=True)
+    left, right = fig.axes[0].get_xlim()
+    assert -1 < left < 0 and right >= 192
+    assert fig.axes[0].get_ylabel() == "accuracy"                  # one column: its name labels the axis
+
+
 def test_one_row_inversion_figure_with_a_title_shows_its_images(tmp_path):
     """``workbench invert``'s figure: 1 original + 4 samples + the invariance map in one row, with a title."""
     fig = plot.inversion_figure(images(1), images(1, 4), row_labels=["tinyworld-cnn\nstages.3"],

@@ -265,7 +265,8 @@ def curves_figure(table, x: str, ys: Sequence[str], *, right: Sequence[str] = ()
                   right_label: str | None = None, title: str | None = None):
     """Lines of several columns of a DataFrame against one column (e.g. accuracy vs ablated channels).
 
-    Rows that share an ``x`` value are averaged; ``hline`` draws a dashed reference (e.g. chance). Columns in
+    Rows that share an ``x`` value are averaged; ``hline`` draws a dashed reference (e.g. chance). The y axis is
+    labelled ``ylabel``, or the column's name when ``ys`` is one column. Columns in
     ``right`` go on a second y axis labelled ``right_label``, for a quantity in other units than ``ys`` (e.g. a
     concept readout beside probabilities).
 
@@ -281,9 +282,12 @@ def curves_figure(table, x: str, ys: Sequence[str], *, right: Sequence[str] = ()
         ax.axhline(hline, ls="--", c="gray", lw=1, label="chance")
     if logx:
         ax.set_xscale("symlog", linthresh=1)
+        lo, hi = float(means.index.min()), float(means.index.max())
+        if lo >= 0:                     # counts from 0 or 1: no empty negative half-axis with a "-10^0" tick
+            ax.set_xlim(lo - 0.25 if lo < 1 else lo / 1.25, max(hi * 1.25, lo + 1))
     ax.set_xlabel(xlabel or x)
-    if ylabel:
-        ax.set_ylabel(ylabel)
+    if ylabel or len(ys) == 1:
+        ax.set_ylabel(ylabel or ys[0])
     handles, labels = ax.get_legend_handles_labels()
     if right:
         twin = ax.twinx()
