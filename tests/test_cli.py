@@ -83,8 +83,8 @@ BAD_INPUTS = {
     "train-classifier": (lambda d: ["--name", "tinyworld-cnn", "--out", str(d / "run"), "--init-from",
                                     str(d / "no-such-data"), "--device", "cpu"], "no-such-data"),
     "train-vae": (lambda d: ["--out", a_file(d), "--device", "cpu"], "notes.txt"),
-    "train-base": (lambda d: ["--out", str(d / "run"), "--min-timestep", "1000", "--device", "cpu"],
-                   "--min-timestep"),
+    "train-base": (lambda d: ["--out", a_file(d), "--device", "cpu"], "notes.txt"),  # bad values: see
+    # tests/test_bad_training_args.py (argparse's usage error, exit 2)
     "train-inverter": (lambda d: ["--classifier", "no-such-model", "--layer", "stages.3", "--out", str(d / "run"),
                                   "--device", "cpu"], "no-such-model"),
     "train-decoder": (lambda d: ["--classifier", "no-such-model", "--layer", "stages.3", "--out", str(d / "run"),

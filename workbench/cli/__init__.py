@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     args = module.parse_args(rest)  # argparse prints its own usage errors and exits with status 2
     try:
         check_out(args, folder=cmd in _FOLDER_OUT, attr=_FILE_FLAGS.get(cmd, "out"))
-        if getattr(args, "device", None) is not None:
+        if getattr(args, "device", None) not in (None, "auto"):  # "auto": the GPU if there is one, else the CPU
             from ..checks import check_device
 
             check_device(args.device, "--device")
