@@ -160,3 +160,18 @@ def test_a_notebook_shows_each_figure_once():
     assert shown == list(cells.values()), shown
     assert nb.cells[-1].outputs[0]["data"]["text/plain"] == "[]"
     assert not [out for cell in nb.cells for out in cell.outputs if out.output_type in ("stream", "error")]
+
+
+def test_steering_figure_tells_fourteen_methods_apart():
+    """Notebook 09 draws 7 edits at 2 layers: no two of its lines may share a colour and a marker."""
+    import pandas as pd
+
+    edits = [f"edit {k}" for k in range(7)]
+    names = [f"{layer} | {e}" for layer in ("stages.3", "stages.2") for e in edits]
+    index = pd.MultiIndex.from_product([names, [0.0, 1.0]], names=["method", "alpha"])
+    table = pd.DataFrame({"p_target": 0.5, "p_target_map": 0.5, "drift_x": 0.1, "drift_y": 0.1, "drift_size": 0.1},
+                         index=index)
+    fig = plot.steering_figure(table)
+    styles = {(tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color(),
+               line.get_marker()) for line in fig.axes[0].lines if line.get_linestyle() == "-"}
+    assert len(styles) == len(names)

@@ -353,16 +353,27 @@ def steering_figure(table, *, preserve: Sequence[str] = ("x", "y", "size"), tole
     edit's off-manifold share. Right: the largest drift over ``preserve`` (in the table's units, e.g. dataset
     standard deviations), with ``tolerance`` dashed.
     """
+    import matplotlib as mpl
+
     fig, axes = _subplots(1, 2, figsize=(10, 3.6))
     cols = [f"drift_{f}" for f in preserve if f"drift_{f}" in table]
+    # "layer | edit" names (notebook 09: 7 edits at 2 layers): one hue per edit, dark circles for the first layer and
+    # light squares for the second, so no two of up to 20 lines share a colour and marker
+    names = list(dict.fromkeys(table.index.get_level_values("method")))
+    parts = [n.split(" | ", 1) if " | " in n else ("", n) for n in names]
+    edits, groups = list(dict.fromkeys(e for _, e in parts)), list(dict.fromkeys(g for g, _ in parts))
+    paired = len(edits) <= 10 and len(groups) <= 2
     for i, (method, group) in enumerate(table.groupby(level="method", sort=False)):
         group = group.droplevel("method")
         t = group.index.to_numpy(dtype=float) / max(float(group.index.max()), 1e-12)
-        color = f"C{i % 10}"
-        axes[0].plot(t, group.p_target, marker="o", color=color, label=method)
+        g, e = parts[names.index(method)]
+        j = groups.index(g)
+        color = mpl.colormaps["tab20"].colors[2 * edits.index(e) + j] if paired else f"C{i % 10}"
+        marker = "osD^v"[j % 5]
+        axes[0].plot(t, group.p_target, marker=marker, color=color, label=method)
         axes[0].plot(t, group.p_target_map, ls="--", color=color, lw=1)
         if cols:
-            axes[1].plot(t, group[cols].max(1), marker="o", color=color)
+            axes[1].plot(t, group[cols].max(1), marker=marker, color=color)
     axes[0].set_ylim(-0.02, 1.02)
     axes[0].set_xlabel("alpha / largest alpha")
     axes[0].set_ylabel("p(target): image (solid), map (dashed)")
