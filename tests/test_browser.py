@@ -11,7 +11,9 @@ rendered page:
 
 Run it with ``make browser-test`` (which installs Debian's Chromium when missing). ``WORKBENCH_BROWSER_NOTEBOOKS``
 picks notebooks (default: :data:`NOTEBOOKS`), ``WORKBENCH_SCREENSHOTS=dir`` saves the quickstart's inversion
-figure and the explorer as PNGs there (``make screenshots`` writes the README's).
+figure and the explorer as PNGs there (``make screenshots`` writes the README's), and
+``WORKBENCH_CELL_SCREENSHOTS=dir`` every code cell's outputs (``<notebook>-<cell>.png``), to look at what a
+person sees. Each cell's seconds are printed (``pytest -s``) from JupyterLab's recorded timing.
 """
 from __future__ import annotations
 
@@ -86,7 +88,8 @@ def lab(tmp_path_factory):
     settings = home / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     # every cell stays in the page, so the test can read all of them
-    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none",
+                                                                       "recordTiming": True}))
     apputils = home / "settings" / "@jupyterlab" / "apputils-extension"
     apputils.mkdir(parents=True)                # no "Would you like to get notified about news?" toast
     (apputils / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
@@ -95,6 +98,8 @@ def lab(tmp_path_factory):
     env = dict(os.environ, WORKBENCH_FAST="1", JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                JUPYTER_CONFIG_DIR=str(home / "config"), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    # one torch thread per kernel: on a loaded 2-core CI machine two spinning threads made 05 run 860 s, one 71 s
+    env.setdefault("OMP_NUM_THREADS", "1")
     def interrupt(signum, frame):           # a CI timeout's SIGTERM still runs the teardown below
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -151,6 +156,9 @@ READ_CELLS = """() => {
     stderr: [...c.node.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
       .map(e => e.innerText.slice(0, 2000)),
     text: [...c.node.querySelectorAll('.jp-OutputArea-output')].map(e => e.innerText).join('\\n'),
+    seconds: (e => e && e['iopub.execute_input'] && e['shell.execute_reply'] ?
+      (Date.parse(e['shell.execute_reply']) - Date.parse(e['iopub.execute_input'])) / 1000 : null)(
+      c.model.getMetadata('execution')),
   }));
 }"""
 
@@ -259,7 +267,17 @@ def test_notebook_in_jupyterlab(browser, lab, name):
         shots.mkdir(parents=True, exist_ok=True)
     page, cells, seconds = run_notebook(browser, lab, name)
     try:
-        print(f"{name}: ran {len(cells)} code cells in {seconds:.0f} s")
+        print(f"{name}: ran {len(cells)} code cells in {seconds:.0f} s; per cell (s):",
+              [None if c["seconds"] is None else round(c["seconds"], 1) for c in cells])
+        cell_shots = os.environ.get("WORKBENCH_CELL_SCREENSHOTS")
+        if cell_shots:
+            Path(cell_shots).mkdir(parents=True, exist_ok=True)
+            page.set_viewport_size({"width": 1280, "height": 2400})      # a tall output fits whole
+            page.wait_for_timeout(500)
+            outputs = page.locator(".jp-Notebook .jp-CodeCell .jp-Cell-outputWrapper")
+            for i in range(outputs.count()):
+                if outputs.nth(i).inner_text().strip() or outputs.nth(i).locator("img").count():
+                    _save_png(outputs.nth(i), Path(cell_shots) / f"{Path(name).stem}-{i + 1:02d}.png", 256)
         problems = check_cells(name, cells)
         if any("Explorer" in c["source"] for c in cells):
             problems += check_explorer(page, shots)
