@@ -175,3 +175,14 @@ def test_steering_figure_tells_fourteen_methods_apart():
     styles = {(tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color(),
                line.get_marker()) for line in fig.axes[0].lines if line.get_linestyle() == "-"}
     assert len(styles) == len(names)
+
+
+def test_grid_column_labels_do_not_run_into_each_other():
+    """Notebook 04's ViT grid: 'decoder blocks.5' beside 'optimisation blocks.5' at 1.2 in a column."""
+    labels = ["original", "FeatInv blocks.5", "FeatInv blocks.2", "decoder blocks.5", "optimisation blocks.5"]
+    fig = plot.image_grid(images(2, 5), col_labels=labels)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes[:5]]
+    assert [ax.get_title().replace("\n", " ") for ax in fig.axes[:5]] == labels
+    assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]
