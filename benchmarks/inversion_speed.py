@@ -3,7 +3,8 @@
 The same ``--n`` held-out tiny-world test images, one image per map, for the CNN and ViT last-layer
 inverters. ``FeatInv.invert`` runs with its defaults (``DEFAULT_SCHEDULER``, ``DEFAULT_NUM_INFERENCE_STEPS``,
 ``DEFAULT_GUIDANCE_SCALE``); ``OptimizationInverter(classifier, layer)`` with its defaults. The two are timed
-alternately ``--repeats`` times in one process (medians); the cosine is that of the first repeat (both
+alternately ``--repeats`` times in one process (medians of CPU seconds of the process by default, which other jobs on a
+shared machine barely change; ``--clock wall`` for wall-clock seconds); the cosine is that of the first repeat (both
 are deterministic for a seed). The goal is FeatInv at least 10x faster per image.
 
 Usage:
@@ -30,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: see sampler_tradeoff.py)")
     p.add_argument("--featinv-kwargs", type=json.loads, default={},
                    help="FeatInv sampler arguments instead of its defaults (a candidate default), as JSON")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="CPU seconds of this process (robust to other jobs on a shared machine) or wall-clock seconds")
     return p.parse_args(argv)
 
 
@@ -41,6 +44,7 @@ def main(args: argparse.Namespace) -> dict:
     from workbench.metrics import feature_cosine
 
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     results = {}
     for name in args.inverters:
         inv = wb.load_inverter(name)
@@ -55,9 +59,9 @@ def main(args: argparse.Namespace) -> dict:
         cos = {}
         for rep in range(args.repeats):
             for key, fn in list(methods.items())[::(-1 if rep % 2 else 1)]:
-                start = time.perf_counter()
+                start = clock()
                 rec = fn()
-                times[key].append(time.perf_counter() - start)
+                times[key].append(clock() - start)
                 if key not in cos:
                     cos[key] = feature_cosine(clf, inv.layer, x, rec[:, 0]).nanmean().item()
         per = {k: statistics.median(v) / args.n for k, v in times.items()}

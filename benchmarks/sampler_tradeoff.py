@@ -77,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cross-tolerance", type=float, default=0.02, help="cross-model cosine it may lose")
     p.add_argument("--fd-tolerance", type=float, default=0.25, help="relative FD increase it may have")
     p.add_argument("--min-speedup", type=float, default=10.0, help="over OptimizationInverter's defaults")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                   help="speed in CPU seconds of this process (robust to other jobs) or wall-clock seconds")
+    p.add_argument("--reuse-sweep", default=None,
+                   help="a JSON of an earlier step-4 run: reuse its quality rows, run only the speed guard")
     p.add_argument("--out", default="benchmarks/results/sampler_tradeoff.json")
     return p.parse_args(argv)
 
@@ -145,14 +149,19 @@ def run_full(tasks: list[dict], args) -> list[dict]:
     return out
 
 
-def _timed(fns: dict, repeats: int, n: int) -> dict[str, float]:
+#: the clock of the speed measurements: CPU seconds of this process (``time.process_time``), which other jobs on a
+#: shared machine barely change, unlike wall-clock seconds (``--clock wall``, e.g. on a quiet or a GPU machine)
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def _timed(fns: dict, repeats: int, n: int, clock=time.process_time) -> dict[str, float]:
     """Median seconds per image of each callable, run interleaved ``repeats`` times (order alternating)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for rep in range(repeats):
         for k, fn in list(fns.items())[::(-1 if rep % 2 else 1)]:
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[k].append(time.perf_counter() - start)
+            times[k].append(clock() - start)
     return {k: statistics.median(v) / n for k, v in times.items()}
 
 
@@ -176,8 +185,12 @@ def feature_guidance_sweep(args, sampler: tuple[str, int, float]) -> dict:
                                            for k in args.feature_guidance_steps})
     print(f"feature-guidance sweep, {sched} with guidance {guidance}: {len(grid)} settings (steps, scale, last k) x "
           f"{len(args.inverters)} inverters on {args.fg_n} images", flush=True)
-    rows = run_full([dict(base, inverter=i, num_inference_steps=st, feature_guidance_scale=g, feature_guidance_steps=k)
-                     for i in args.inverters for st, g, k in grid], args)
+    if args.reuse_sweep:  # the quality rows of an earlier run; only the speed guard runs again
+        rows = json.loads(Path(args.reuse_sweep).read_text())["feature_guidance"]["rows"]
+        print(f"  quality rows reused from {args.reuse_sweep}", flush=True)
+    else:
+        rows = run_full([dict(base, inverter=i, num_inference_steps=st, feature_guidance_scale=g,
+                              feature_guidance_steps=k) for i in args.inverters for st, g, k in grid], args)
     res = {(r["inverter"], r["num_inference_steps"], r["feature_guidance_scale"], r["feature_guidance_steps"]): r
            for r in rows}
     off = {i: res[(i, *grid[0])] for i in args.inverters}
@@ -201,7 +214,7 @@ def feature_guidance_sweep(args, sampler: tuple[str, int, float]) -> dict:
         setups[i] = (inv, clf, feats, unguided)
         med = _timed({"unguided": lambda: inv.invert(feats, progress=False, seed=args.seed, **unguided),
                       "optimization": lambda: opt.invert(feats, progress=False, seed=args.seed)},
-                     args.repeats, args.time_n)
+                     args.repeats, args.time_n, CLOCKS[args.clock])
         opt_ratio[i] = med["optimization"] / med["unguided"]
         print(f"  speed {i}: unguided {med['unguided']:.3f} s/img, optimisation {med['optimization']:.3f} s/img, "
               f"{opt_ratio[i]:.1f}x", flush=True)
@@ -214,7 +227,7 @@ def feature_guidance_sweep(args, sampler: tuple[str, int, float]) -> dict:
                       feature_guidance_steps=key[2], classifier=clf)
             med = _timed({"unguided": lambda: inv.invert(feats, progress=False, seed=args.seed, **unguided),
                           "candidate": lambda: inv.invert(feats, progress=False, seed=args.seed, **kw)},
-                         args.repeats, args.time_n)
+                         args.repeats, args.time_n, CLOCKS[args.clock])
             ratios[i] = opt_ratio[i] * med["unguided"] / med["candidate"]
             timings.append({"inverter": i, "setting": list(key), "cost_vs_unguided": round(med["candidate"] /
                             med["unguided"], 3), "speedup": round(ratios[i], 2)})
