@@ -467,6 +467,9 @@ class DiffusionBase(nn.Module):
             if mod is None:
                 continue
             orig = next(mod.parameters()).dtype
+            if orig == dtype:           # no cast: diffusers warns on stderr about any to(dtype), even a no-op one
+                mod.save_pretrained(path / part)
+                continue
             mod.to(dtype).save_pretrained(path / part)
             mod.to(orig)
         (path / "scheduler").mkdir(exist_ok=True)
