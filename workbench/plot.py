@@ -418,15 +418,15 @@ def atom_figure(images: torch.Tensor, maps: torch.Tensor, steered: torch.Tensor 
 
     shown = activation_overlay(images, maps, opacity=overlay)
     for j in range(t):
-        axes[0][j].imshow(_hwc(shown[j]))
-        axes[0][j].set_title(f"max {float(maps[j].max()):.2g}", fontsize=7)
+        axes[0][j].imshow(_hwc(shown[j]), interpolation="nearest")
+        axes[0][j].set_title(f"max code {float(maps[j].max()):.2g}", fontsize=9)
     for i in range(b * s):
         row = axes[1 + i]
         if lead:
-            row[0].imshow(_hwc(originals[i // s]))
-            row[0].set_title("original" if i == 0 else "", fontsize=7)
+            row[0].imshow(_hwc(originals[i // s]), interpolation="nearest")
+            row[0].set_title("original" if i == 0 else "", fontsize=9)
         for k in range(a):
-            row[lead + k].imshow(_hwc(steered[i // s, k, i % s]))
+            row[lead + k].imshow(_hwc(steered[i // s, k, i % s]), interpolation="nearest")
             if i == 0 and alphas is not None:
-                row[lead + k].set_title(f"alpha={alphas[k]:g}", fontsize=7)
+                row[lead + k].set_title(f"alpha={alphas[k]:g}", fontsize=9)
     return _finish(fig, title)
