@@ -41,13 +41,13 @@ from .interface import (
 
 #: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md); the scheduler,
 #: :data:`~workbench.diffusion.DEFAULT_SCHEDULER` (``"ddim"``), is that of every sampler.
-DEFAULT_NUM_INFERENCE_STEPS = 8
+DEFAULT_NUM_INFERENCE_STEPS = 6
 DEFAULT_GUIDANCE_SCALE = 3.0
 DEFAULT_GUIDANCE_MODE = "features"
 #: Feature guidance at sampling time: its scale (0: off) and how many of the last denoising steps it acts at, see
 #: :meth:`FeatInv.invert`; chosen by step 4 of ``benchmarks/sampler_tradeoff.py`` (docs/benchmarks-log.md).
 DEFAULT_FEATURE_GUIDANCE_SCALE = 0.025
-DEFAULT_FEATURE_GUIDANCE_STEPS = 4
+DEFAULT_FEATURE_GUIDANCE_STEPS = 2
 
 
 class FeatureConditioning(nn.Module):
