@@ -314,7 +314,7 @@ def table_heatmap(table, *, fmt: str = "{:.2f}", vmin: float = 0.0, vmax: float 
     ax.set_yticks(range(values.shape[0]), [str(i) for i in table.index], fontsize=8)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
-            ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=7,
+            ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if values[i, j] < (vmin + vmax) / 2 else "black")
     return _finish(fig, title)
 
@@ -345,7 +345,7 @@ def sequence_figure(images: torch.Tensor, probs: torch.Tensor, *, class_names: S
         ax.plot(xs, probs[:, k], marker="o", label=name)
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("probability")
-    ax.legend(fontsize=7, ncol=min(len(class_names), 4))
+    ax.legend(fontsize=8, ncol=min(len(class_names), 4))
     return _finish(fig, title)
 
 
@@ -385,7 +385,7 @@ def steering_figure(table, *, preserve: Sequence[str] = ("x", "y", "size"), tole
     axes[1].axhline(tolerance, ls="--", c="gray", lw=1)
     axes[1].set_xlabel("alpha / largest alpha")
     axes[1].set_ylabel(f"max drift of {', '.join(preserve)}")
-    axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+    axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                    borderaxespad=0)                                                    # beside the panels
     return _finish(fig, title)
 
