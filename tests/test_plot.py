@@ -186,3 +186,12 @@ def test_grid_column_labels_do_not_run_into_each_other():
     boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes[:5]]
     assert [ax.get_title().replace("\n", " ") for ax in fig.axes[:5]] == labels
     assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]
+
+
+def test_two_grid_rows_under_column_labels_do_not_touch():
+    """Notebook 03's last figure: two rows of an inversion figure with a title, drawn with a gap between them."""
+    fig = plot.inversion_figure(images(2), images(2, 2), title="after a short run")
+    fig.canvas.draw()
+    top, bottom = fig.axes[0].get_position(), fig.axes[4].get_position()      # rows of 4 panels
+    gap = (top.y0 - bottom.y1) * fig.get_size_inches()[1]
+    assert gap > 0.05, gap                                                       # inches

@@ -90,7 +90,11 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
     if isinstance(rows, torch.Tensor):
         rows = [list(r) for r in rows]
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = _subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows), squeeze=False)
+    # column labels get a line's height of their own, so the images stay square with a gap between rows (two rows
+    # under labels touched: the labels took the height the images needed); row labels take width instead, which
+    # leaves the rows their gap
+    labels_h = 0.3 if col_labels is not None and row_labels is None else 0.0
+    fig, axes = _subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + labels_h), squeeze=False)
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
