@@ -40,8 +40,9 @@ CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 #: The notebooks run by default: the quickstart with the explorer, 01 (pyplot figures, reprs of caches) and 03
-#: (training, the stray outputs it had). All eleven take too long for CI on 2 cores (02 alone ran 15 minutes on
-#: a loaded machine); name others in WORKBENCH_BROWSER_NOTEBOOKS to run them.
+#: (training, the stray outputs it had). All twelve take about 10 minutes on the shared 2-core machine even with one
+#: torch thread per kernel (fast mode: 11 about 2 minutes, 04 one to one and a half, the others under one), too long
+#: for every CI run; name others in WORKBENCH_BROWSER_NOTEBOOKS to run them, three or so at a time.
 NOTEBOOKS = ["00_quickstart.ipynb", "01_hooks_and_layers.ipynb", "03_train_an_inverter.ipynb"]
 #: Longest wait for one notebook's cells, in seconds.
 RUN_TIMEOUT = 900
