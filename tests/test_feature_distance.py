@@ -32,8 +32,9 @@ def test_the_vits_maps_into_the_cnns_inverter_warn(maps):
     assert maps["vit"].shape == maps["cnn"].shape              # the shape check alone lets them through
     own, other = feature_distance(inv, maps["cnn"]), feature_distance(inv, maps["vit"])
     assert own.shape == (16,) and float(own.median()) < 1.2 < OFF_DISTRIBUTION_THRESHOLD < float(other.median())
-    with pytest.warns(OffDistributionWarning, match=r"tinyworld-cnn/stages.2.*distance \d\.\d\d.*another classifier"):
+    with pytest.warns(OffDistributionWarning, match=r"tinyworld-cnn/stages.2.*distance \d\.\d\d.*another classifier") as seen:
         inv.invert(maps["vit"][:4], **FAST)
+    assert seen[0].filename == __file__                     # it points at the caller's line, not at the library
 
 
 def test_own_steered_and_ablated_maps_do_not_warn(maps):
@@ -59,3 +60,11 @@ def test_evaluate_reports_the_distance():
 def test_an_inverter_without_statistics_has_no_distance(maps):
     opt = wb.load_inverter("optimization:tinyworld-cnn/stages.2")
     assert feature_distance(opt, maps["cnn"]) is None
+
+
+def test_an_untrained_inverter_has_no_distance(maps):
+    """Statistics still at their initial zeros and ones say nothing about the training maps: no distance, no warning."""
+    from workbench.inverters.decoder import DecoderInverter
+
+    fresh = DecoderInverter("tinyworld-cnn", "stages.2", (128, 8, 8))
+    assert feature_distance(fresh, maps["cnn"] * 100) is None

@@ -30,7 +30,9 @@ Example:
 """
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,11 +44,12 @@ OFF_DISTRIBUTION_THRESHOLD = 1.5
 
 
 def _statistics(inverter: nn.Module) -> nn.Module | None:
-    """The submodule holding the inverter's ``feature_mean`` and ``feature_std`` buffers (None if it has none)."""
+    """The submodule holding the inverter's ``feature_mean`` and ``feature_std`` buffers (None if it has none, or if
+    they were never fitted: still the zeros and ones they start as, e.g. an untrained inverter)."""
     for module in inverter.modules():
-        if isinstance(getattr(module, "feature_mean", None), torch.Tensor) \
-                and isinstance(getattr(module, "feature_std", None), torch.Tensor):
-            return module
+        mean, std = getattr(module, "feature_mean", None), getattr(module, "feature_std", None)
+        if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor):
+            return None if bool((mean == 0).all() and (std == 1).all()) else module
     return None
 
 
@@ -55,8 +58,8 @@ def feature_distance(inverter: nn.Module, features: torch.Tensor) -> torch.Tenso
     """The distance of each map ``[B, C, h, w]`` from the inverter's training maps -> ``Tensor[B]`` on the CPU.
 
     ``sqrt(mean_{c,y,x} (z[c,y,x] - mean_{y,x} z[c])^2)`` with ``z = (features - feature_mean) / feature_std``; about
-    1 or less for maps like the training ones. None for an inverter without feature statistics (the optimisation
-    baseline).
+    1 or less for maps like the training ones. None for an inverter without fitted feature statistics (the
+    optimisation baseline, an untrained inverter).
     """
     stats = _statistics(inverter)
     if stats is None:
@@ -64,6 +67,16 @@ def feature_distance(inverter: nn.Module, features: torch.Tensor) -> torch.Tenso
     mean, std = stats.feature_mean.float().cpu(), stats.feature_std.float().cpu()
     z = (features.detach().float().cpu() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
     return (z - z.mean((2, 3), keepdim=True)).pow(2).mean((1, 2, 3)).sqrt()
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside workbench and torch, so the warning points at the user's line
+    (``invert`` runs under a torch decorator, and ``evaluate`` or the studies call it in turn)."""
+    inside = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent))
+    frame, level = sys._getframe(1), 2          # level 2: the caller of this function
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level - 1                            # relative to warn_if_off_distribution, which calls warnings.warn
 
 
 def warn_if_off_distribution(inverter: nn.Module, features: torch.Tensor, *,
@@ -80,5 +93,5 @@ def warn_if_off_distribution(inverter: nn.Module, features: torch.Tensor, *,
             f"threshold is {threshold}). Most likely they come from another classifier or layer, or from images "
             f"preprocessed differently; capture them with wb.run_with_cache(wb.load_classifier("
             f"{getattr(inverter, 'classifier_name', '?')!r}), images, {getattr(inverter, 'layer', '?')!r}).",
-            OffDistributionWarning, stacklevel=3)
+            OffDistributionWarning, stacklevel=_caller_stacklevel())
     return distance
