@@ -615,4 +615,8 @@ def test_the_invert_figure_shows_its_images(tmp_path, capsys):
     assert image_pred in CLASSES and all(p in CLASSES for p in sample_preds.split(", ")), line
 
 
-# training arguments: rows added by the training owner
+# ------------------------------------------------------------------ training arguments
+# The training commands' rows (159: --steps/--save-every/--grad-accum/--batch-size/--train-images 0, negative or NaN
+# --lr, --max-minutes 0/inf, --seed -1, each command's fractions and counts, --resume on an empty folder or on another
+# layer's run, caches removed after a failed run) live in tests/test_bad_training_args.py, one table over the five
+# commands: add a new training flag's rows there.
