@@ -21,7 +21,8 @@ On ``--n`` held-out tiny-world test images, one sample each, for the CNN and ViT
    the FD of one setting varies by ~10%), a guard against images that buy cosine adversarially. In order of mean
    feature cosine, each candidate is then timed against ``OptimizationInverter``'s defaults on ``--time-n`` images
    (interleaved, medians; see :func:`feature_guidance_sweep`): the first that stays ``--min-speedup`` (10x) faster
-   for every inverter is the default; if none does, feature guidance stays off.
+   with ``--speed-margin`` (10%) to spare, i.e. at least 11x, for every inverter is the default; if none does,
+   feature guidance stays off.
 
 ``--sampler ddim:8:3.0`` skips 1-3 and runs 4 at that sampler (steps 1-3 were last run on 2026-11-26, see
 docs/benchmarks-log.md).
@@ -77,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cross-tolerance", type=float, default=0.02, help="cross-model cosine it may lose")
     p.add_argument("--fd-tolerance", type=float, default=0.25, help="relative FD increase it may have")
     p.add_argument("--min-speedup", type=float, default=10.0, help="over OptimizationInverter's defaults")
+    p.add_argument("--speed-margin", type=float, default=0.1,
+                   help="relative margin above --min-speedup a candidate must reach: repeated CPU-second measurements "
+                        "of one setting's speed-up on this shared machine differ by up to ~10%% (10.3x against 9.9x)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                    help="speed in CPU seconds of this process (robust to other jobs) or wall-clock seconds")
     p.add_argument("--reuse-sweep", default=None,
@@ -233,7 +237,7 @@ def feature_guidance_sweep(args, sampler: tuple[str, int, float]) -> dict:
                             med["unguided"], 3), "speedup": round(ratios[i], 2)})
             print(f"  speed {i}: {key}: {med['candidate'] / med['unguided']:.2f}x the unguided cost, "
                   f"{ratios[i]:.1f}x faster than optimisation", flush=True)
-        if all(r >= args.min_speedup for r in ratios.values()):
+        if all(r >= args.min_speedup * (1 + args.speed_margin) for r in ratios.values()):
             chosen = key
             break
     print(f"default: {chosen[0]} steps, feature guidance {chosen[1]} at the last {chosen[2]} steps", flush=True)

@@ -117,7 +117,7 @@ def test_denoise_applies_the_guide_at_every_step():
 
 
 def test_sampler_description_names_feature_guidance_only_when_on():
-    assert sampler_description() == "ddim 6 steps, guidance 3.0 (features), feature guidance 0.025 at the last 2 steps"
+    assert sampler_description() == "ddim 5 steps, guidance 3.0 (features), feature guidance 0.025 at the last 2 steps"
     assert sampler_description(num_inference_steps=8, guidance_scale=3.0, scheduler="ddim",
                                feature_guidance_scale=0) == "ddim 8 steps, guidance 3.0 (features)"
     assert sampler_description(num_inference_steps=8, guidance_scale=3.0, scheduler="ddim", feature_guidance_scale=0.1,

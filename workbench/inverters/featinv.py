@@ -41,7 +41,7 @@ from .interface import (
 
 #: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md); the scheduler,
 #: :data:`~workbench.diffusion.DEFAULT_SCHEDULER` (``"ddim"``), is that of every sampler.
-DEFAULT_NUM_INFERENCE_STEPS = 6
+DEFAULT_NUM_INFERENCE_STEPS = 5
 DEFAULT_GUIDANCE_SCALE = 3.0
 DEFAULT_GUIDANCE_MODE = "features"
 #: Feature guidance at sampling time: its scale (0: off) and how many of the last denoising steps it acts at, see
