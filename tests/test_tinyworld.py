@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from workbench import tinyworld as tw
-from workbench.tinyworld import (BACKGROUNDS, CLASSES, DEFAULT_FACTORS, FACTOR_NAMES, FACTOR_RANGES,
+from workbench.tinyworld import (BACKGROUNDS, CLASSES, DEFAULT_FACTORS, FACTOR_NAMES, FACTOR_PERIODS, FACTOR_RANGES,
                                  IMAGE_SIZE, OOD_COMBOS, TinyWorld, factors_from_dicts, render,
                                  render_batch, sample_factors)
 
@@ -145,6 +145,18 @@ def test_render_responds_to_each_factor(name):
     before, after = render(**base), render(**base, **{name: value})
     assert before.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
     assert (before - after).abs().sum() > 1.0, name
+
+
+@pytest.mark.parametrize("name", sorted(FACTOR_PERIODS))
+def test_circular_factors_render_alike_a_period_apart(name):
+    """FACTOR_PERIODS is what the analysis modules treat as circular: a value and the value plus its period (here
+    the ends of the factor's range) give the same image, while a value in between differs."""
+    base, value = _CHANGES[name]
+    low, high = FACTOR_RANGES[name]
+    assert high - low == pytest.approx(FACTOR_PERIODS[name])
+    start, end = render(**base, **{name: low}), render(**base, **{name: high})
+    assert (start - end).abs().max() < 1e-3, name
+    assert (start - render(**base, **{name: low + FACTOR_PERIODS[name] / 4})).abs().sum() > 1.0, name
 
 
 def test_render_defaults_and_label_key():

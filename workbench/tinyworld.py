@@ -122,6 +122,16 @@ DEFAULT_FACTORS: dict[str, Any] = {
 _CATEGORICAL = {"shape": CLASSES, "background": BACKGROUNDS, "distractor_shape": CLASSES}
 _INTEGER = {"noise_seed"}
 _BOOL = {"distractor"}
+
+CATEGORICAL_FACTORS = frozenset({"shape", "background", "distractor_shape", "distractor"})
+"""Factors without an order: the names and the distractor's presence (probes classify them)."""
+
+FACTOR_PERIODS: dict[str, float] = {
+    "hue": 1.0, "bg_hue": 1.0, "bg_hue2": 1.0, "distractor_hue": 1.0, "stripe_phase": 1.0,   # in turns
+    "rotation": TWO_PI, "distractor_rotation": TWO_PI, "bg_angle": TWO_PI,                    # in radians
+}
+"""The circular factors and their periods: a value and the value plus its period render alike (hues and the stripe
+phase in turns, angles in radians). Probes, drifts and concept matches compare them on the circle."""
 _FLOAT = tuple(n for n in FACTOR_NAMES if n not in _CATEGORICAL and n not in _INTEGER and n not in _BOOL)
 
 _SUPERSAMPLE = 2

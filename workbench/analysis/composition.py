@@ -28,12 +28,11 @@ from torch import Tensor, nn
 
 from ..checks import check_allocation, checked_int
 from ..errors import AnalysisError
+from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
 from . import check_mask, class_probabilities, downsample_mask
 
 #: Factors probed by default; ``position`` is ``x`` and ``y``.
 DEFAULT_FACTORS = ("shape", "background", "hue", "size", "x", "y")
-CATEGORICAL = {"shape", "background", "distractor_shape", "distractor"}
-CIRCULAR = {"hue", "bg_hue", "bg_hue2", "rotation"}   # in turns (hue) or radians (rotation)
 
 
 # ------------------------------------------------------------------------------------------ splicing
@@ -349,10 +348,10 @@ def _targets(table, factor: str) -> tuple[np.ndarray, str]:
     if factor not in table:
         raise AnalysisError(f"factor {factor!r} is not a column of the factor table; columns: {list(table.columns)}")
     v = table[factor].to_numpy()
-    if factor in CATEGORICAL:
+    if factor in CATEGORICAL_FACTORS:
         return v.astype(str), "categorical"
-    if factor in CIRCULAR:
-        turns = v.astype(float) / (2 * math.pi if factor == "rotation" else 1.0)
+    if factor in FACTOR_PERIODS:
+        turns = v.astype(float) / FACTOR_PERIODS[factor]
         return np.stack([np.cos(2 * math.pi * turns), np.sin(2 * math.pi * turns)], 1), "circular"
     return v.astype(float), "continuous"
 
@@ -469,12 +468,13 @@ class FactorReadout:
         return {f: probe.predict(x) for f, (_, probe) in self.probes.items()}
 
     def values(self, images: Tensor) -> dict[str, np.ndarray]:
-        """Like :meth:`predict`, with circular factors turned back into turns in [0, 1) (hue) or radians."""
+        """Like :meth:`predict`, with circular factors turned back into their units (turns in [0, 1) for hues,
+        radians in [0, 2 pi) for angles; :data:`~workbench.tinyworld.FACTOR_PERIODS`)."""
         out = {}
         for f, pred in self.predict(images).items():
             if self.probes[f][0] == "circular":
                 turns = np.mod(np.arctan2(pred[:, 1], pred[:, 0]) / (2 * math.pi), 1.0)
-                pred = turns * (2 * math.pi if f == "rotation" else 1.0)
+                pred = turns * FACTOR_PERIODS[f]
             out[f] = pred
         return out
 

@@ -825,14 +825,14 @@ def _steering_rows(classifier: nn.Module, samples: Tensor, alphas: Sequence[floa
 def _drift(before: np.ndarray, after: np.ndarray, factor: str, scale: float) -> float:
     """Mean change of a factor's readout between paired inversions: the share changed for categories, else the mean
     absolute difference in ``scale`` units (on the circle for circular factors)."""
-    from .composition import CIRCULAR
+    from ..tinyworld import FACTOR_PERIODS
 
     if before.dtype.kind in "OUSb":
         return float(np.mean(before != after))
     d = np.abs(after.astype(float) - before.astype(float))
-    if factor in CIRCULAR:
-        period = 2 * np.pi if factor == "rotation" else 1.0
-        d = np.minimum(d, period - d)
+    if factor in FACTOR_PERIODS:
+        d = np.mod(d, FACTOR_PERIODS[factor])
+        d = np.minimum(d, FACTOR_PERIODS[factor] - d)
     return float(d.mean() / scale)
 
 

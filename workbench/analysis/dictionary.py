@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
+from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
 from .concepts import Concept
 
 SAE_METHODS = ("topk", "batchtopk", "jumprelu", "archetypal")
@@ -55,8 +56,6 @@ METHODS = SAE_METHODS + SKLEARN_METHODS + ("channels",)
 
 #: Factors scored by default; ``position`` (where the atom fires against where the object is) is added.
 DEFAULT_FACTORS = ("shape", "background", "distractor", "hue", "size", "x", "y", "rotation", "bg_value")
-CATEGORICAL = {"shape", "background", "distractor", "distractor_shape"}
-CIRCULAR = {"hue", "bg_hue", "bg_hue2", "distractor_hue", "rotation", "distractor_rotation", "bg_angle"}
 
 
 def _overcomplete():
@@ -521,13 +520,12 @@ def _auc_gini(a: np.ndarray, positive: np.ndarray) -> np.ndarray:
 
 
 def _factor_kind(factor: str) -> str:
-    return "categorical" if factor in CATEGORICAL else "circular" if factor in CIRCULAR else "continuous"
+    return "categorical" if factor in CATEGORICAL_FACTORS else "circular" if factor in FACTOR_PERIODS else "continuous"
 
 
 def _angle(table, factor: str) -> np.ndarray:
-    """A circular factor in radians (hue and other turns are scaled by 2 pi)."""
-    v = table[factor].to_numpy().astype(float)
-    return v if "rotation" in factor or factor == "bg_angle" else 2 * math.pi * v
+    """A circular factor in radians (:data:`~workbench.tinyworld.FACTOR_PERIODS`: turns are scaled by 2 pi)."""
+    return table[factor].to_numpy().astype(float) * (2 * math.pi / FACTOR_PERIODS[factor])
 
 
 def _score_factor(pooled: np.ndarray, table, factor: str, train: np.ndarray, test: np.ndarray):
@@ -806,8 +804,7 @@ def _agreement(values: np.ndarray, factor: str, target) -> np.ndarray:
         return (~hit if negate else hit).astype(float)
     if kind == "continuous":
         return float(target) * np.asarray(values, dtype=float)
-    v = np.asarray(values, dtype=float)
-    angle = v if "rotation" in factor or factor == "bg_angle" else 2 * math.pi * v
+    angle = np.asarray(values, dtype=float) * (2 * math.pi / FACTOR_PERIODS[factor])
     return np.cos(angle - float(target))
 
 
