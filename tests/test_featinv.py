@@ -304,3 +304,39 @@ def test_shipped_last_layer_inverters_match_features(name):
     assert cos.mean() > shuffled.mean() + 0.3
     card = json.loads((wb.data_dir() / "inverters" / name / "card.json").read_text())
     assert card["metrics"]["test_images"] >= 256
+
+
+# ---------------------------------------------------------------- what training recorded
+def test_inverter_records_the_classifier_input_size_and_prompt(tmp_path, monkeypatch):
+    """An inverter trained with the classifier at another size (the official recipe: 288 px) or another prompt
+    records both; loading by name applies them, and a classifier at another size is refused, not run."""
+    base = DiffusionBase.from_pretrained("tinyworld-base")
+    clf = wb.load_classifier("tinyworld-cnn")
+    clf.input_size = (3, 64, 64)
+    images = wb.TinyWorld("test", size=2, seed=0).images()
+    feats = wb.extract_features(clf, wb.models.classifier_view(images, clf), "stages.3")
+    assert feats.shape[1:] == (192, 8, 8)
+    inv = FeatInv(base, "tinyworld-cnn", "stages.3", feats.shape[1:], classifier_input_size=(3, 64, 64),
+                  prompt="a shape")
+    inv.save_pretrained(tmp_path / "inv", fp16=False)
+    cfg = json.loads((tmp_path / "inv" / "config.json").read_text())
+    assert cfg["classifier_input_size"] == [3, 64, 64] and cfg["prompt"] == "a shape"
+    seen = {}
+    real = DiffusionBase.from_pretrained.__func__
+
+    def recording(cls, name, **kw):
+        seen.update(kw)
+        return real(cls, name, **kw)
+
+    monkeypatch.setattr(DiffusionBase, "from_pretrained", classmethod(recording))
+    again = FeatInv.from_pretrained(tmp_path / "inv")
+    assert seen["prompt"] == "a shape", "the base is loaded with the training prompt"
+    assert again.classifier_input_size == (3, 64, 64) and "classifier_input_size: (3, 64, 64)" in repr(again)
+    # loaded by name at the recorded size: the maps fit, with and without feature guidance
+    assert again.invert_images(images, num_inference_steps=2, progress=False).shape == (2, 1, 3, 32, 32)
+    assert again.invert(feats, num_inference_steps=2, progress=False).shape == (2, 1, 3, 32, 32)
+    # a classifier at its default 32 px would give 4x4 maps: refused with the fix
+    with pytest.raises(InverterMismatchError, match=r"input_size = \(3, 64, 64\)"):
+        again.invert(feats, num_inference_steps=2, progress=False, classifier=wb.load_classifier("tinyworld-cnn"))
+    with pytest.raises(InverterMismatchError, match="64"):
+        again.invert_images(images, classifier=wb.load_classifier("tinyworld-cnn"), progress=False)

@@ -583,6 +583,10 @@ def test_the_official_preset_trains_and_samples_at_tiny_size(tmp_path):
     assert training["classifier_size"] == 288 and training["augment"] is True and training["drop_prob"] == 0.15
     assert training["prompt"] == wb.presets.OFFICIAL_PROMPT and training["mixed_precision"] == "no"
     assert inv.hidden_channels == 512 and inv.feature_shape == (320, 9, 9)  # atto's 320 channels at 288 px / 32
+    # the inverter itself records what inversion needs: the classifier's 288 px input and the prompt
+    saved = json.loads((tmp_path / "run" / "inverter" / "config.json").read_text())
+    assert saved["classifier_input_size"] == [3, 288, 288] and saved["prompt"] == wb.presets.OFFICIAL_PROMPT
+    assert inv.classifier_input_size == (3, 288, 288)
 
     clf = wb.load_classifier("convnext_atto", checkpoint_path=tmp_path / "atto.safetensors")
     clf.input_size = (3, 288, 288)

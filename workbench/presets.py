@@ -89,12 +89,15 @@ def official() -> Preset:
 
     * the backbone and weights ``convnext_base.fb_in22k_ft_in1k``, read at 288 px (``--classifier-size 288``; timm's
       ``test_input_size`` for these weights), inverted at ``forward_features``: for ConvNeXt that is ``stages.3``'s
-      output (its ``norm_pre`` is the identity), 1024x9x9;
+      output (its ``norm_pre`` is the identity), 1024x9x9; the trained inverter records the 288 px input
+      (``classifier_input_size``), so the classifier it loads by name for ``invert_images`` and feature guidance
+      reads 288 px, and one passed at another size is refused;
     * the augmentation: ``RandomResizedCrop(288)``, random horizontal and vertical flips; the classifier reads the
       crop, and the crop resized to miniSD's 256 px is the target;
     * the hint encoder's widths: convolutions 1024->512 and 512->512 with SiLU, then a zero convolution to the
       ControlNet's 320 channels, after a bilinear resize to the 32x32 latent grid (``--hidden-channels 512``);
-    * the fixed prompt ``"a high-quality, detailed, and professional image"``, and 15 % condition dropout (the map
+    * the fixed prompt ``"a high-quality, detailed, and professional image"`` (recorded in the inverter, which loads
+      its base with it), and 15 % condition dropout (the map
       zeroed and the empty prompt, together);
     * AdamW at a constant 1e-5 (weight decay 0.01, its default), no gradient clipping, no EMA, fp32, batch 8,
       3 epochs;
@@ -125,9 +128,6 @@ def official() -> Preset:
       on the batch (the same maps up to floating-point summation order): this is where our speed comes from.
     * **Sampling prompts.** The official Gradio app appends an "added prompt" to the prompt and takes a negative
       prompt from the user; the preset samples with the training prompt and the null prompt, as it was trained.
-    * **The classifier at inversion.** A trained inverter records its feature shape (1024x9x9), not the 288 px
-      input: set ``clf.input_size = (3, 288, 288)`` on the classifier you invert with, so that images are resized
-      to 288 px before it, as in training.
     """
     return Preset(
         "convnext_base.fb_in22k_ft_in1k", "stages.3", (1024, 9, 9),

@@ -105,6 +105,11 @@ class FeatInv(nn.Module):
         feature_shape: ``(C, h, w)`` of the map at that layer.
         pooling: ``"none"`` (spatial conditioning) or ``"mean"`` (pooled ablation).
         hidden_channels: width of the conditioning encoder.
+        classifier_input_size: ``(3, H, W)`` the classifier read in training when that is not its default (the
+            official recipe reads ConvNeXt-B at 288 px, timm's default being 224); the classifier loaded by name for
+            :meth:`invert_images` and feature guidance is set to it, and a given one must match it.
+        prompt: the fixed training prompt when it was not the base's default; :meth:`from_pretrained` loads the
+            base with it.
 
     The constructor arguments are the config (:attr:`config`, with the base recorded by name): they are kept as
     attributes (``inv.classifier_name``, ``inv.layer``, ``inv.feature_shape``, ``inv.pooling``) and saved as JSON
@@ -117,12 +122,18 @@ class FeatInv(nn.Module):
 
     @register_to_config
     def __init__(self, base, classifier_name: str, layer: str, feature_shape: Sequence[int], pooling: str = "none",
-                 *, hidden_channels: int = 64):
+                 *, hidden_channels: int = 64, classifier_input_size: Sequence[int] | None = None,
+                 prompt: str | None = None):
         super().__init__()
         from diffusers import ControlNetModel
 
         if len(feature_shape) != 3:
             raise ValueError(f"feature_shape must be (C, h, w), got {tuple(feature_shape)}")
+        if classifier_input_size is not None and len(classifier_input_size) != 3:
+            raise ValueError(f"classifier_input_size must be (3, H, W), got {tuple(classifier_input_size)}")
+        self.classifier_input_size = None if classifier_input_size is None else \
+            tuple(int(s) for s in classifier_input_size)
+        self.prompt = prompt
         self.classifier_name = classifier_name
         self.layer = layer
         self.feature_shape = tuple(int(s) for s in feature_shape)
@@ -150,8 +161,10 @@ class FeatInv(nn.Module):
 
     def __repr__(self) -> str:
         c, h, w = self.base.latent_shape
+        recorded = {k: v for k, v in (("classifier_input_size", self.classifier_input_size),
+                                      ("prompt", None if self.prompt is None else repr(self.prompt))) if v is not None}
         return describe(self, pooling=repr(self.pooling), base=f"{self.base.name} (latents {c}x{h}x{w})",
-                        sampler=sampler_description())
+                        **recorded, sampler=sampler_description())
 
 
     # ------------------------------------------------------------------ the network
@@ -231,8 +244,8 @@ class FeatInv(nn.Module):
         check_features(self, features)
         warn_if_off_distribution(self, features)
         device = self.base.prompt_embeds.device
-        if feature_guidance_scale > 0 and classifier is None:
-            classifier = self._guidance_classifier(device)
+        if feature_guidance_scale > 0:
+            classifier = self._guidance_classifier(device) if classifier is None else self._checked(classifier)
         B, S = features.shape[0], num_samples
         # 1. all noise up front on the CPU, so results do not depend on batch_size or device
         g = torch.Generator("cpu").manual_seed(seed)
@@ -266,12 +279,10 @@ class FeatInv(nn.Module):
     def _guidance_classifier(self, device: torch.device) -> nn.Module:
         """The shipped or timm classifier named ``self.classifier_name`` on ``device``, for feature guidance: loaded
         once and kept outside the module tree (it is neither saved nor moved with the inverter)."""
-        from ..models import load_classifier
-
         cached = self.__dict__.get("_guidance_classifier_cache")
         if cached is None or cached[0] != str(device):
             try:
-                cached = (str(device), load_classifier(self.classifier_name, device=device))
+                cached = (str(device), self._classifier_by_name(device))
             except (UnknownModelError, WeightsUnavailableError) as e:
                 raise type(e)(
                     f"feature guidance (feature_guidance_scale > 0; the default is {DEFAULT_FEATURE_GUIDANCE_SCALE}) "
@@ -280,6 +291,27 @@ class FeatInv(nn.Module):
                     f"guidance off with feature_guidance_scale=0.") from e
             self.__dict__["_guidance_classifier_cache"] = cached
         return cached[1]
+
+    def _classifier_by_name(self, device: torch.device) -> nn.Module:
+        """The shipped or timm classifier named ``self.classifier_name`` on ``device``, reading
+        ``self.classifier_input_size`` when the inverter recorded one."""
+        from ..models import load_classifier
+
+        classifier = load_classifier(self.classifier_name, device=device)
+        if self.classifier_input_size is not None:
+            classifier.input_size = self.classifier_input_size
+        return classifier
+
+    def _checked(self, classifier: nn.Module) -> nn.Module:
+        """``classifier``, refused when it reads another input size than the one this inverter recorded."""
+        size = getattr(classifier, "input_size", None)
+        if self.classifier_input_size is not None and size is not None and \
+                tuple(size) != self.classifier_input_size:
+            raise InverterMismatchError(
+                f"this inverter was trained on maps of {self.classifier_name!r} reading {self.classifier_input_size} "
+                f"images, but the given classifier reads {tuple(size)}: its maps would have another size. Set "
+                f"classifier.input_size = {self.classifier_input_size}, or leave classifier=None to load it by name.")
+        return classifier
 
     def _predictor(self, embed: Callable[[torch.Tensor], torch.Tensor], maps: torch.Tensor, rows: range, S: int,
                    guided: bool, guidance_mode: str) -> Predictor:
@@ -327,11 +359,9 @@ class FeatInv(nn.Module):
         from ..checks import check_images
 
         check_images(images, "images")  # before any classifier loads
-        if classifier is None:
-            from ..models import load_classifier
-
-            classifier = load_classifier(self.classifier_name, device=self.base.prompt_embeds.device)
-        return capture_and_invert(self, images, classifier, device=self.base.prompt_embeds.device,
+        device = self.base.prompt_embeds.device
+        classifier = self._classifier_by_name(device) if classifier is None else self._checked(classifier)
+        return capture_and_invert(self, images, classifier, device=device,
                                   classifier=classifier, **kwargs)
 
     # ------------------------------------------------------------------ persistence
@@ -347,8 +377,9 @@ class FeatInv(nn.Module):
 
         path = Path(path)
         cfg = read_config(path, cls)
-        if base is None:
-            base = DiffusionBase.from_pretrained(cfg["base"], device=device)
+        if base is None:  # with the training prompt, when one was recorded
+            prompt = {"prompt": cfg["prompt"]} if cfg.get("prompt") is not None else {}
+            base = DiffusionBase.from_pretrained(cfg["base"], device=device, **prompt)
         if list(base.latent_shape) != list(cfg["latent_shape"]) or base.image_size != cfg["image_size"]:
             raise InverterMismatchError(
                 f"the inverter in {path} was trained on a base with latents {tuple(cfg['latent_shape'])} at "

@@ -168,7 +168,8 @@ def build_inverter(config: FeatInvConfig, clf, base, probe: torch.Tensor, device
     probe = _as_float(probe.to(device))
     feats = extract_features(clf, classifier_view(probe, clf), config.layer)
     inv = FeatInv(base, config.classifier, config.layer, tuple(feats.shape[1:]), config.pooling,
-                  hidden_channels=config.hidden_channels).to(device)
+                  hidden_channels=config.hidden_channels, prompt=config.prompt,
+                  classifier_input_size=tuple(clf.input_size) if config.classifier_size else None).to(device)
     if config.init_from:
         from ..weights import load_state
 
