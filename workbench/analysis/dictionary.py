@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from ..errors import AnalysisError
 from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
 from .concepts import Concept
+from .factorization import FITTERS
 
 SAE_METHODS = ("topk", "batchtopk", "jumprelu", "archetypal")
 SKLEARN_METHODS = ("pca", "nmf", "kmeans")
@@ -280,7 +281,7 @@ def fit_dictionary(features: Tensor, n_atoms: int, *, method: str = "topk", seed
             atoms, mean, encode, model = _fit_sae(x, n_atoms, method, seed=seed, top_k=top_k, sparsity=sparsity,
                                                   steps=steps, batch_size=batch_size, lr=lr, progress=progress)
         else:
-            atoms, mean, encode, model = _FITTERS[method](x, n_atoms, seed)
+            atoms, mean, encode, model = FITTERS[method](x, n_atoms, seed)
     with torch.no_grad():
         codes = torch.cat([encode(x[s:s + 65536]).float() for s in range(0, len(x), 65536)])
         fired = codes != 0
@@ -366,68 +367,6 @@ def _fit_sae(x: Tensor, n_atoms: int, method: str, *, seed: int, top_k: int, spa
     return atoms, mean, encode, model
 
 
-def _fit_pca(x: Tensor, n_atoms: int, seed: int):
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=n_atoms, random_state=seed).fit(x.numpy())
-    atoms, mean = torch.as_tensor(pca.components_).float(), torch.as_tensor(pca.mean_).float()
-    return atoms, mean, lambda v: (v - mean) @ atoms.T, pca
-
-
-@contextmanager
-def _quiet_convergence():
-    """scikit-learn's ConvergenceWarning silenced within the block (the caller measures the fit instead)."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
-
-
-def _fit_nmf(x: Tensor, n_atoms: int, seed: int):
-    """scikit-learn's NMF at a fixed iteration budget. It often stops before its tolerance on these maps; its
-    ConvergenceWarning is not shown, because what matters is measured and reported: the dictionary's R²."""
-    from sklearn.decomposition import NMF
-
-    nmf = NMF(n_components=n_atoms, init="nndsvda", max_iter=400, random_state=seed)
-    with _quiet_convergence():
-        nmf.fit(x.clamp_min(0).numpy())
-    atoms = torch.as_tensor(nmf.components_).float()
-
-    def encode(v: Tensor) -> Tensor:
-        with _quiet_convergence():
-            return torch.as_tensor(nmf.transform(v.clamp_min(0).numpy())).float()
-
-    return atoms, torch.zeros(x.shape[1]), encode, nmf
-
-
-def _fit_kmeans(x: Tensor, n_atoms: int, seed: int):
-    """Spherical k-means; atom = the members' mean vector, code = the projection on the nearest atom alone."""
-    from sklearn.cluster import KMeans
-
-    unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    km = KMeans(n_clusters=n_atoms, n_init=4, random_state=seed).fit(unit.numpy())
-    labels = torch.as_tensor(km.labels_).long()
-    atoms = torch.zeros(n_atoms, x.shape[1]).index_add_(0, labels, x)
-    atoms /= torch.bincount(labels, minlength=n_atoms).clamp_min(1)[:, None].float()
-    directions = atoms / atoms.norm(dim=1, keepdim=True).clamp_min(1e-8)
-
-    def encode(v: Tensor) -> Tensor:
-        sim = v @ directions.T
-        nearest = sim.argmax(1, keepdim=True)
-        proj = (sim.gather(1, nearest) / atoms.norm(dim=1).clamp_min(1e-8)[nearest]).clamp_min(0)
-        return torch.zeros(len(v), n_atoms).scatter_(1, nearest, proj)
-
-    return atoms, torch.zeros(x.shape[1]), encode, km
-
-
-def _fit_channels(x: Tensor, n_atoms: int, seed: int):
-    return torch.eye(n_atoms), torch.zeros(n_atoms), lambda v: v.clone(), None
-
-
-_FITTERS = {"pca": _fit_pca, "nmf": _fit_nmf, "kmeans": _fit_kmeans, "channels": _fit_channels}
 
 
 # ------------------------------------------------------------------------------------------ quality
