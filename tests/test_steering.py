@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.analysis import AnalysisError, ablation, composition, concepts, map_logits
+from workbench.analysis import AnalysisError, ablation, composition, concepts, invert_edited, map_logits
 from workbench.errors import InterventionError
 
 LAYER = "stages.3"
@@ -56,6 +56,31 @@ def test_steering_sweep_shares_noise_and_starts_at_the_unsteered_inversion(cnn, 
     assert {"p_target", "p_target_map", "concept"} <= set(table.columns)
     on_map = table.groupby(["alpha", "image"]).p_target_map.mean()
     assert (on_map[3.0] > on_map[0.0]).all()                                 # the head sees the edit
+
+
+def test_studies_report_how_far_their_edits_went_instead_of_warning(cnn, data, inverter, star):
+    """A deliberate edit far off the training maps is a column of the study's table, not an OffDistributionWarning;
+    maps of the wrong classifier still warn."""
+    import warnings
+
+    from workbench.errors import OffDistributionWarning
+    from workbench.inverters.feature_distance import OFF_DISTRIBUTION_THRESHOLD
+
+    x, kw = data[0][:2], dict(num_samples=2, num_inference_steps=1, seed=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OffDistributionWarning)
+        half = torch.zeros(4, 4)
+        half[:, :2] = 1                                       # a local edit: the distance ignores uniform shifts
+        table, _ = concepts.steering_study(cnn, inverter, x, star, [0.0, 20.0], mask=half, **kw)
+        ablated, _ = ablation.ablation_sweep(cnn, x, data[1][:2], LAYER, list(range(192)), [0, 192],
+                                             mode="zero", inverter=inverter, **kw)
+    far = table.groupby("alpha").feature_distance.median()
+    assert far[0.0] < 1.2 < OFF_DISTRIBUTION_THRESHOLD < far[20.0], far          # the edit went far, silently
+    assert len(table.feature_distance) == 8 and ablated.feature_distance.notna().all()
+    vit_maps = wb.extract_features(wb.load_classifier("tinyworld-vit"), data[0][:32], "blocks.0")  # 128x8x8
+    with pytest.warns(OffDistributionWarning, match="another classifier or layer"):   # the originals are checked
+        invert_edited(wb.load_inverter("tinyworld-cnn/stages.2"), vit_maps, vit_maps[:1], num_inference_steps=1,
+                      feature_guidance_scale=0, progress=False)
 
 
 def test_sequence_and_ablation_sweeps_share_noise(cnn, data, feats, inverter):

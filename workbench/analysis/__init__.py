@@ -11,7 +11,9 @@ module              what it answers
 ==================  ========================================================================
 
 The helpers here are shared by the families: :func:`map_logits` runs the classifier with a layer's map
-replaced, :func:`class_probabilities` and :func:`score_inversions` score images and their inversions.
+replaced, :func:`class_probabilities` and :func:`score_inversions` score images and their inversions, and
+:func:`invert_edited` inverts maps a study edited on purpose, reporting how far they lie from the inverter's training
+maps (a ``feature_distance`` column) instead of warning.
 The edits themselves (ablating channels, moving along a direction) and their checks
 (:func:`check_channels`, :func:`check_mask`) live in :mod:`workbench.interventions`, shared with the hooks.
 Figures live in :mod:`workbench.plot` (section "analysis").
@@ -110,6 +112,39 @@ def map_logits(classifier: nn.Module, images: Tensor, layer: str, features: Tens
 
         out.append(run_with_hooks(classifier, images[s:s + batch_size].to(dev), {layer: replace}).float().cpu())
     return torch.cat(out)
+
+
+def invert_edited(inverter, originals: Tensor, edited: Tensor, **invert_kwargs) -> tuple[Tensor, Tensor | None]:
+    """Invert maps a study edited on purpose (steered, ablated, truncated, spliced).
+
+    Edits move maps away from those the inverter was trained on by design, so the inversion of ``edited`` raises no
+    :class:`~workbench.errors.OffDistributionWarning`; each edited map's distance is returned for the study's table
+    instead. The unedited ``originals`` are checked as ``invert`` would check them, so that maps of another
+    classifier or layer still warn (Python shows a repeated warning once per line of the caller).
+    The distance is the guard's: blind to edits uniform over space (steering everywhere; see
+    :mod:`~workbench.inverters.feature_distance`), raised by local ones (steering in a mask, splices).
+
+    Args:
+        inverter: an inverter with ``invert(features, **invert_kwargs)``.
+        originals: ``Tensor[N, C, h, w]`` the unedited maps.
+        edited: ``Tensor[B, C, h, w]`` the maps to invert.
+        invert_kwargs: passed to ``inverter.invert``.
+
+    Returns:
+        ``(samples, distance)``: the inversion ``Tensor[B, S, 3, H, W]`` and each edited map's
+        :func:`~workbench.inverters.feature_distance.feature_distance`, ``Tensor[B]`` (None for an inverter
+        without fitted feature statistics).
+    """
+    import warnings
+
+    from ..errors import OffDistributionWarning
+    from ..inverters.feature_distance import feature_distance, warn_if_off_distribution
+
+    warn_if_off_distribution(inverter, originals)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OffDistributionWarning)
+        samples = inverter.invert(edited, **invert_kwargs)
+    return samples, feature_distance(inverter, edited)
 
 
 @torch.no_grad()

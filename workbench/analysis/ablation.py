@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..checks import checked_int
 from ..errors import AnalysisError
 from ..interventions import ablate_features, check_mode
-from . import check_channels, map_logits, score_inversions
+from . import check_channels, invert_edited, map_logits, score_inversions
 
 RANKINGS = ("mean_activation", "selectivity", "logit_drop")
 
@@ -231,8 +231,10 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
 
     Returns:
         ``(table, samples)``: the :func:`ablation_table` columns plus ``n`` and, with an inverter,
-        ``inversion_accuracy`` (the inversion is classified as the true label) and ``inversion_cosine``
-        (the inversion's map vs the edited map); ``samples`` is ``{n: Tensor[B, S, 3, H, W]}`` (empty without
+        ``inversion_accuracy`` (the inversion is classified as the true label), ``inversion_cosine``
+        (the inversion's map vs the edited map) and ``feature_distance`` (the edited maps' mean distance from the
+        inverter's training maps, :func:`~workbench.analysis.invert_edited`; absent without feature statistics);
+        ``samples`` is ``{n: Tensor[B, S, 3, H, W]}`` (empty without
         an inverter).
 
     Example:
@@ -256,14 +258,17 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
     table.insert(0, "n", table.pop("set").astype(int))
     samples = {}
     if inverter is not None:
-        acc, cos = [], []
+        acc, cos, dist = [], [], []
         for n in counts:
             edited = ablate_features(feats, order[:int(n)], mode=mode, means=means)
-            out = inverter.invert(edited, num_samples=num_samples, num_inference_steps=num_inference_steps, seed=seed,
-                                  progress=progress)
+            out, distance = invert_edited(inverter, feats, edited, num_samples=num_samples, seed=seed,
+                                          num_inference_steps=num_inference_steps, progress=progress)
             scores = score_inversions(classifier, layer, edited, out)
             samples[int(n)] = out
             acc.append(float((torch.tensor(scores.predicted.to_numpy()) == labels.repeat_interleave(out.shape[1])).float().mean()))
             cos.append(float(scores.feature_cosine.mean()))
+            dist.append(None if distance is None else float(distance.mean()))
         table["inversion_accuracy"], table["inversion_cosine"] = acc, cos
+        if dist[0] is not None:
+            table["feature_distance"] = dist
     return table, samples

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..checks import check_allocation, checked_int
 from ..errors import AnalysisError
 from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
-from . import check_mask, class_probabilities, downsample_mask
+from . import check_mask, class_probabilities, downsample_mask, invert_edited
 
 #: Factors probed by default; ``position`` is ``x`` and ``y``.
 DEFAULT_FACTORS = ("shape", "background", "hue", "size", "x", "y")
@@ -141,8 +141,9 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
     Returns:
         ``(table, samples)``: one row per (pair, sample) with ``class_a``, ``class_b``, ``pred_a`` / ``pred_b``
         (region classes of the reconstruction), ``keeps_a`` / ``keeps_b`` and, as a reference,
-        ``original_keeps_a`` / ``original_keeps_b`` (the region classifier on the unspliced originals);
-        ``samples`` is ``Tensor[B, S, 3, H, W]``.
+        ``original_keeps_a`` / ``original_keeps_b`` (the region classifier on the unspliced originals) and
+        ``feature_distance`` (the spliced map's distance from the inverter's training maps,
+        :func:`~workbench.analysis.invert_edited`; absent without feature statistics); ``samples`` is ``Tensor[B, S, 3, H, W]``.
 
     Example:
         >>> table, samples = splice_study(cnn, inverter, a, b, info["mask"], classes_a=info["classes_a"])
@@ -154,7 +155,8 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
     fa = extract_features(classifier, images_a, inverter.layer).float().cpu()
     fb = extract_features(classifier, images_b, inverter.layer).float().cpu()
     spliced = splice(fa, fb, downsample_mask(mask, fa.shape[-2:]))
-    out = inverter.invert(spliced, num_samples=num_samples, num_inference_steps=num_inference_steps, seed=seed, progress=progress)
+    out, distance = invert_edited(inverter, torch.cat([fa, fb]), spliced, num_samples=num_samples, seed=seed,
+                                  num_inference_steps=num_inference_steps, progress=progress)
     b, s = out.shape[:2]
     ca = class_probabilities(classifier, images_a).argmax(1) if classes_a is None else torch.as_tensor(classes_a)
     cb = class_probabilities(classifier, images_b).argmax(1) if classes_b is None else torch.as_tensor(classes_b)
@@ -169,6 +171,8 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
     table["keeps_a"] = table.pred_a == table.class_a
     table["keeps_b"] = table.pred_b == table.class_b
     table["original_keeps_a"], table["original_keeps_b"] = rep(ref_a), rep(ref_b)
+    if distance is not None:
+        table["feature_distance"] = rep(distance)
     return table, out
 
 

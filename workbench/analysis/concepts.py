@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..errors import AnalysisError
 from ..interventions import check_alpha, check_direction, check_mask, shift_features
-from . import class_probabilities, map_logits
+from . import class_probabilities, invert_edited, map_logits
 
 METHODS = ("pca", "nmf", "kmeans")
 
@@ -218,8 +218,7 @@ def discover_concepts(features: Tensor, n_concepts: int, *, method: str = "kmean
     Example:
         >>> parts = discover_concepts(feats, 6, method="kmeans", layer="stages.2")
     """
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import NMF, PCA
+    from .factorization import fit_kmeans, fit_nmf, fit_pca
 
     if method not in METHODS:
         raise AnalysisError(f"method is one of {METHODS}, got {method!r}")
@@ -242,18 +241,12 @@ def discover_concepts(features: Tensor, n_concepts: int, *, method: str = "kmean
         scale = 2 * float(proj.std()) if scale is None else scale
         concepts.append(Concept(name, layer, classifier_name, direction, basis.float(), scale, method))
 
-    if method == "pca":
-        pca = PCA(n_components=n_concepts, random_state=seed).fit(x.numpy())
-        for k, comp in enumerate(torch.as_tensor(pca.components_)):
-            add(f"pca-{k}", comp)
-    elif method == "nmf":
-        nmf = NMF(n_components=n_concepts, init="nndsvda", max_iter=400, random_state=seed).fit(x.clamp_min(0).numpy())
-        for k, comp in enumerate(torch.as_tensor(nmf.components_)):
-            add(f"nmf-{k}", comp)
+    if method in ("pca", "nmf"):       # the factorisations of fit_dictionary, one concept per atom
+        atoms = (fit_pca if method == "pca" else fit_nmf)(x, n_concepts, seed)[0]
+        for k, comp in enumerate(atoms):
+            add(f"{method}-{k}", comp)
     else:
-        unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        km = KMeans(n_clusters=n_concepts, n_init=4, random_state=seed).fit(unit.numpy())
-        labels = torch.as_tensor(km.labels_)
+        labels = torch.as_tensor(fit_kmeans(x, n_concepts, seed)[3].labels_)
         mean = x.mean(0)
         for k in range(n_concepts):
             member = labels == k
@@ -764,7 +757,10 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit |
     Returns:
         ``(table, samples)``: one row per (image, alpha, sample) with ``image``, ``alpha``, ``sample``,
         ``predicted``, ``concept`` (for concept edits: :func:`concept_readout` of the inversion), optional
-        ``p_target``, ``p_target_map`` and ``readout_<factor>``; ``samples`` is ``Tensor[B, A, S, 3, H, W]``.
+        ``p_target``, ``p_target_map`` and ``readout_<factor>``, and ``feature_distance``, how far the edited map
+        lies from the inverter's training maps (:func:`~workbench.analysis.invert_edited`; about 1 or less for
+        unedited maps, absent for an inverter without feature statistics); ``samples`` is
+        ``Tensor[B, A, S, 3, H, W]``.
 
     Raises:
         AnalysisError: an edit or concept of another layer or classifier than the inverter's.
@@ -785,15 +781,19 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit |
     if edit.layer != inverter.layer:
         raise AnalysisError(f"edit {edit.name!r} edits {edit.layer!r} maps but the inverter inverts "
                             f"{inverter.layer!r}; build the edit at {inverter.layer!r} or load that layer's inverter")
-    outs, map_probs = [], []
+    outs, map_probs, distances = [], [], []
     for a in alphas:
         edited = edit(f, a)
-        outs.append(inverter.invert(edited, num_samples=num_samples, num_inference_steps=num_inference_steps,
-                                    seed=seed, batch_size=batch_size, progress=progress))
+        out, distance = invert_edited(inverter, f, edited, num_samples=num_samples, seed=seed, batch_size=batch_size,
+                                      num_inference_steps=num_inference_steps, progress=progress)
+        outs.append(out)
+        distances.append(distance)
         map_probs.append(map_logits(classifier, images, inverter.layer, edited).softmax(-1))
     samples = torch.stack(outs, 1)                                             # [B, A, S, 3, H, W]
     table = _steering_rows(classifier, samples, alphas, torch.stack(map_probs, 1), edit.concept, target_class,
                            readout)
+    if distances[0] is not None:       # [B, A], one per edited map, repeated over its samples
+        table["feature_distance"] = torch.stack(distances, 1).reshape(-1).repeat_interleave(num_samples).numpy()
     return table, samples
 
 

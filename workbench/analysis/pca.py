@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..checks import checked_int
 from ..errors import AnalysisError
-from . import map_logits, score_inversions
+from . import invert_edited, map_logits, score_inversions
 
 _INCREMENTAL_ABOVE = 200_000   # positions; above this fit_pca switches to IncrementalPCA
 
@@ -286,8 +286,9 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
         ``(table, samples)``: a DataFrame with one row per ``k``: ``k``, ``variance`` (cumulative explained
         ratio), ``map_cosine`` (truncated map vs full map), ``map_agreement`` (the classifier run on the
         truncated map predicts the original class), ``inversion_agreement`` (the inversion is classified as
-        the original), ``inversion_cosine`` (the inversion's map vs the *full* map); and ``samples``
-        ``{k: Tensor[B, S, 3, H, W]}``.
+        the original), ``inversion_cosine`` (the inversion's map vs the *full* map), ``feature_distance`` (the
+        truncated maps' mean distance from the inverter's training maps, :func:`~workbench.analysis.invert_edited`;
+        absent without feature statistics); and ``samples`` ``{k: Tensor[B, S, 3, H, W]}``.
 
     Example:
         >>> table, samples = component_inversion(cnn, inverter, pca, x[:8], ks=[1, 8, 192], num_inference_steps=8)
@@ -307,11 +308,13 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
         trunc = pca.reconstruct(full, k)
         cos = torch.nn.functional.cosine_similarity(trunc.flatten(1), full.flatten(1), dim=1)
         logits = map_logits(classifier, images, inverter.layer, trunc)
-        out = inverter.invert(trunc, num_samples=num_samples, num_inference_steps=num_inference_steps, seed=seed, progress=progress)
+        out, distance = invert_edited(inverter, full, trunc, num_samples=num_samples, seed=seed,
+                                      num_inference_steps=num_inference_steps, progress=progress)
         scores = score_inversions(classifier, inverter.layer, full, out, reference_logits=base_logits)
         samples[int(k)] = out
         rows.append({"k": int(k), "variance": float(cumulative[pca._k(k)]), "map_cosine": float(cos.mean()),
                      "map_agreement": float((logits.argmax(1) == truth).float().mean()),
                      "inversion_agreement": float(scores.agrees.mean()),
-                     "inversion_cosine": float(scores.feature_cosine.mean())})
+                     "inversion_cosine": float(scores.feature_cosine.mean()),
+                     **({} if distance is None else {"feature_distance": float(distance.mean())})})
     return pd.DataFrame(rows), samples
