@@ -32,7 +32,7 @@ from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
 from . import check_mask, class_probabilities, downsample_mask, invert_edited
 
 #: Factors probed by default; ``position`` is ``x`` and ``y``.
-DEFAULT_FACTORS = ("shape", "background", "hue", "size", "x", "y")
+PROBED_FACTORS = ("shape", "background", "hue", "size", "x", "y")
 
 
 # ------------------------------------------------------------------------------------------ splicing
@@ -386,7 +386,7 @@ def _chance(kind: str, truth: np.ndarray) -> float:
 
 
 def factor_probes(classifier: nn.Module, images: Tensor, table, layers: Sequence[str], *,
-                  factors: Sequence[str] = DEFAULT_FACTORS, grid: int = 4, test_fraction: float = 0.3,
+                  factors: Sequence[str] = PROBED_FACTORS, grid: int = 4, test_fraction: float = 0.3,
                   seed: int = 0, progress: bool = True):
     """Linear decodability of each factor from each layer, on held-out images.
 
@@ -400,7 +400,7 @@ def factor_probes(classifier: nn.Module, images: Tensor, table, layers: Sequence
         images: ``Tensor[N, 3, H, W]``.
         table: the images' factor table (``TinyWorld.factor_table()``), one row per image.
         layers: layer names, e.g. ``["stages.0", "stages.1", "stages.2", "stages.3"]``.
-        factors: factor columns to probe; default :data:`DEFAULT_FACTORS`.
+        factors: factor columns to probe; default :data:`PROBED_FACTORS`.
         grid: maps are pooled to ``grid x grid`` (:func:`probe_features`).
         test_fraction: held-out share.
         seed: seeds the split and the probes.
@@ -491,7 +491,7 @@ class FactorReadout:
 
 
 def fit_factor_readout(classifier: nn.Module, layer: str, images: Tensor, table, *,
-                       factors: Sequence[str] = DEFAULT_FACTORS, grid: int = 4, test_fraction: float = 0.25,
+                       factors: Sequence[str] = PROBED_FACTORS, grid: int = 4, test_fraction: float = 0.25,
                        seed: int = 0) -> FactorReadout:
     """Train a :class:`FactorReadout` on real images and record its held-out scores.
 

@@ -56,7 +56,7 @@ SKLEARN_METHODS = ("pca", "nmf", "kmeans")
 METHODS = SAE_METHODS + SKLEARN_METHODS + ("channels",)
 
 #: Factors scored by default; ``position`` (where the atom fires against where the object is) is added.
-DEFAULT_FACTORS = ("shape", "background", "distractor", "hue", "size", "x", "y", "rotation", "bg_value")
+SCORED_FACTORS = ("shape", "background", "distractor", "hue", "size", "x", "y", "rotation", "bg_value")
 
 
 def _overcomplete():
@@ -513,7 +513,7 @@ def _position_score(codes: np.ndarray, table, test: np.ndarray) -> np.ndarray:
 
 
 def atom_factor_table(dictionary: Dictionary, features: Tensor, factor_table, *,
-                      factors: Sequence[str] = DEFAULT_FACTORS, test_fraction: float = 0.5, seed: int = 0,
+                      factors: Sequence[str] = SCORED_FACTORS, test_fraction: float = 0.5, seed: int = 0,
                       layer: str | None = None):
     """How well each atom's activation predicts each known factor, on held-out images.
 
@@ -638,7 +638,7 @@ def coverage(table, *, threshold: float = 0.5, margin: float = 0.2, exclude: Seq
 
 def compare_dictionaries(dictionaries: Mapping[str, Dictionary], features: Tensor, factor_table, *,
                          classifier: nn.Module | None = None, images: Tensor | None = None,
-                         factors: Sequence[str] = DEFAULT_FACTORS, threshold: float = 0.5, margin: float = 0.2,
+                         factors: Sequence[str] = SCORED_FACTORS, threshold: float = 0.5, margin: float = 0.2,
                          top: int = 10, seed: int = 0, progress: bool = True):
     """Methods side by side on one layer's held-out maps: reconstruction, sparsity, monosemanticity, coverage.
 
