@@ -234,8 +234,7 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
         ``inversion_accuracy`` (the inversion is classified as the true label), ``inversion_cosine``
         (the inversion's map vs the edited map) and ``feature_distance`` (the edited maps' mean distance from the
         inverter's training maps, :func:`~workbench.analysis.invert_edited`; absent without feature statistics);
-        ``samples`` is ``{n: Tensor[B, S, 3, H, W]}`` (empty without
-        an inverter).
+        ``samples`` is ``{n: Tensor[B, S, 3, H, W]}`` (empty without an inverter).
 
     Example:
         >>> table, samples = ablation_sweep(cnn, x, y, "stages.3", rank_channels(t), [0, 8, 64], inverter=inv)

@@ -143,7 +143,8 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
         (region classes of the reconstruction), ``keeps_a`` / ``keeps_b`` and, as a reference,
         ``original_keeps_a`` / ``original_keeps_b`` (the region classifier on the unspliced originals) and
         ``feature_distance`` (the spliced map's distance from the inverter's training maps,
-        :func:`~workbench.analysis.invert_edited`; absent without feature statistics); ``samples`` is ``Tensor[B, S, 3, H, W]``.
+        :func:`~workbench.analysis.invert_edited`; absent without feature statistics); ``samples`` is
+        ``Tensor[B, S, 3, H, W]``.
 
     Example:
         >>> table, samples = splice_study(cnn, inverter, a, b, info["mask"], classes_a=info["classes_a"])
