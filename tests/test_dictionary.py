@@ -11,8 +11,8 @@ import torch
 
 import workbench as wb
 from workbench.analysis import concepts, dictionary
-from workbench.analysis.dictionary import (METHODS, atom_factor_table, compare_dictionaries, coverage, fit_dictionary,
-                                           monosemanticity, reconstruction_quality, top_activating)
+from workbench.analysis.dictionary import (DICTIONARY_METHODS, atom_factor_table, compare_dictionaries, coverage,
+                                           fit_dictionary, monosemanticity, reconstruction_quality, top_activating)
 from workbench.errors import AnalysisError
 
 FAST = dict(steps=150, batch_size=128, lr=5e-3, progress=False)
@@ -31,7 +31,7 @@ def maps():
     return _maps()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", DICTIONARY_METHODS)
 def test_fit_encode_decode_shapes_and_beat_the_empty_dictionary(maps, method):
     k = maps.shape[1] if method == "channels" else 8
     d = fit_dictionary(maps, k, method=method, seed=0, layer="stages.3", top_k=3, **FAST)

@@ -37,8 +37,10 @@ from torch import Tensor, nn
 from ..errors import AnalysisError
 from ..interventions import check_alpha, check_direction, check_mask, shift_features
 from . import class_probabilities, invert_edited, map_logits
+from .factorization import DECOMPOSITIONS
 
-METHODS = ("pca", "nmf", "kmeans")
+#: The decompositions :func:`discover_concepts` accepts.
+DISCOVERY_METHODS = DECOMPOSITIONS
 
 
 @dataclass
@@ -220,8 +222,8 @@ def discover_concepts(features: Tensor, n_concepts: int, *, method: str = "kmean
     """
     from .factorization import fit_kmeans, fit_nmf, fit_pca
 
-    if method not in METHODS:
-        raise AnalysisError(f"method is one of {METHODS}, got {method!r}")
+    if method not in DISCOVERY_METHODS:
+        raise AnalysisError(f"method is one of {DISCOVERY_METHODS}, got {method!r}")
     if features.ndim != 4:
         raise AnalysisError(f"features are Tensor[N, C, h, w], got {list(features.shape)}")
     c = features.shape[1]

@@ -49,11 +49,12 @@ from torch import Tensor, nn
 from ..errors import AnalysisError
 from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
 from .concepts import Concept
-from .factorization import FITTERS
+from .factorization import DECOMPOSITIONS, FITTERS
 
 SAE_METHODS = ("topk", "batchtopk", "jumprelu", "archetypal")
-SKLEARN_METHODS = ("pca", "nmf", "kmeans")
-METHODS = SAE_METHODS + SKLEARN_METHODS + ("channels",)
+SKLEARN_METHODS = DECOMPOSITIONS
+#: Every ``method`` :func:`fit_dictionary` accepts.
+DICTIONARY_METHODS = SAE_METHODS + SKLEARN_METHODS + ("channels",)
 
 #: Factors scored by default; ``position`` (where the atom fires against where the object is) is added.
 SCORED_FACTORS = ("shape", "background", "distractor", "hue", "size", "x", "y", "rotation", "bg_value")
@@ -83,7 +84,7 @@ class Dictionary:
     """``K`` atoms in a layer's channel space, with the encoder that codes a map on them.
 
     Attributes:
-        method: how it was fitted (one of :data:`METHODS`).
+        method: how it was fitted (one of :data:`DICTIONARY_METHODS`).
         layer: the layer it was fitted at (checked on use).
         classifier_name: the classifier it was fitted on (``None`` if unknown).
         atoms: ``Tensor[K, C]`` in feature units; ``decode`` is ``codes @ atoms + mean``.
@@ -219,9 +220,9 @@ def _r2(x: Tensor, x_hat: Tensor, mean: Tensor) -> float:
 
 # ------------------------------------------------------------------------------------------ fitting
 def _check_fit(features: Tensor, n_atoms: int, method: str, top_k: int) -> None:
-    if method not in METHODS:
+    if method not in DICTIONARY_METHODS:
         hint = " (overcomplete's TopK, BatchTopK, JumpReLU and relaxed archetypal SAEs)"
-        raise AnalysisError(f"method is one of {METHODS}, got {method!r}; {SAE_METHODS} come from overcomplete"
+        raise AnalysisError(f"method is one of {DICTIONARY_METHODS}, got {method!r}; {SAE_METHODS} come from overcomplete"
                             f"{hint}, {SKLEARN_METHODS} from scikit-learn, and 'channels' is the raw baseline")
     if not isinstance(features, Tensor) or features.ndim != 4:
         got = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
@@ -252,7 +253,7 @@ def fit_dictionary(features: Tensor, n_atoms: int, *, method: str = "topk", seed
     Args:
         features: ``Tensor[N, C, h, w]`` maps at ``layer``.
         n_atoms: dictionary size ``K`` (``>= 1``; ``<= C`` for ``pca``/``nmf``; ``C`` for ``channels``).
-        method: one of :data:`METHODS` (see the module docstring).
+        method: one of :data:`DICTIONARY_METHODS` (see the module docstring).
         seed: seeds subsampling, initialisation, minibatches and the scikit-learn solvers.
         layer, classifier_name: recorded, checked on use and passed on to concepts.
         top_k: codes kept per position (``topk``, ``archetypal``; the average per position for ``batchtopk``).

@@ -78,4 +78,6 @@ def fit_channels(x: Tensor, n_atoms: int, seed: int):
 
 
 #: The factorisation of each method name.
+#: The scikit-learn decompositions, shared by concept discovery and dictionary fitting.
+DECOMPOSITIONS = ("pca", "nmf", "kmeans")
 FITTERS = {"pca": fit_pca, "nmf": fit_nmf, "kmeans": fit_kmeans, "channels": fit_channels}
