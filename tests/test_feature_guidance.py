@@ -49,6 +49,22 @@ def test_invert_images_guides_with_the_given_classifier(cnn_case):
     assert torch.equal(inv.invert_images(x[:2], clf, **kw), inv.invert(feats[:2], classifier=clf, **kw))
 
 
+def test_classifier_by_name_loads_once_for_invert_images_and_guidance(monkeypatch):
+    import workbench.models
+
+    inv = wb.load_inverter("tinyworld-cnn/stages.3")
+    x = wb.TinyWorld("test", size=2, seed=0).images()
+    loads = []
+    real = workbench.models.load_classifier
+    monkeypatch.setattr(workbench.models, "load_classifier", lambda *a, **k: loads.append(a) or real(*a, **k))
+    kw = dict(num_inference_steps=2, seed=1, progress=False)
+    first = inv.invert_images(x, **kw)
+    assert torch.equal(inv.invert_images(x, **kw), first)       # same classifier, same seed: same images
+    inv.invert(wb.extract_features(real("tinyworld-cnn"), x, "stages.3"), **kw)  # guidance reuses it
+    assert loads == [("tinyworld-cnn",)]
+    assert not any("classifier" in k for k in inv.state_dict())  # the cache is not part of the inverter's weights
+
+
 def test_bad_arguments_are_refused(cnn_case):
     inv, _, _, feats = cnn_case
     with pytest.raises(ValueError, match="feature_guidance_scale"):

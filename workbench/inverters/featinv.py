@@ -277,19 +277,23 @@ class FeatInv(nn.Module):
         return out.view(B, S, 3, self.image_size, self.image_size)
 
     def _guidance_classifier(self, device: torch.device) -> nn.Module:
-        """The shipped or timm classifier named ``self.classifier_name`` on ``device``, for feature guidance: loaded
-        once and kept outside the module tree (it is neither saved nor moved with the inverter)."""
-        cached = self.__dict__.get("_guidance_classifier_cache")
+        """:meth:`_cached_classifier`, for feature guidance, with an error that says how to do without it."""
+        try:
+            return self._cached_classifier(device)
+        except (UnknownModelError, WeightsUnavailableError) as e:
+            raise type(e)(
+                f"feature guidance (feature_guidance_scale > 0; the default is {DEFAULT_FEATURE_GUIDANCE_SCALE}) "
+                f"runs the classifier {self.classifier_name!r} on the images being sampled, and it could not be "
+                f"loaded: {e}. Pass the model that made the features as classifier=..., or turn feature "
+                f"guidance off with feature_guidance_scale=0.") from e
+
+    def _cached_classifier(self, device: torch.device) -> nn.Module:
+        """:meth:`_classifier_by_name`, loaded once per device for :meth:`invert_images` and feature guidance, and
+        kept outside the module tree (it is neither saved nor moved with the inverter)."""
+        cached = self.__dict__.get("_classifier_cache")
         if cached is None or cached[0] != str(device):
-            try:
-                cached = (str(device), self._classifier_by_name(device))
-            except (UnknownModelError, WeightsUnavailableError) as e:
-                raise type(e)(
-                    f"feature guidance (feature_guidance_scale > 0; the default is {DEFAULT_FEATURE_GUIDANCE_SCALE}) "
-                    f"runs the classifier {self.classifier_name!r} on the images being sampled, and it could not be "
-                    f"loaded: {e}. Pass the model that made the features as classifier=..., or turn feature "
-                    f"guidance off with feature_guidance_scale=0.") from e
-            self.__dict__["_guidance_classifier_cache"] = cached
+            cached = (str(device), self._classifier_by_name(device))
+            self.__dict__["_classifier_cache"] = cached
         return cached[1]
 
     def _classifier_by_name(self, device: torch.device) -> nn.Module:
@@ -360,7 +364,7 @@ class FeatInv(nn.Module):
 
         check_images(images, "images")  # before any classifier loads
         device = self.base.prompt_embeds.device
-        classifier = self._classifier_by_name(device) if classifier is None else self._checked(classifier)
+        classifier = self._cached_classifier(device) if classifier is None else self._checked(classifier)
         return capture_and_invert(self, images, classifier, device=device,
                                   classifier=classifier, **kwargs)
 
