@@ -122,3 +122,40 @@ def test_featinv_loss_targets_v_on_a_v_base():
     assert torch.equal(preds[0][1], t)
     want = training_target(sched, z0, noise, t).pow(2).mean()
     assert torch.isclose(loss, want) and not torch.isclose(loss, noise.pow(2).mean())
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
+def test_zero_terminal_snr_starts_every_sampler_from_pure_noise(scheduler):
+    """Lin et al. 2024's schedule: alpha_bar is 0 at t = 999, and 8 or 50 steps both start there ("trailing"),
+    so more steps refine the same path instead of starting from another t; the exact v-denoiser still lands on
+    the data point."""
+    cfg = tiny_scheduler_config("v_prediction", zero_terminal_snr=True)
+    ab = _sched("v_prediction").__class__.from_config(cfg).alphas_cumprod
+    assert ab[-1] == 0 and ab[0] > 0.99
+    image = torch.rand(3, 8, 8)
+    emb = torch.zeros(1, 1, 4)
+    base = DiffusionBase(OracleUNet(image * 2 - 1, ab, "v_prediction"), cfg, emb, emb, None, image_size=8)
+    assert [int(base.make_scheduler(scheduler, n).timesteps[0]) for n in (8, 50)] == [999, 999]
+    leading = DiffusionBase(OracleUNet(image * 2 - 1, ab, "v_prediction"), tiny_scheduler_config("v_prediction"),
+                            emb, emb, None, image_size=8)
+    starts = [int(leading.make_scheduler(scheduler, n).timesteps[0]) for n in (8, 50)]  # the shipped spacing
+    assert starts[0] < starts[1] < 999, starts
+    out = base.sample(2, num_inference_steps=20, scheduler=scheduler, progress=False)
+    assert torch.allclose(out, image.expand(2, -1, -1, -1), atol=2e-3)
+
+
+def test_zero_terminal_snr_needs_v_prediction(tmp_path):
+    with pytest.raises(ValueError, match="v_prediction"):
+        tiny_scheduler_config("epsilon", zero_terminal_snr=True)
+    from workbench.errors import ArgumentValueError
+
+    with pytest.raises(ArgumentValueError, match="--prediction-type v_prediction"):
+        train_base.main(train_base.parse_args(["--out", str(tmp_path / "e"), "--steps", "1", "--zero-terminal-snr",
+                                               *SMALL]))
+    card = train_base.main(train_base.parse_args(["--out", str(tmp_path / "z"), "--steps", "2", "--zero-terminal-snr",
+                                                  "--prediction-type", "v_prediction", *SMALL]))
+    assert card["training"]["zero_terminal_snr"] is True
+    folder = tmp_path / "z" / "tinyworld-base"
+    sched = DiffusionBase.from_pretrained(folder).make_scheduler("ddim", 8)
+    assert sched.config.rescale_betas_zero_snr and sched.config.timestep_spacing == "trailing"
+    assert int(sched.timesteps[0]) == 999

@@ -62,7 +62,7 @@ def tiny_vae_config(*, widths=(64, 128), latent_channels: int = 4, sample_size: 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def tiny_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
+def tiny_scheduler_config(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> dict[str, Any]:
     """The DDPM training schedule of the tiny base (cosine betas suit small images).
 
     ``prediction_type`` is what the UNet predicts: ``"epsilon"`` (the noise, as SD 1.x) or
@@ -72,11 +72,22 @@ def tiny_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
     ``timestep_spacing="leading"`` matters: the capped cosine schedule has ``alpha_bar ~ 0`` at
     ``t = 999``, where an epsilon-predicting sampler divides by ``sqrt(alpha_bar)``; "linspace" and
     "trailing" spacings start there, and DPM-Solver++ then returns noise.
+
+    ``zero_terminal_snr=True`` is Lin et al. 2024's remedy instead: betas rescaled so that ``alpha_bar`` is exactly 0
+    at ``t = 999`` (diffusers' ``rescale_betas_zero_snr``) and ``"trailing"`` spacing, so that every sampler starts
+    from pure noise at the last timestep. It needs ``"v_prediction"``, whose clean-image estimate at
+    ``alpha_bar = 0`` is ``-v`` rather than a division by zero.
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type {prediction_type!r}: expected one of {PREDICTION_TYPES}")
-    return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
-                clip_sample=False, timestep_spacing="leading", steps_offset=1)
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise ValueError(f"zero_terminal_snr needs prediction_type='v_prediction', got {prediction_type!r}: at "
+                         f"alpha_bar = 0 an epsilon-predicting sampler cannot recover the image (Lin et al. 2024)")
+    config = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
+                  clip_sample=False, timestep_spacing="leading", steps_offset=1)
+    if zero_terminal_snr:
+        config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing", steps_offset=0)
+    return config
 
 
 def training_target(noise_scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,8 @@ class BaseConfig(RunConfig):
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # what the UNet predicts: the noise (SD 1.x)
     # or v (SD 2.x; better conditioned at high noise, where the layout is decided). None: epsilon, or that of the
     # --init-from base, which this may switch
+    zero_terminal_snr: bool = False  # Lin et al. 2024: betas rescaled to alpha_bar = 0 at t = 999 and "trailing"
+    # sampling, so that more steps cannot start from a mismatched t (needs --prediction-type v_prediction)
     snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice): each
     # item's loss is weighted by min(SNR, gamma)/SNR, which takes weight off the nearly clean timesteps. None: MSE
     eval_classifiers: str | None = None  # data folder with tinyworld-cnn/vit to measure sample quality for the card
@@ -141,7 +143,11 @@ def build_base(config: BaseConfig):
         prediction_type = init_prediction_type(config.init_from) if config.init_from else "epsilon"
         config = dataclasses.replace(config, prediction_type=prediction_type)
     prompt, null = fixed_prompt_embeds(ucfg["cross_attention_dim"])
-    base = DiffusionBase(unet, tiny_scheduler_config(config.prediction_type), prompt, null, vae, image_size=32,
+    if config.zero_terminal_snr and config.prediction_type != "v_prediction":
+        raise ArgumentValueError(f"--zero-terminal-snr needs --prediction-type v_prediction, got "
+                                 f"{config.prediction_type!r}: at alpha_bar = 0 the noise says nothing of the image")
+    scheduler_config = tiny_scheduler_config(config.prediction_type, zero_terminal_snr=config.zero_terminal_snr)
+    base = DiffusionBase(unet, scheduler_config, prompt, null, vae, image_size=32,
                          name="tinyworld-base")
     return config, base, ucfg
 
@@ -187,6 +193,7 @@ def base_card(config: BaseConfig, base, ucfg: dict, loop: Steps, *, wall_time_s:
                          "batch_size": config.batch_size, "train_images": config.train_images, "ema": config.ema,
                          "null_prob": config.null_prob, "snr_gamma": config.snr_gamma,
                          "min_timestep": config.min_timestep, "prediction_type": config.prediction_type,
+                         "zero_terminal_snr": config.zero_terminal_snr,
                          "lr": config.lr, "init_from": config.init_from,
                          "mixed_precision": config.mixed_precision, "compile": config.compile,
                          "wall_time_s": wall_time_s, "device": str(device)}}
