@@ -222,8 +222,9 @@ def _r2(x: Tensor, x_hat: Tensor, mean: Tensor) -> float:
 def _check_fit(features: Tensor, n_atoms: int, method: str, top_k: int) -> None:
     if method not in DICTIONARY_METHODS:
         hint = " (overcomplete's TopK, BatchTopK, JumpReLU and relaxed archetypal SAEs)"
-        raise AnalysisError(f"method is one of {DICTIONARY_METHODS}, got {method!r}; {SAE_METHODS} come from overcomplete"
-                            f"{hint}, {SKLEARN_METHODS} from scikit-learn, and 'channels' is the raw baseline")
+        raise AnalysisError(f"method is one of {DICTIONARY_METHODS}, got {method!r}; {SAE_METHODS} come from "
+                            f"overcomplete{hint}, {SKLEARN_METHODS} from scikit-learn, and 'channels' is the raw "
+                            f"baseline")
     if not isinstance(features, Tensor) or features.ndim != 4:
         got = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
         raise AnalysisError(f"features are Tensor[N, C, h, w] maps (each position is one vector), got {got}; "
@@ -368,8 +369,6 @@ def _fit_sae(x: Tensor, n_atoms: int, method: str, *, seed: int, top_k: int, spa
     return atoms, mean, encode, model
 
 
-
-
 # ------------------------------------------------------------------------------------------ quality
 @torch.no_grad()
 def reconstruction_quality(dictionary: Dictionary, features: Tensor, *, classifier: nn.Module | None = None,
@@ -460,7 +459,9 @@ def _auc_gini(a: np.ndarray, positive: np.ndarray) -> np.ndarray:
 
 
 def _factor_kind(factor: str) -> str:
-    return "categorical" if factor in CATEGORICAL_FACTORS else "circular" if factor in FACTOR_PERIODS else "continuous"
+    if factor in CATEGORICAL_FACTORS:
+        return "categorical"
+    return "circular" if factor in FACTOR_PERIODS else "continuous"
 
 
 def _angle(table, factor: str) -> np.ndarray:

@@ -77,7 +77,7 @@ def fit_channels(x: Tensor, n_atoms: int, seed: int):
     return torch.eye(n_atoms), torch.zeros(n_atoms), lambda v: v.clone(), None
 
 
-#: The factorisation of each method name.
 #: The scikit-learn decompositions, shared by concept discovery and dictionary fitting.
 DECOMPOSITIONS = ("pca", "nmf", "kmeans")
+#: The factorisation of each method name.
 FITTERS = {"pca": fit_pca, "nmf": fit_nmf, "kmeans": fit_kmeans, "channels": fit_channels}

@@ -288,23 +288,20 @@ class FeatInv(nn.Module):
                 f"guidance off with feature_guidance_scale=0.") from e
 
     def _cached_classifier(self, device: torch.device) -> nn.Module:
-        """:meth:`_classifier_by_name`, loaded once per device for :meth:`invert_images` and feature guidance, and
-        kept outside the module tree (it is neither saved nor moved with the inverter)."""
-        cached = self.__dict__.get("_classifier_cache")
-        if cached is None or cached[0] != str(device):
-            cached = (str(device), self._classifier_by_name(device))
-            self.__dict__["_classifier_cache"] = cached
-        return cached[1]
-
-    def _classifier_by_name(self, device: torch.device) -> nn.Module:
         """The shipped or timm classifier named ``self.classifier_name`` on ``device``, reading
-        ``self.classifier_input_size`` when the inverter recorded one."""
+        ``self.classifier_input_size`` when the inverter recorded one: loaded once per device for
+        :meth:`invert_images` and feature guidance, and kept outside the module tree (it is neither saved nor moved
+        with the inverter)."""
         from ..models import load_classifier
 
-        classifier = load_classifier(self.classifier_name, device=device)
-        if self.classifier_input_size is not None:
-            classifier.input_size = self.classifier_input_size
-        return classifier
+        cached = self.__dict__.get("_classifier_cache")
+        if cached is None or cached[0] != str(device):
+            classifier = load_classifier(self.classifier_name, device=device)
+            if self.classifier_input_size is not None:
+                classifier.input_size = self.classifier_input_size
+            cached = (str(device), classifier)
+            self.__dict__["_classifier_cache"] = cached
+        return cached[1]
 
     def _checked(self, classifier: nn.Module) -> nn.Module:
         """``classifier``, refused when it reads another input size than the one this inverter recorded."""
