@@ -330,9 +330,14 @@ class FeatureCache(Mapping):
 # The one implementation behind capture, run_with_cache and run_with_hooks
 # ---------------------------------------------------------------------------------------------
 
-def _check_finite_replacement(name: str, fn: Hook, new: Tensor, act: Tensor) -> None:
-    """A hook's replacement holds NaN or Inf where the activation had none: refuse it, naming the hook."""
-    if not new.is_floating_point() or bool(torch.isfinite(new).all()) or not bool(torch.isfinite(act).all()):
+def _all_finite(act: Tensor) -> bool:
+    return not act.is_floating_point() or bool(torch.isfinite(act).all())
+
+
+def _check_finite_replacement(name: str, fn: Hook, new: Tensor, was_finite: bool) -> None:
+    """A hook's result holds NaN or Inf where the activation (finite: ``was_finite``) had none, whether it returned
+    a replacement or wrote into the activation in place and returned ``None``: refuse it, naming the hook."""
+    if not was_finite or _all_finite(new):
         return
     bad = int((~torch.isfinite(new)).sum())
     label = getattr(fn, "__qualname__", None) if callable(fn) and hasattr(fn, "__code__") else repr(fn)
@@ -379,14 +384,17 @@ def _hooked(model: nn.Module, names: Names | None, hooks: Mapping[str, Hook] | N
             act, prefix = layout.to_nchw(out)
             replaced = None
             if fn is not None:
+                was_finite = _all_finite(act)
                 new = fn(act, name=name)
-                if new is not None and new is not act:
+                if new is None or new is act:                   # an edit in place is checked all the same
+                    _check_finite_replacement(name, fn, act, was_finite)
+                else:
                     if not isinstance(new, Tensor):
                         raise HookError(f"the hook on {name!r} returned {type(new).__name__}; return a Tensor or None")
                     if new.shape != act.shape:
                         raise HookError(f"the hook on {name!r} returned shape {list(new.shape)}, but the layer's "
                                         f"activation is {list(act.shape)}; a replacement must keep the shape")
-                    _check_finite_replacement(name, fn, new, act)
+                    _check_finite_replacement(name, fn, new, was_finite)
                     new = new.to(dtype=act.dtype, device=act.device)
                     replaced = layout.from_nchw(new, out)
                     act = new
@@ -511,7 +519,7 @@ def _default_input_size(model: nn.Module, root: nn.Module) -> tuple[int, int, in
     raise BadInputError(f"cannot tell the input size of {type(root).__name__}; pass input_size=(3, H, W)")
 
 
-def layer_table(model: nn.Module, input_size: Sequence[int] | None = None):
+def layer_table(model: nn.Module, input_size: Sequence[int] | None = None, *, spatial: bool = False):
     """Every hookable layer with its class, NCHW shape and stride, from one dry forward pass.
 
     A layer is hookable when it runs in the forward pass and returns a tensor. The dry pass feeds one
@@ -521,6 +529,8 @@ def layer_table(model: nn.Module, input_size: Sequence[int] | None = None):
     Args:
         model: a :class:`~workbench.models.Classifier` or any ``nn.Module``.
         input_size: ``(C, H, W)``; defaults to the Classifier's ``input_size`` or the timm config.
+        spatial: keep only the layers with a spatial map (a stride), the ones an inverter can take
+            (``workbench layers MODEL --spatial``).
 
     Returns:
         pandas.DataFrame with columns ``name``, ``module`` (class name), ``shape`` (``(C, H, W)`` for
@@ -529,6 +539,7 @@ def layer_table(model: nn.Module, input_size: Sequence[int] | None = None):
 
     Example:
         >>> wb.layer_table(clf).query("stride == 16")
+        >>> wb.layer_table(clf, spatial=True)       # only the maps an inverter can take
     """
     import pandas as pd
 
@@ -572,6 +583,8 @@ def layer_table(model: nn.Module, input_size: Sequence[int] | None = None):
     rows = [(name, *seen[name]) for name, _ in root.named_modules() if name in seen]
     table = pd.DataFrame(rows, columns=["name", "module", "shape", "stride"])
     table["stride"] = pd.Series([row[3] for row in rows], dtype=object)  # ints and None, not NaN floats
+    if spatial:
+        table = table[table["stride"].notna()].reset_index(drop=True)
     return table
 
 

@@ -4,7 +4,9 @@ Each preset names a timm classifier, the layer whose map is inverted, the diffus
 (``lambdalabs/miniSD-diffusers``: SD 1.4 fine-tuned to 256 px, latents 4x32x32), the training arguments of its
 recipe and the sampler settings to invert with. Our presets share our fast recipe (bf16, cosine LR, EMA weights,
 the default sampler); ``"official"`` reproduces the official FeatInv training of ConvNeXt-B as far as our
-configuration can express it (see :data:`OFFICIAL`). The feature shapes are those at the classifier's input size.
+configuration can express it (see :data:`OFFICIAL`). The feature shapes are those at the size the classifier reads
+(timm's ``input_size`` for its weights, or the recipe's ``classifier_size``), not the base's 256 px:
+``tests/test_presets.py`` builds each classifier with random weights and checks them.
 
 Example:
     >>> p = wb.presets.get("resnet50")
@@ -41,6 +43,12 @@ class Preset:
     train: dict = field(default_factory=lambda: dict(FAST_TRAIN))
     #: keyword arguments of ``FeatInv.invert`` for this recipe's sampler (empty: the library's defaults)
     sampler: dict = field(default_factory=dict)
+
+    @property
+    def classifier_size(self) -> int | None:
+        """The pixels the classifier reads when the recipe sets them (``classifier_size``); None: timm's
+        ``input_size`` of its weights (224 for resnet50, convnext_base and vit_base; 256 for swinv2)."""
+        return self.train.get("classifier_size")
 
     def arguments(self, *, data: str, out: str, **overrides) -> dict[str, Any]:
         """The run's ``FeatInvConfig`` fields: the preset's, then ``data``, ``out`` and ``overrides``."""
@@ -141,9 +149,10 @@ def official() -> Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "resnet50": Preset("resnet50", "layer4", (2048, 8, 8), note="the paper's main CNN"),
-    "convnext_base": Preset("convnext_base", "stages.3", (1024, 8, 8),
-                            note="our recipe for the official backbone (fb_in22k_ft_in1k weights) at 256 px"),
+    "resnet50": Preset("resnet50", "layer4", (2048, 7, 7), note="the paper's main CNN, read at 224 px"),
+    "convnext_base": Preset("convnext_base", "stages.3", (1024, 7, 7),
+                            note="our recipe for the official backbone (fb_in22k_ft_in1k weights), read at 224 px "
+                                 "(the official recipe reads 288 px: 1024x9x9)"),
     "swinv2": Preset("swinv2_base_window16_256", "layers.3", (1024, 8, 8),
                      note="timm's Swin stages are NHWC; workbench hands them over as NCHW"),
     "vit_base": Preset("vit_base_patch16_224", "blocks.11", (768, 14, 14), image_size=256,
