@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workbench.evaluation import CLAIM_SOURCES, check_claims
+from workbench.claims import CLAIM_SOURCES, check_claims
 
 
 def table() -> pd.DataFrame:

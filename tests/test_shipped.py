@@ -50,7 +50,7 @@ def test_vae_reconstructs_held_out_images():
 
 def test_base_sample_quality_matches_its_card():
     """The card's 'CNN confident on X% of unconditional samples' holds on fresh samples (another seed, fewer)."""
-    from workbench.evaluation import base_card_metrics
+    from workbench.card_metrics import base_card_metrics
 
     base = wb.DiffusionBase.from_pretrained("tinyworld-base")
     card = json.loads((wb.data_dir() / "tinyworld-base" / "card.json").read_text())["metrics"]

@@ -540,7 +540,7 @@ def test_card_evaluator_reproduces_a_shipped_card():
     """evaluation.inverter_card_metrics, which training and training/cards.py share, gives the numbers on the
     shipped decoder's card (the decoder is deterministic, so they must match exactly)."""
     import workbench as wb
-    from workbench.evaluation import inverter_card_metrics
+    from workbench.card_metrics import inverter_card_metrics
 
     name = "tinyworld-cnn/stages.3-decoder"
     card = json.loads((data_dir() / "inverters" / name / "card.json").read_text())["metrics"]

@@ -36,7 +36,6 @@ class BaseConfig(RunConfig):
     steps: int = 8000
     batch_size: int = 128
     lr: float = 1e-3
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
 
     vae: str | None = None  # folder of a trained AutoencoderKL; none for a pixel-space base
     train_images: int = 50_000  # tiny-world training images, encoded once into latents
@@ -212,7 +211,7 @@ def main(config: BaseConfig) -> dict:
     """Train the base, write ``config.out/tinyworld-base`` (and ``config.ship``'s) with its card; measure its
     samples for the card when ``config.eval_classifiers`` is given (the main process measures and writes; the
     others return the card without metrics)."""
-    from ..evaluation import base_card_metrics
+    from ..card_metrics import base_card_metrics
     from ..models import load_shipped_classifier
 
     check_resume(config, what="the base")
@@ -222,7 +221,7 @@ def main(config: BaseConfig) -> dict:
     base.to(acc.device)
     images, _ = tinyworld_images(config.train_images, split="train", seed=config.seed, device=acc.device,
                                  progress=config.progress and acc.is_main_process)
-    latents = encode_all(base, images)
+    latents = encode_all(base, images, progress=config.progress and acc.is_main_process)
     del images
     base.unet, loop = train(config, acc, base, latents)
     base.requires_grad_(False).eval()

@@ -7,8 +7,8 @@ to measure a saved artefact's card.
 With neither flag, every FeatInv inverter card; ``--base`` alone, only the base card; ``--inverters`` with no
 names, every FeatInv inverter card. The cards are those of the data folder (``$WORKBENCH_DATA``, else ``data/``).
 
-Inverter cards get :func:`~workbench.evaluation.inverter_card_metrics` on held-out test images at the current
-sampler defaults; the base card gets :func:`~workbench.evaluation.base_card_metrics`, the quality of its
+Inverter cards get :func:`~workbench.card_metrics.inverter_card_metrics` on held-out test images at the current
+sampler defaults; the base card gets :func:`~workbench.card_metrics.base_card_metrics`, the quality of its
 unconditional samples. Only ``metrics`` changes.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ def write_metrics(card_path, metrics: dict) -> None:
 
 def main(args) -> int:
     from ..diffusion import DiffusionBase
-    from ..evaluation import base_card_metrics, inverter_card_metrics
+    from ..card_metrics import base_card_metrics, inverter_card_metrics
     from ..inverters import list_inverters, load_inverter
     from ..models import load_classifier
     from ..paths import data_dir

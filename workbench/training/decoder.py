@@ -132,7 +132,7 @@ def train(config: DecoderConfig, acc, dec, clf, images: torch.Tensor, timer: Tim
 def main(config: DecoderConfig):
     """Train, write ``config.out/inverter`` (and ``config.ship``'s copy) with its card; returns ``(dec, card)``
     (the main process measures and writes; the others return the card without metrics)."""
-    from ..evaluation import inverter_card_metrics
+    from ..card_metrics import inverter_card_metrics
     from ..models import load_classifier
 
     check_resume(config, what=f"the decoder of {config.classifier}/{config.layer}")

@@ -43,14 +43,14 @@ class FeatInvConfig(RunConfig):
     steps: int = 6000
     batch_size: int = 128
     lr: float = 3e-4
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
 
     classifier: str  # tinyworld-cnn, tinyworld-vit or any timm name
     layer: str  # the layer to invert, as the classifier's named_modules() names it (stages.3, blocks.5, layer4)
     classifier_checkpoint: str | None = None  # local weights for a timm classifier
     base: str = "tinyworld-base"  # the diffusion base: shipped name, local folder or hub id
     data: str = "tinyworld"  # 'tinyworld' or an ImageFolder directory
-    train_images: int = 50_000  # tiny-world training images
+    train_images: int | None = None  # tiny-world training images, rendered and encoded before step 1 (none: what
+    # the run trains on, steps x batch size x processes, at most 50,000; with --epochs: 50,000)
     pooling: Literal["none", "mean"] = "none"  # spatial conditioning, or the pooled ablation
     hidden_channels: int = 64  # width of the conditioning encoder
     drop_prob: float = 0.15  # condition dropout (features zeroed, null prompt)
@@ -81,19 +81,40 @@ class FeatInvConfig(RunConfig):
     max_grad_norm: float | None = 1.0  # clip the gradient norm to this (none: no clipping, as the official recipe)
 
     run_keys = ("classifier", "layer", "pooling", "hidden_channels", "base", "classifier_size")
-    positive = RunConfig.positive + ("train_images", "hidden_channels")
+    positive = RunConfig.positive + ("hidden_channels",)
     non_negative = ("eval_images", "num_workers")
     fractions = ("drop_prob", "ema")
 
     def check(self) -> None:
         super().check()
         check_snr_gamma(self)
-        if self.classifier_size is not None:
-            check_int(self, "classifier_size", low=1)
+        for name in ("classifier_size", "train_images"):
+            if getattr(self, name) is not None:
+                check_int(self, name, low=1)
         for name in ("epochs", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ArgumentValueError(f"--{name.replace('_', '-')} {value!r}: must be > 0, or left out")
+
+
+#: the tiny-world training set of a long run (``--train-images`` left out); a shorter run renders fewer
+DEFAULT_TRAIN_IMAGES = 50_000
+
+
+def sized_train_images(config: FeatInvConfig, processes: int = 1) -> int:
+    """The tiny-world images a run renders and encodes before its first step: ``--train-images`` when given,
+    else the images its steps draw (``steps x batch_size x processes``) up to :data:`DEFAULT_TRAIN_IMAGES`, so that
+    ``--steps 20`` prepares 2,560 images rather than 50,000 (with ``--epochs`` the steps follow the data: 50,000).
+
+    Example:
+        >>> sized_train_images(FeatInvConfig(classifier="c", layer="l", out="o", steps=20))   # 20 x 128
+        2560
+    """
+    if config.train_images is not None:
+        return config.train_images
+    if config.epochs is not None:
+        return DEFAULT_TRAIN_IMAGES
+    return min(DEFAULT_TRAIN_IMAGES, config.steps * config.batch_size * processes)
 
 
 def parse_args(argv=None) -> FeatInvConfig:
@@ -139,7 +160,7 @@ def training_batches(config: FeatInvConfig, clf, base, acc, created: list[Path])
     data_key = f"tinyworld/{config.train_images}/{config.seed}"
     latents = cached_tensor(cache_dir, "latents", state_fingerprint(base.vae or torch.nn.Identity(),
                                                                       extra=f"{data_key}/{base.scaling_factor}"),
-                            lambda: encode_all(base, images), acc=acc, created=created).to(device)
+                            lambda: encode_all(base, images, progress=progress), acc=acc, created=created).to(device)
     tensors = [images, latents]
     if config.feature_cache:
         size = f"/{config.classifier_size}" if config.classifier_size else ""
@@ -265,6 +286,8 @@ def main(config: FeatInvConfig, *, summary: bool = True):
     check_resume(config, what=f"the inverter of {config.classifier}/{config.layer}")
     timer = Timer()
     config, acc = start_run(config)
+    if config.data == "tinyworld":
+        config = dataclasses.replace(config, train_images=sized_train_images(config, acc.num_processes))
     if acc.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -283,6 +306,8 @@ def main(config: FeatInvConfig, *, summary: bool = True):
     if summary and acc.is_main_process:
         metrics = f"{json.dumps(card['metrics'])}, " if card.get("metrics") else ""
         print(f"FeatInv {config.classifier}/{config.layer} pooling={config.pooling}: {metrics}{timer.seconds} s")
+        print(f"the inverter is in {Path(config.out) / 'inverter'}; load it with\n"
+              f"    inv = wb.load_inverter({str(config.out)!r})")
     return inv, card
 
 
@@ -291,6 +316,7 @@ def inverter_card(config: FeatInvConfig, acc, inv, loop: Steps, losses: list[flo
     card = {"config": inv.config,
             "training": {"command": command_line(), "seed": config.seed, "steps": loop.total,
                          "batch_size": config.batch_size, "processes": acc.num_processes, "lr": config.lr,
+                         "train_images": config.train_images if config.data == "tinyworld" else None,
                          "lr_schedule": config.lr_schedule, "drop_prob": config.drop_prob,
                          "snr_gamma": config.snr_gamma, "ema": config.ema, "data": config.data,
                          "augment": config.augment and config.data != "tinyworld",
@@ -306,7 +332,7 @@ def inverter_card(config: FeatInvConfig, acc, inv, loop: Steps, losses: list[flo
 
 def write_inverter(config: FeatInvConfig, acc, inv, clf, card: dict) -> None:
     """Measure ``inv`` for its card (tiny world only) and write it (and ``config.ship``'s copy): the main process."""
-    from ..evaluation import inverter_card_metrics
+    from ..card_metrics import inverter_card_metrics
 
     if config.data == "tinyworld" and config.eval_images > 0:
         card["metrics"] = inverter_card_metrics(inv, clf, num_images=config.eval_images, seed=config.seed)
