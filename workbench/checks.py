@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import operator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .errors import ArgumentTypeError, ArgumentValueError, BadInputError
+from .errors import ArgumentTypeError, ArgumentValueError, BadInputError, NonFiniteResultError
 
 #: Seeds run from 0 to 2**64 - 1: what ``torch.Generator.manual_seed`` and the tiny world's hash tell apart.
 MAX_SEED = 2**64 - 1
@@ -74,8 +75,9 @@ def checked_int(value: Any, name: str, *, minimum: int | None = None, maximum: i
 
 
 def check_seed(seed: Any, name: str = "seed") -> int:
-    """A seed as an ``int`` in ``[0, 2**64 - 1]`` (:data:`MAX_SEED`): a larger or negative seed would wrap around
-    and repeat another's draws, so it is refused.
+    """A seed as a plain ``int`` in ``[0, 2**64 - 1]`` (:data:`MAX_SEED`): numpy ints and 0-d integer tensors are
+    converted, so a door that passes the returned value on never hands torch a numpy int. A larger or negative seed
+    would wrap around and repeat another's draws, so it is refused.
 
     Example:
         >>> check_seed(7)
@@ -86,6 +88,18 @@ def check_seed(seed: Any, name: str = "seed") -> int:
         raise ArgumentValueError(f"{name}={seed}: seeds run from 0 to 2**64 - 1; a seed outside that range would "
                                  "repeat the draws of another")
     return seed
+
+
+def seeded_generator(seed: Any, name: str = "seed", device: torch.device | str = "cpu") -> torch.Generator:
+    """The one way a door turns a seed into randomness: :func:`check_seed` (ints, numpy ints and 0-d integer
+    tensors alike), then a fresh ``torch.Generator`` seeded with the plain ``int``. Drawing from it leaves the
+    global RNGs alone.
+
+    Example:
+        >>> g = seeded_generator(np.int64(7))
+        >>> torch.randn(2, generator=g)                   # the same two numbers for every 7
+    """
+    return torch.Generator(device).manual_seed(check_seed(seed, name))
 
 
 def checked_float(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
@@ -126,6 +140,21 @@ def check_finite(value: Tensor, name: str) -> Tensor:
     if bool(bad.any()):
         raise ArgumentValueError(f"{name} holds NaN or infinite values ({int(bad.sum())} of {value.numel()}); "
                                  "every result computed from it would be NaN")
+    return value
+
+
+def check_result(value: Tensor, what: str, cause: str) -> Tensor:
+    """Raise :class:`~workbench.errors.NonFiniteResultError` if the tensor ``value`` that ``what`` computed holds
+    NaN or infinite values; returns it. ``cause`` names the inputs that can make it so, and the fix, e.g.
+    ``"guidance_scale=1e+30 (try a value below 20)"``.
+
+    Example:
+        >>> check_result(images, "base.sample", f"guidance_scale={guidance_scale:g}")
+    """
+    bad = ~torch.isfinite(value.detach())
+    if bool(bad.any()):
+        raise NonFiniteResultError(f"{what} returned NaN or infinite values ({int(bad.sum())} of {value.numel()}) "
+                                   f"from finite inputs; the likely cause is {cause}")
     return value
 
 
@@ -208,20 +237,78 @@ def check_device(device: Any, name: str = "device") -> torch.device:
     return dev
 
 
-def free_memory(device: torch.device | str = "cpu") -> int | None:
-    """Bytes free for a new tensor on ``device``: ``MemAvailable`` of ``/proc/meminfo`` on a CPU, the free memory
-    of a GPU; ``None`` when it cannot be told."""
+#: Where the container's memory controller lives (cgroup v2 ``memory.max``, or v1's ``memory/``).
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+#: A cgroup limit this large means "no limit" (v1 writes 2**63 rounded down to a page).
+_UNLIMITED = 2**60
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _inactive_file(stat: Path, key: str) -> int:
+    """The page cache the kernel reclaims before it kills (``inactive_file`` of a ``memory.stat``), or 0."""
+    try:
+        for line in stat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
+
+
+def cgroup_free(root: Path = CGROUP_ROOT) -> int | None:
+    """Bytes the container may still take: its memory limit less its working set (usage less the reclaimable page
+    cache), from cgroup v2 (``memory.max``, ``memory.current``, ``memory.stat``) or v1 (``memory/`` and its
+    ``memory.limit_in_bytes``, ``memory.usage_in_bytes``, ``memory.stat``); ``None`` without a limit or a cgroup."""
+    for folder, limit_file, usage_file, cache_key in (("", "memory.max", "memory.current", "inactive_file"),
+                                                      ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                       "total_inactive_file")):
+        limit = _read_int(root / folder / limit_file)
+        if limit is not None and limit < _UNLIMITED:
+            used = (_read_int(root / folder / usage_file) or 0) - _inactive_file(root / folder / "memory.stat",
+                                                                                   cache_key)
+            return max(limit - max(used, 0), 0)
+    return None
+
+
+def _address_space_free() -> int | None:
+    """Bytes of address space left under ``ulimit -v`` (``RLIMIT_AS``), or ``None`` without such a limit."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * resource.getpagesize()
+    except (ImportError, OSError, ValueError):
+        return None
+    return max(soft - used, 0)
+
+
+def free_memory(device: torch.device | str = "cpu", *, cgroup_root: Path = CGROUP_ROOT) -> int | None:
+    """Bytes free for a new tensor on ``device``. On a CPU, the least of ``MemAvailable`` in ``/proc/meminfo``, the
+    container's limit less its usage (:func:`cgroup_free`: a 2 GiB container is not told it has the host's 22 GiB)
+    and what ``ulimit -v`` leaves; on a GPU, its free memory; ``None`` when it cannot be told."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return int(torch.cuda.mem_get_info(dev)[0])
+    found = [cgroup_free(cgroup_root), _address_space_free()]
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except OSError:
         pass
-    return None
+    known = [v for v in found if v is not None]
+    return min(known) if known else None
 
 
 def check_allocation(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, what: str) -> None:

@@ -62,6 +62,17 @@ class AnalysisError(WorkbenchError, ValueError):
     and directions that do not fit a map raise :class:`InterventionError` instead."""
 
 
+class NonFiniteResultError(WorkbenchError, FloatingPointError):
+    """A computation returned NaN or infinite values although its inputs were finite: a scale so large that it
+    overflows (``guidance_scale=1e30``, ``alpha=1e38``), or a hook that wrote NaN in place. Raised by
+    :func:`workbench.checks.check_result`; the message names the input that caused it and the fix."""
+
+
+class ConcurrentUseError(WorkbenchError, RuntimeError):
+    """Two runs want the same thing at once: a second ``train-inverter`` on an ``--out`` folder that another
+    running process holds (the message names its pid)."""
+
+
 class OffDistributionWarning(UserWarning):
     """Maps handed to an inverter lie far from those it was trained on (:mod:`workbench.inverters.feature_distance`):
     most likely another classifier's or layer's maps, or another preprocessing."""
