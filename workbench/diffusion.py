@@ -14,7 +14,9 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +24,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .checks import check_images, check_seed, checked_float, checked_int
-from .errors import BadInputError, WeightsUnavailableError
+from .checks import check_images, check_result, check_seed, checked_float, checked_int, seeded_generator
+from .errors import ArgumentValueError, BadInputError, WeightsUnavailableError
 from .paths import data_dir
+from .weights import check_finite_state, check_weight_file
 
 SHIPPED_BASES = ("tinyworld-base",)
 DEFAULT_PROMPT = "a high-quality, detailed photograph"
@@ -103,9 +106,27 @@ def training_target(noise_scheduler, sample: torch.Tensor, noise: torch.Tensor, 
                      f"{PREDICTION_TYPES}")
 
 
+def _step_bar(total: int, desc: str, progress: bool):
+    """A ``tqdm.auto`` bar over ``total`` denoising steps, off without ``progress``; ``bar.tick`` is a
+    :func:`denoise` callback that moves it one step and closes it at the last."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress)
+
+    def tick(*_):
+        bar.update(1)
+        if bar.n >= total:
+            bar.close()
+    bar.tick = tick
+    if total == 0:
+        bar.close()
+    return bar
+
+
 def denoise(predict: Predictor, latents: torch.Tensor, scheduler, *, timesteps: torch.Tensor | None = None,
             guidance_scale: float = 1.0, guide: Guide | None = None,
-            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
     """The denoising loop of every sampler here (:meth:`DiffusionBase.sample`, :meth:`DiffusionBase.img2img`,
     :meth:`FeatInv.invert <workbench.inverters.featinv.FeatInv.invert>`), as diffusers' pipelines write it.
 
@@ -123,6 +144,8 @@ def denoise(predict: Predictor, latents: torch.Tensor, scheduler, *, timesteps: 
         guide: an optional correction of the prediction at every step, ``guide(latents, t, prediction)``, e.g. a
             likelihood gradient (:func:`gradient_guide`); ``None`` leaves the prediction as it is.
         callback: called after every step as ``callback(i, t, latents)``, e.g. to move a progress bar.
+        generator: the seeded generator of the caller, handed to every scheduler step that draws noise (DDPM, DDIM
+            with ``eta > 0``): without it they would draw from, and advance, torch's global RNG.
 
     Returns:
         the denoised latents, ``Tensor[B, C, h, w]``.
@@ -133,6 +156,7 @@ def denoise(predict: Predictor, latents: torch.Tensor, scheduler, *, timesteps: 
         >>> images = base.decode(denoise(base.prompt_predictor(2), z, sched))
     """
     guided = guidance_scale != 1.0
+    step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for i, t in enumerate(scheduler.timesteps if timesteps is None else timesteps):
         # 1. the scheduler's scaling of the input, twice over for guidance
         model_input = scheduler.scale_model_input(latents, t)
@@ -148,7 +172,7 @@ def denoise(predict: Predictor, latents: torch.Tensor, scheduler, *, timesteps: 
         if guide is not None:
             prediction = guide(latents, t, prediction)
         # 5. one scheduler step
-        latents = scheduler.step(prediction, t, latents).prev_sample
+        latents = scheduler.step(prediction, t, latents, **step_options).prev_sample
         if callback is not None:
             callback(i, t, latents)
     return latents
@@ -216,6 +240,12 @@ def _check_sampling(guidance_scale: float, seed: int, **counts: int) -> None:
         checked_int(value, name, minimum=1)
     checked_float(guidance_scale, "guidance_scale", minimum=1.0)
     check_seed(seed)
+
+
+def _overflow_cause(guidance_scale: float) -> str:
+    """What makes a sampler's images NaN from finite inputs, for :func:`~workbench.checks.check_result`'s message."""
+    return (f"guidance_scale={guidance_scale:g}, so large that the guided prediction overflows; use a value "
+            "between 1 and about 20")
 
 
 def sd_miniature_configs() -> dict[str, dict[str, Any]]:
@@ -313,6 +343,26 @@ class DiffusionBase(nn.Module):
         return self.vae is not None
 
     @property
+    def device(self) -> torch.device:
+        """Where the base lives (its prompt embedding's device, which :meth:`to` moves with the weights)."""
+        return self.prompt_embeds.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The UNet's weight dtype."""
+        return next(self.unet.parameters(), self.prompt_embeds).dtype
+
+    def __repr__(self) -> str:
+        """One line: name, image and latent shapes, the UNet's size, the VAE, the prediction type, device and dtype
+        (``print(base.unet)`` shows the whole network)."""
+        params = sum(p.numel() for p in self.unet.parameters()) / 1e6
+        vae = type(self.vae).__name__ if self.vae is not None else None
+        return (f"DiffusionBase(name={self.name!r}, image_size={self.image_size}, latent_shape={self.latent_shape}, "
+                f"unet={params:.1f}M params, vae={vae}, "
+                f"prediction_type={self.scheduler_config.get('prediction_type', 'epsilon')!r}, device={self.device}, "
+                f"dtype={self.dtype})")
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """``(C, h, w)`` of what the UNet denoises (latents, or pixels for a pixel base)."""
         c = self.unet.config.in_channels
@@ -386,26 +436,26 @@ class DiffusionBase(nn.Module):
             batch_size: images denoised at once; bounds the memory, whatever ``num_images`` is.
             guidance_scale: SD's prompt-vs-null classifier-free guidance (1.0: none, one UNet pass per step). For
                 the tiny base it changes little: its prompt and null prompt were trained on the same images.
-            progress: show a progress bar over batches.
+            progress: show a progress bar over the denoising steps (of all batches together).
 
         Example:
             >>> base.sample(4, num_inference_steps=20, scheduler="dpm++", seed=0).shape   # [4, 3, 32, 32]
         """
-        from tqdm.auto import tqdm
-
         _check_sampling(guidance_scale, seed, num_images=num_images,
                         num_inference_steps=num_inference_steps, batch_size=batch_size)
         device = self.prompt_embeds.device
-        g = torch.Generator("cpu").manual_seed(seed)
+        g = seeded_generator(seed)
         out = []
-        for start in tqdm(range(0, num_images, batch_size), desc="base samples", disable=not progress):
+        bar = _step_bar(-(-num_images // batch_size) * num_inference_steps, "base samples", progress)
+        for start in range(0, num_images, batch_size):
             b = min(batch_size, num_images - start)
             # 1. a fresh scheduler, and this batch's noise from the one seeded generator
             sched = self.make_scheduler(scheduler, num_inference_steps)
             z = torch.randn((b, *self.latent_shape), generator=g).to(device) * sched.init_noise_sigma
             # 2. the denoising loop with the base's prompt; 3. decode
-            z = denoise(self.prompt_predictor(b, guidance_scale), z, sched, guidance_scale=guidance_scale)
-            out.append(self.decode(z).cpu())
+            z = denoise(self.prompt_predictor(b, guidance_scale), z, sched, guidance_scale=guidance_scale,
+                        generator=g, callback=bar.tick)
+            out.append(check_result(self.decode(z).cpu(), "DiffusionBase.sample", _overflow_cause(guidance_scale)))
         return torch.cat(out)
 
     @torch.no_grad()
@@ -423,8 +473,6 @@ class DiffusionBase(nn.Module):
         Example:
             >>> base.img2img(images, strength=0.5, seed=0).shape     # images.shape
         """
-        from tqdm.auto import tqdm
-
         check_images(images, "images")
         if images.shape[1:] != (3, self.image_size, self.image_size):
             raise BadInputError(f"img2img: images have shape {tuple(images.shape)}; expected "
@@ -432,10 +480,16 @@ class DiffusionBase(nn.Module):
         strength = checked_float(strength, "strength", minimum=0.0, maximum=1.0)
         _check_sampling(guidance_scale, seed, num_inference_steps=num_inference_steps,
                         batch_size=batch_size)
+        if strength > 0 and int(num_inference_steps * strength) == 0:
+            raise ArgumentValueError(
+                f"img2img(strength={strength:g}, num_inference_steps={num_inference_steps}) would run "
+                f"int({num_inference_steps} * {strength:g}) = 0 denoising steps and return the images only encoded; "
+                f"raise num_inference_steps to at least {math.ceil(1 / strength)}, or pass strength=0 for that")
         device = self.prompt_embeds.device
-        g = torch.Generator("cpu").manual_seed(seed)
+        g = seeded_generator(seed)
         out = []
-        for start in tqdm(range(0, len(images), batch_size), desc="img2img", disable=not progress):
+        bar = _step_bar(-(-len(images) // batch_size) * int(num_inference_steps * strength), "img2img", progress)
+        for start in range(0, len(images), batch_size):
             # 1. the latents and this batch's noise from the one seeded generator
             z = self.encode(images[start:start + batch_size].to(device))
             noise = torch.randn(z.shape, generator=g).to(device)
@@ -449,8 +503,8 @@ class DiffusionBase(nn.Module):
                 z = sched.add_noise(z, noise, timesteps[:1].repeat(len(z)))
             # 3. the denoising loop with the base's prompt; 4. decode
             z = denoise(self.prompt_predictor(len(z), guidance_scale), z, sched, timesteps=timesteps,
-                        guidance_scale=guidance_scale)
-            out.append(self.decode(z).cpu())
+                        guidance_scale=guidance_scale, generator=g, callback=bar.tick)
+            out.append(check_result(self.decode(z).cpu(), "DiffusionBase.img2img", _overflow_cause(guidance_scale)))
         return torch.cat(out)
 
     def prompt_predictor(self, batch_size: int, guidance_scale: float = 1.0) -> Predictor:
@@ -522,12 +576,18 @@ class DiffusionBase(nn.Module):
         if not (path / "unet").is_dir():
             raise WeightsUnavailableError(f"{path} has no unet/ folder; a base folder needs unet/, scheduler/ "
                                           f"(and vae/ for a latent base), as diffusers writes them.")
+        for part in ("unet", "vae"):                # every weight file's dtype, before diffusers casts it silently
+            for file in sorted((path / part).glob("*.safetensors")):
+                check_weight_file(file)
         try:
             unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)
             vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype) if (path / "vae").is_dir() else None
         except (OSError, ValueError) as e:
             raise WeightsUnavailableError(f"could not read the base in {path}: {e}. Restore it with "
                                           f"`git checkout data/` or retrain with `make weights`.") from e
+        check_finite_state(unet.state_dict(), path / "unet")
+        if vae is not None:
+            check_finite_state(vae.state_dict(), path / "vae")
         if vae is None and unet.config.in_channels != 3:
             raise WeightsUnavailableError(f"{path / 'vae'} is missing: the UNet in {path / 'unet'} denoises "
                                           f"{unet.config.in_channels}-channel latents, so this is a latent base and "
@@ -563,7 +623,8 @@ def _snapshot(repo_id: str) -> Path:
             f"could not load the diffusion base {repo_id!r} from the Hugging Face hub ({type(e).__name__}). "
             f"Either pass a local folder (DiffusionBase.from_pretrained('/path/to/{repo_id.split('/')[-1]}'), "
             f"a diffusers layout with unet/, vae/, scheduler/, text_encoder/, tokenizer/), or pre-fill the HF "
-            f"cache on a connected machine (`huggingface-cli download {repo_id}`) and set HF_HUB_OFFLINE=1.") from e
+            f"cache on a connected machine (`hf download {repo_id}`; huggingface_hub before 1.0: "
+            f"`huggingface-cli download {repo_id}`) and set HF_HUB_OFFLINE=1.") from e
 
 
 @torch.no_grad()

@@ -44,21 +44,62 @@ def read_card(name: str, root: Path | None = None) -> dict[str, Any]:
         raise WeightsUnavailableError(f"the card {path} is not valid JSON ({e}); restore it from git or run `make weights`.") from e
 
 
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file as fp32 tensors; a missing or corrupted file names itself and ``make weights``."""
-    from safetensors.torch import load_file
+#: The last name parts of the integer tensors a weight file may hold (batch norm's step counter); every other
+#: tensor must be floating point.
+INTEGER_KEYS = ("num_batches_tracked",)
+
+#: The fix every refused weight file's message ends with.
+_RESTORE = "Restore it with `git checkout data/` or retrain with `make weights`."
+
+
+def check_weight_file(path: Path) -> None:
+    """The one dtype check of every weight file loaded, from its header alone (nothing is read into memory): each
+    tensor floating point, except :data:`INTEGER_KEYS`. An int32 copy of fp16 weights would load, cast, and give
+    noise or NaN images; it is refused naming the file and the tensor.
+
+    Raises:
+        WeightsUnavailableError: the file is missing, not a safetensors file, or holds integer weights.
+    """
+    from safetensors import safe_open
 
     if not Path(path).is_file():
         raise WeightsUnavailableError(
             f"weight file {path} does not exist. Run `make weights` to train the tiny-world artefacts "
             f"(or `git checkout data/` to restore the shipped ones).")
     try:
+        with safe_open(str(path), "pt") as f:
+            dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+    except Exception as e:  # safetensors raises several types for truncated / garbled files
+        raise WeightsUnavailableError(
+            f"weight file {path} is corrupted or not a safetensors file ({type(e).__name__}: {e}). {_RESTORE}") from e
+    for key, dtype in dtypes.items():
+        if not dtype.startswith(("F", "BF")) and key.rsplit(".", 1)[-1] not in INTEGER_KEYS:
+            raise WeightsUnavailableError(f"weight file {path} holds {key!r} as {dtype}, not as floating point "
+                                          f"(fp16 or fp32): it was re-saved with another dtype. {_RESTORE}")
+
+
+def check_finite_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The value check of every weight file loaded: no NaN or infinite weight; returns ``state``."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise WeightsUnavailableError(f"weight file {path} holds NaN or infinite values in {key!r} ({bad} of "
+                                          f"{value.numel()}). {_RESTORE}")
+    return state
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file as fp32 tensors, after :func:`check_weight_file` and :func:`check_finite_state`: a
+    missing, corrupted, integer or non-finite file names itself and ``make weights``."""
+    from safetensors.torch import load_file
+
+    check_weight_file(path)
+    try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises several types for truncated / garbled files
         raise WeightsUnavailableError(
-            f"weight file {path} is corrupted or not a safetensors file ({type(e).__name__}: {e}). "
-            f"Restore it with `git checkout data/` or retrain with `make weights`.") from e
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            f"weight file {path} is corrupted or not a safetensors file ({type(e).__name__}: {e}). {_RESTORE}") from e
+    return check_finite_state({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, path)
 
 
 def save_state(module_or_state: nn.Module | dict[str, torch.Tensor], path: Path, *, fp16: bool = True,
