@@ -28,6 +28,11 @@ from torch import Tensor
 from .errors import InterventionError
 
 MODES = ("zero", "mean")
+
+#: The most channel indices one edit takes (2**20): far more than any vision model's layer has (ResNet-50's last
+#: stage has 2048), and few enough to check one by one. ``range(10**9)`` is refused by its length, before a list of
+#: a billion ints could exhaust the memory.
+MAX_CHANNELS = 2**20
 """What :func:`ablate_features` puts in place of a channel."""
 
 
@@ -55,6 +60,9 @@ def check_channels(channels: Any, num_channels: int | None = None) -> list[int]:
         channels = torch.as_tensor(channels).reshape(-1).tolist()
     elif isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
         channels = [channels]   # 1.5, True, "3": refused below with the value named
+    if hasattr(channels, "__len__") and len(channels) > MAX_CHANNELS:
+        raise InterventionError(f"{len(channels)} channel indices: more than the {MAX_CHANNELS} an edit takes (and "
+                                f"than any layer has); pass the indices of the map's own channels")
     out = []
     for c in channels:
         try:
@@ -64,6 +72,9 @@ def check_channels(channels: Any, num_channels: int | None = None) -> list[int]:
         if not ok:
             raise InterventionError(f"channel indices are non-negative ints, got {c!r}")
         out.append(int(c))
+        if len(out) > MAX_CHANNELS:     # an endless iterator: stop before it fills the memory
+            raise InterventionError(f"more than {MAX_CHANNELS} channel indices: more than an edit takes (and than "
+                                    "any layer has); pass the indices of the map's own channels")
     bad = [c for c in out if num_channels is not None and c >= num_channels]
     if bad:
         raise InterventionError(f"channel indices {bad[:5]} are out of range: this map has {num_channels} channels, "

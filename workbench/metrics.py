@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .checks import check_images
 from .errors import WeightsUnavailableError
 from .hooks import _device, extract_features
 
@@ -36,6 +37,8 @@ def _check_pair(originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
                          f"from an inverter's [B, S, 3, H, W] output)")
     if originals.ndim != 4 or originals.shape[1] != 3:
         raise ValueError(f"images are Tensor[N, 3, H, W], got {tuple(originals.shape)}")
+    for name, images in (("originals", originals), ("reconstructions", reconstructions)):
+        check_images(images[finite_rows(images)], name)     # rows with NaN are scored NaN; the rest must be [0, 1]
 
 
 def finite_rows(images: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ from typing import Sequence
 import torch
 from matplotlib.figure import Figure
 
+from .checks import check_images
+
 
 class NotebookFigure(Figure):
     """The ``Figure`` every function here returns: a notebook shows it once, whichever way the cell ends.
@@ -89,6 +91,10 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
     """
     if isinstance(rows, torch.Tensor):
         rows = [list(r) for r in rows]
+    for i, row in enumerate(rows):          # before any figure opens: 0..255 floats would show as clamped white
+        for j, img in enumerate(row):
+            if img is not None and img.shape[0] != 1:
+                check_images(img[None], f"rows[{i}][{j}]")
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     # column labels get a line's height of their own, so the images stay square with a gap between rows (two rows
     # under labels touched: the labels took the height the images needed); row labels take width instead, which

@@ -27,6 +27,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .checks import check_images, check_seed, seeded_generator
+
 #: name -> the three severities' parameter (mild, medium, strong) for 32 px images.
 CORRUPTIONS: dict[str, tuple] = {
     "gaussian_noise": (0.04, 0.08, 0.16),        # noise standard deviation
@@ -89,10 +91,10 @@ def corrupt(images: torch.Tensor, kind: str, severity: int, *, seed: int = 0) ->
     if severity not in (1, 2, 3):
         raise ValueError(f"severity is 1, 2 or 3, got {severity!r}")
     p = CORRUPTIONS[kind][severity - 1]
-    x = images.float()
+    x = check_images(images, "images").float()
     if kind == "gaussian_noise":
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(check_seed(seed))
             out = kornia.augmentation.RandomGaussianNoise(mean=0.0, std=p, p=1.0)(x)
     elif kind == "gaussian_blur":
         out = kornia.filters.gaussian_blur2d(x, (7, 7), (p, p))
@@ -148,8 +150,9 @@ def pgd(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ep
     attack = fb.attacks.LinfPGD(steps=steps, abs_stepsize=eps / 4, random_start=True)
     criterion = (fb.criteria.Misclassification(labels.to(dev)) if targets is None
                  else fb.criteria.TargetedMisclassification(targets.to(dev)))
+    check_images(images, "images")
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(check_seed(seed))
         _, adv, success = attack(fmodel, images.float().to(dev), criterion, epsilons=eps)
     return adv.detach().cpu(), success.cpu()
 
@@ -171,7 +174,7 @@ def adversarial(classifier: nn.Module, images: torch.Tensor, *, eps: float = 8 /
     """
     clean = _predict(classifier, images)
     k = classifier.num_classes
-    g = torch.Generator().manual_seed(seed)
+    g = seeded_generator(seed)
     targets = (clean + torch.randint(1, k, clean.shape, generator=g)) % k
     adv_u, ok_u = pgd(classifier, images, clean, eps=eps, steps=steps, seed=seed)
     adv_t, ok_t = pgd(classifier, images, clean, eps=eps, steps=steps, targets=targets, seed=seed)

@@ -48,8 +48,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .checks import check_seed, checked_int
-from .errors import ArgumentValueError
+from .checks import check_allocation, check_seed, checked_int
+from .errors import ArgumentTypeError, ArgumentValueError
 
 IMAGE_SIZE = 32
 """Height and width of every image, in pixels."""
@@ -770,6 +770,9 @@ class TinyWorld(torch.utils.data.Dataset):
     def factors(self) -> dict[str, Tensor]:
         """Factors of every item, ``Tensor[len(self)]`` per name (codes for categories), computed once."""
         if self._factors is None:
+            # every factor of every item at once, in float64 while they are drawn: refuse a size that cannot fit
+            check_allocation((self.size, len(FACTOR_NAMES) + 1), torch.float64, "cpu",
+                             f"TinyWorld(size={self.size})'s factors")
             self._factors = sample_factors(self.size, seed=self.seed, split=self.split, ood=self.ood)
         return self._factors
 
@@ -792,7 +795,7 @@ class TinyWorld(torch.utils.data.Dataset):
         return images
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        i = self._index(int(i))
+        i = self._index(checked_int(i, "index"))         # ds[1.9] or ds["3"] is refused, not truncated
         image = self._chunk(i // self.chunk_size)[i % self.chunk_size]
         factors = factors_to_dicts({name: v[i:i + 1] for name, v in self.factors.items()})[0]
         return {"image": image.clone(), "label": factors["label"], "factors": factors}
@@ -800,7 +803,11 @@ class TinyWorld(torch.utils.data.Dataset):
     def _indices(self, indices: Iterable[int] | Tensor | None) -> Tensor:
         if indices is None:
             return torch.arange(self.size)
-        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        idx = torch.as_tensor(indices)
+        if idx.numel() and (idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool):
+            raise ArgumentTypeError(f"indices of dtype {idx.dtype}: pass integer indices (a bool mask or floats "
+                                    "would be read as the items 0 and 1, or truncated)")
+        idx = idx.to(torch.int64).reshape(-1)
         bad = (idx < -self.size) | (idx >= self.size)
         if bool(bad.any()):
             raise IndexError(f"index {idx[bad][0].item()} out of range for {self!r}")

@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import AnalysisError, InterventionError
+from .checks import check_seed, checked_int
+from .errors import AnalysisError, ArgumentValueError, InterventionError
 
 
 def parse_channels(text: str, num_channels: int) -> list[int]:
@@ -51,6 +52,9 @@ def parse_channels(text: str, num_channels: int) -> list[int]:
         if hi < lo:
             raise InterventionError(f"the channel range {part!r} runs backwards; write '{hi}-{lo}' for channels {hi} "
                                     f"to {lo}")
+        if hi >= num_channels:          # before the range is listed: '0-1000000000' would fill the memory
+            raise InterventionError(f"the channel range {part!r} is out of range: this map has {num_channels} "
+                                    f"channels, so indices run 0..{num_channels - 1}")
         out.extend(range(lo, hi + 1))
     return check_channels(out, num_channels)
 
@@ -60,6 +64,8 @@ def parse_channels(text: str, num_channels: int) -> list[int]:
 TILE = 96
 #: Tiles a row of the strip holds; the original and up to 8 samples fit in two rows.
 TILES_PER_ROW = 5
+#: The most samples a run shows (the strip's two rows); ``num_samples`` above it is refused, not cut.
+MAX_SAMPLES = 8
 
 
 #: How the explorer steers along a concept (see :meth:`Explorer.steering_edit`); the last two need real maps.
@@ -158,6 +164,11 @@ class Explorer:
 
         from .tinyworld import CLASSES
 
+        if checked_int(num_samples, "num_samples", minimum=1) > MAX_SAMPLES:
+            raise ArgumentValueError(f"num_samples={num_samples}: the explorer shows at most {MAX_SAMPLES} samples "
+                                     f"per run; pass num_samples={MAX_SAMPLES} or fewer, or call inverter.invert for "
+                                     "more")
+        seed = check_seed(seed)
         _check_explorer_inputs(classifier, inverters, images)
         self.classifier, self.inverters, self.images = classifier, dict(inverters), images
         self.labels = labels
@@ -173,7 +184,7 @@ class Explorer:
         narrow = w.Layout(width="300px")
         self.image = w.IntSlider(value=0, min=0, max=len(images) - 1, description="image", layout=narrow)
         self.layer = w.Dropdown(options=list(self.inverters), description="layer", layout=narrow)
-        self.samples = w.IntSlider(value=num_samples, min=1, max=8, description="samples", layout=narrow)
+        self.samples = w.IntSlider(value=num_samples, min=1, max=MAX_SAMPLES, description="samples", layout=narrow)
         self.channels = w.Text(value="", placeholder="e.g. 0-15, 40", description="ablate", layout=narrow)
         self.mode = w.Dropdown(options=["zero", "mean"], value="zero", description="ablate to", layout=narrow)
         self.concept = w.Dropdown(description="concept", layout=narrow)
