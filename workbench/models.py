@@ -20,13 +20,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_device
-from .errors import ImageReadError, UnknownModelError, WeightsUnavailableError
+from .errors import ArgumentValueError, ImageReadError, UnknownModelError, WeightsUnavailableError
 from .weights import card_path, load_state, read_card, save_state, weights_path, write_card
 from .zoo import SHIPPED_CLASSIFIERS, TINY_INPUT_SIZE, TINY_MEAN, TINY_STD, build_network
 
 PathLike = Union[str, Path]
 
 _HUB_PROBE_S = 5.0       # one HEAD request to the hub endpoint decides whether it is reachable
+
+
+def normalisation_problem(mean: Any, std: Any) -> str | None:
+    """What is wrong with a normalisation (``mean`` and ``std``: 3 finite numbers each, every std > 0), or
+    ``None``: the one value check of a classifier's card and of :class:`Classifier`'s arguments."""
+    for key, values in (("mean", mean), ("std", std)):
+        try:
+            numbers = [float(v) for v in values]
+        except (TypeError, ValueError):
+            return f"{key}={values!r} is not 3 numbers"
+        if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+            return f"{key}={values!r} is not 3 finite numbers"
+        if key == "std" and min(numbers) <= 0:
+            return (f"std={values!r} has a value <= 0: dividing by it would make every logit and probability NaN "
+                    "or infinite")
+    return None
 
 
 class Classifier(nn.Module):
@@ -47,6 +63,10 @@ class Classifier(nn.Module):
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
                  input_size: Sequence[int], name: str = "custom"):
         super().__init__()
+        problem = normalisation_problem(mean, std)
+        if problem is not None:
+            raise ArgumentValueError(f"Classifier: {problem}; pass the per-channel mean and std the model was "
+                                     "trained with, e.g. ImageNet's (0.229, 0.224, 0.225)")
         self.model = model
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -376,10 +396,29 @@ def read_image(path: PathLike):
         raise ImageReadError(f"{str(path)!r} is a folder, not an image file; name one of the images in it")
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {str(path)!r}")
+#: An image of more pixels than this is shrunk as it is decoded (JPEG's ``draft``, then Pillow's ``reduce`` by an
+#: integer factor), before it becomes a float tensor: a 10000x10000 photo for a 32 px classifier would otherwise
+#: take about 5 GB on its way to 32x32. 4096x4096 keeps every classifier's input size far below it.
+MAX_DECODE_PIXELS = 4096 * 4096
+
+
+def _decode_shrunk(img):
+    """Decode ``img`` (an opened PIL image), shrunk by an integer factor to at most :data:`MAX_DECODE_PIXELS`."""
+    factor = math.ceil(math.sqrt(img.width * img.height / MAX_DECODE_PIXELS))
+    if factor > 1 and img.format == "JPEG":
+        img.draft("RGB", (img.width // factor, img.height // factor))   # the decoder itself skips pixels
+    img.load()
+    factor = math.ceil(math.sqrt(img.width * img.height / MAX_DECODE_PIXELS))
+    if factor == 1:
+        return img
+    if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):      # palette, 1-bit, 16-bit: reduce needs these
+        img = img.convert("RGBA" if img.mode in ("P", "PA") else "RGB")
+    return img.reduce(factor)
+
+
     try:
         with Image.open(path) as img:
-            img.load()
-            return ImageOps.exif_transpose(img)
+            return ImageOps.exif_transpose(_decode_shrunk(img))
     except Image.DecompressionBombError as err:
         raise ImageReadError(f"{str(path)!r} is too large to read safely ({err}). Downscale it first (any size works: "
                              f"it is resized to the classifier's input), or raise PIL.Image.MAX_IMAGE_PIXELS if you "
@@ -459,6 +498,10 @@ def save_random_weights(root: str | Path, *, seed: int = 0) -> None:
     """Write randomly initialised tiny-world classifiers with cards to ``root`` (for testing code paths
     before trained weights exist; point ``WORKBENCH_DATA`` at ``root``). The same ``seed`` writes the same
     weights; the caller's global RNG state is left as it was."""
+    problem = normalisation_problem(card.get("mean", TINY_MEAN), card.get("std", TINY_STD))
+    if problem is not None:
+        raise WeightsUnavailableError(f"the card {card_path(name, root)} has {problem}. Restore it with "
+                                      "`git checkout data/` or retrain with `make weights`.")
     root = Path(root)
     for name, spec in SHIPPED_CLASSIFIERS.items():
         with torch.random.fork_rng(devices=[]):
