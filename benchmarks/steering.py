@@ -1,7 +1,7 @@
 """Which steering edits make the inverted image show the concept? The measured table of docs/steering.md.
 
 Held-out hearts, crescents and crosses of the tiny world are steered towards a target class (star, and circle)
-by each edit method of :mod:`workbench.analysis.concepts`, at ``stages.3`` and ``stages.2`` of ``tinyworld-cnn``,
+by each edit method of :mod:`workbench.analysis.steering`, at ``stages.3`` and ``stages.2`` of ``tinyworld-cnn``,
 over an alpha sweep; every sweep is inverted with FeatInv from one noise draw per image and sample, shared
 across alphas. Per (method, alpha): p(target) of the inverted images (the CNN, and ``tinyworld-vit`` as an
 independent judge), p(target) of the edited map, their gap, and the drift of position, size, hue and background
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 import workbench as wb
-from workbench.analysis import class_probabilities, composition, concepts
+from workbench.analysis import class_probabilities, composition, steering_studies
 from workbench.tinyworld import CLASSES
 
 SOURCES = ("heart", "crescent", "cross")
@@ -57,10 +57,10 @@ def main(args) -> dict:
         for layer in args.layers.split(","):
             inverter = wb.load_inverter(f"tinyworld-cnn/{layer}")
             feats = wb.extract_features(cnn, x, layer)
-            methods = concepts.standard_edits(cnn, images, feats, y, target, layer=layer)
+            methods = steering_studies.standard_edits(cnn, images, feats, y, target, layer=layer)
             for method, (edit, alphas) in methods.items():
                 key = f"{layer} | {target_name} | {method}"
-                table, samples = concepts.steering_study(
+                table, samples = steering_studies.steering_study(
                     cnn, inverter, images, edit, alphas, target_class=target, readout=readout,
                     num_samples=args.num_samples, num_inference_steps=args.num_inference_steps, progress=False)
                 table["p_target_vit"] = class_probabilities(vit, samples.reshape(-1, *samples.shape[3:]))[:, target].numpy()
@@ -75,9 +75,9 @@ def main(args) -> dict:
 
 def report(studies, scale, args, start) -> dict:
     """The table and the goal verdicts of the studies so far, written to ``args.json`` if given."""
-    summary = concepts.steering_table(studies, factors=FACTORS, factor_scale=scale)
+    summary = steering_studies.steering_table(studies, factors=FACTORS, factor_scale=scale)
     summary["p_target_vit"] = [float(studies[m][studies[m].alpha == a].p_target_vit.mean()) for m, a in summary.index]
-    goal = concepts.steering_goal(summary)
+    goal = steering_studies.steering_goal(summary)
     result = {"args": vars(args), "factor_scale": scale, "seconds": round(time.time() - start, 1),
               "images": f"{args.n_per_class} held-out test images each of {', '.join(SOURCES)}",
               "table": summary.reset_index().to_dict(orient="records"),

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.analysis import AnalysisError, ablation, composition, concepts, map_logits, pca, score_inversions
+from workbench.analysis import (AnalysisError, ablation, composition, concepts, map_logits, pca, score_inversions, steering,
+                                steering_studies)
 from workbench.errors import InterventionError
 from workbench.hooks import extract_features
 
@@ -202,7 +203,7 @@ def test_factor_readout_and_preservation(cnn, data):
 def test_steering_along_class_raises_its_logit(cnn, data, f3):
     x, y, _ = data
     star = concepts.class_concepts(f3, y, layer="stages.3", classifier_name="tinyworld-cnn")["star"]
-    logits = concepts.steering_logits(cnn, x[:16], star, [0.0, 1.0, 2.0])[..., 3]      # [16, 3]
+    logits = steering.steering_logits(cnn, x[:16], star, [0.0, 1.0, 2.0])[..., 3]      # [16, 3]
     assert (logits[:, 1] > logits[:, 0]).all() and (logits[:, 2] > logits[:, 1]).all()
     readout = concepts.concept_readout(cnn, x, star)
     assert readout[y == 3].mean() > readout[y != 3].mean()
@@ -222,12 +223,12 @@ def test_concept_bad_input(f3, data):
     y = data[1]
     star = concepts.mean_difference(f3, y == 3, name="star", layer="stages.3")
     with pytest.raises(AnalysisError, match="fitted at layer 'stages.3', not 'stages.2'"):
-        concepts.steer(f3, star, 1.0, layer="stages.2")
+        steering.steer(f3, star, 1.0, layer="stages.2")
     with pytest.raises(AnalysisError, match="has 192 channels"):
-        concepts.steer(torch.zeros(1, 128, 8, 8), star, 1.0)
+        steering.steer(torch.zeros(1, 128, 8, 8), star, 1.0)
     with pytest.raises(InterventionError, match="map is 4x4"):
-        concepts.steer(f3, star, 1.0, mask=torch.ones(8, 8))
-    masked = concepts.steer(f3[:1], star, 1.0, mask=torch.eye(4))
+        steering.steer(f3, star, 1.0, mask=torch.ones(8, 8))
+    masked = steering.steer(f3[:1], star, 1.0, mask=torch.eye(4))
     assert torch.equal(masked[..., 0, 1], f3[:1, :, 0, 1]) and not torch.equal(masked[..., 0, 0], f3[:1, :, 0, 0])
     with pytest.raises(AnalysisError, match="both positive and negative"):
         concepts.mean_difference(f3, torch.ones(len(f3)), layer="stages.3")
@@ -236,14 +237,14 @@ def test_concept_bad_input(f3, data):
 def test_steering_study_checks_layer_and_scores(cnn, data, f3, inverter):
     x, y, _ = data
     star = concepts.mean_difference(f3, y == 3, name="star", layer="stages.3", classifier_name="tinyworld-cnn")
-    table, samples = concepts.steering_study(cnn, inverter, x[:1], star, [0.0, 3.0], target_class=3, num_inference_steps=2,
+    table, samples = steering_studies.steering_study(cnn, inverter, x[:1], star, [0.0, 3.0], target_class=3, num_inference_steps=2,
                                              progress=False)
     assert samples.shape == (1, 2, 1, 3, 32, 32) and len(table) == 2
-    summary = concepts.steering_summary(table)
+    summary = steering_studies.steering_summary(table)
     assert "spearman_concept" in summary
     wrong = concepts.mean_difference(extract_features(cnn, x, "stages.2"), y == 3, layer="stages.2")
     with pytest.raises(AnalysisError, match="fitted at layer 'stages.2', not 'stages.3'"):
-        concepts.steering_study(cnn, inverter, x[:1], wrong, [0.0], num_inference_steps=1, progress=False)
+        steering_studies.steering_study(cnn, inverter, x[:1], wrong, [0.0], num_inference_steps=1, progress=False)
 
 
 def test_score_inversions_shapes(cnn, data, f3):

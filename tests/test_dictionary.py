@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.analysis import concepts, dictionary
+from workbench.analysis import concepts, dictionary, steering
 from workbench.analysis.dictionary import (DICTIONARY_METHODS, atom_factor_table, compare_dictionaries, coverage,
                                            fit_dictionary, monosemanticity, reconstruction_quality, top_activating)
 from workbench.errors import AnalysisError
@@ -132,10 +132,10 @@ def test_atoms_are_concepts(maps):
     c = d.concept(atom)
     assert isinstance(c, concepts.Concept) and c.layer == "stages.3" and c.method == "topk"
     assert abs(float(c.direction.norm()) - 1) < 1e-5 and c.scale == pytest.approx(float(d.atom_scale[atom]))
-    moved = concepts.steer(maps[:2], c, 1.0, layer="stages.3")
+    moved = steering.steer(maps[:2], c, 1.0, layer="stages.3")
     assert torch.allclose(moved - maps[:2], (c.scale * c.direction).view(1, -1, 1, 1).expand_as(moved), atol=1e-5)
     with pytest.raises(AnalysisError, match="fitted at layer 'stages.3', not 'stages.2'"):
-        concepts.steer(maps[:2], c, 1.0, layer="stages.2")
+        steering.steer(maps[:2], c, 1.0, layer="stages.2")
     idx, amaps = top_activating(d, maps, atom, n=3)
     assert idx.shape == (3,) and amaps.shape == (3, 4, 4)
     assert len(d.concepts()) == len(d.alive)

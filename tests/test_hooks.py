@@ -271,7 +271,7 @@ def test_add_direction_errors(resnet):
 
 def test_hooks_apply_the_same_edits_as_the_tensor_functions(resnet):
     """The hook factories and the analysis functions are one edit: same output, same error, same message."""
-    from workbench.analysis import ablation, concepts
+    from workbench.analysis import ablation, concepts, steering
 
     x = torch.rand(2, 3, 64, 64)
     _, cache = wb.run_with_cache(resnet, x, "layer3")
@@ -283,11 +283,11 @@ def test_hooks_apply_the_same_edits_as_the_tensor_functions(resnet):
     concept = concepts.Concept("d", "layer3", None, d, d[None], 1.5, "mean")
     mask = torch.eye(4)
     assert torch.equal(wb.add_direction(d, 2.0 * 1.5, mask=mask)(act, name="layer3"),
-                       concepts.steer(act, concept, 2.0, mask=mask))
+                       steering.steer(act, concept, 2.0, mask=mask))
     for edit in (lambda: wb.ablate_channels([300])(act, name="layer3"),
                  lambda: ablation.ablate_features(act, [300]),
                  lambda: wb.add_direction(d, 1.0, mask=torch.ones(8, 8))(act, name="layer3"),
-                 lambda: concepts.steer(act, concept, 1.0, mask=torch.ones(8, 8))):
+                 lambda: steering.steer(act, concept, 1.0, mask=torch.ones(8, 8))):
         with pytest.raises(InterventionError):
             edit()
 

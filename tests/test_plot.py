@@ -61,7 +61,7 @@ CALLS = {
 
 
 def steering_table():
-    """A fake concepts.steering_table: two methods, three alphas each."""
+    """A fake steering_studies.steering_table: two methods, three alphas each."""
     import pandas as pd
 
     index = pd.MultiIndex.from_product([["direction", "nearest real map"], [0.0, 0.5, 1.0]], names=["method", "alpha"])

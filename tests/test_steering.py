@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.analysis import AnalysisError, ablation, composition, concepts, invert_edited, map_logits
+from workbench.analysis import (AnalysisError, ablation, composition, concepts, invert_edited, map_logits, steering,
+                                steering_studies)
 from workbench.errors import InterventionError
 
 LAYER = "stages.3"
@@ -45,13 +46,13 @@ def star(feats, data):
 def test_steering_sweep_shares_noise_and_starts_at_the_unsteered_inversion(cnn, data, feats, inverter, star):
     x = data[0][:2]
     kw = dict(num_samples=2, num_inference_steps=2, seed=5, progress=False)
-    table, samples = concepts.steering_study(cnn, inverter, x, star, [0.0, 0.0, 3.0], target_class=STAR, **kw)
+    table, samples = steering_studies.steering_study(cnn, inverter, x, star, [0.0, 0.0, 3.0], target_class=STAR, **kw)
     assert samples.shape == (2, 3, 2, 3, 32, 32) and len(table) == 12
     f = wb.extract_features(cnn, x, LAYER)                                   # as the study extracts them
     assert torch.equal(samples[:, 0], inverter.invert(f, **kw))              # alpha 0 is the unsteered inversion
     assert torch.equal(samples[:, 0], samples[:, 1])                         # one noise draw across alphas
     assert not torch.equal(samples[:, 0], samples[:, 2])                     # and the edit changes the images
-    _, again = concepts.steering_study(cnn, inverter, x, star, [0.0, 0.0, 3.0], **kw)
+    _, again = steering_studies.steering_study(cnn, inverter, x, star, [0.0, 0.0, 3.0], **kw)
     assert torch.equal(again, samples)                                       # same seed, same sequence
     assert {"p_target", "p_target_map", "concept"} <= set(table.columns)
     on_map = table.groupby(["alpha", "image"]).p_target_map.mean()
@@ -71,7 +72,7 @@ def test_studies_report_how_far_their_edits_went_instead_of_warning(cnn, data, i
         warnings.simplefilter("error", OffDistributionWarning)
         half = torch.zeros(4, 4)
         half[:, :2] = 1                                       # a local edit: the distance ignores uniform shifts
-        table, _ = concepts.steering_study(cnn, inverter, x, star, [0.0, 20.0], mask=half, **kw)
+        table, _ = steering_studies.steering_study(cnn, inverter, x, star, [0.0, 20.0], mask=half, **kw)
         ablated, _ = ablation.ablation_sweep(cnn, x, data[1][:2], LAYER, list(range(192)), [0, 192],
                                              mode="zero", inverter=inverter, **kw)
     far = table.groupby("alpha").feature_distance.median()
@@ -95,79 +96,79 @@ def test_sequence_and_ablation_sweeps_share_noise(cnn, data, feats, inverter):
 
 # ------------------------------------------------------------------------------------------ edits
 def test_object_mask_prototype_and_transplant(feats, data):
-    m = concepts.object_mask(feats[:4])
+    m = steering.object_mask(feats[:4])
     assert m.shape == (4, 1, 4, 4) and set(m.unique().tolist()) <= {0.0, 1.0} and (m.sum((1, 2, 3)) >= 1).all()
-    assert concepts.object_mask(feats[:4], threshold=0.0).all()
-    vector = concepts.prototype(feats, data[1] == STAR)
+    assert steering.object_mask(feats[:4], threshold=0.0).all()
+    vector = steering.prototype(feats, data[1] == STAR)
     assert vector.shape == (192,)
-    assert torch.equal(concepts.transplant(feats[:2], vector, 0.0, m[:2]), feats[:2])
-    full = concepts.transplant(feats[:2], vector, 1.0, torch.ones(4, 4))
+    assert torch.equal(steering.transplant(feats[:2], vector, 0.0, m[:2]), feats[:2])
+    full = steering.transplant(feats[:2], vector, 1.0, torch.ones(4, 4))
     assert torch.allclose(full, vector.view(1, -1, 1, 1).expand_as(full), atol=1e-5)
     with pytest.raises(InterventionError):
-        concepts.transplant(feats[:2], vector, 1.0, torch.ones(8, 8))                    # mask of another size
+        steering.transplant(feats[:2], vector, 1.0, torch.ones(8, 8))                    # mask of another size
     with pytest.raises(InterventionError):
-        concepts.transplant(feats[:2], torch.zeros(128), 1.0, m[:2])                     # vector of another layer
+        steering.transplant(feats[:2], torch.zeros(128), 1.0, m[:2])                     # vector of another layer
     with pytest.raises(AnalysisError, match="threshold"):
-        concepts.object_mask(feats, threshold=2.0)
+        steering.object_mask(feats, threshold=2.0)
     with pytest.raises(AnalysisError, match="at least one True"):
-        concepts.prototype(feats, torch.zeros(len(feats), dtype=torch.bool))
+        steering.prototype(feats, torch.zeros(len(feats), dtype=torch.bool))
 
 
 def test_edits_keep_shape_and_identity_at_zero(cnn, data, feats, star):
     f = feats[:3]
     bank = feats[data[1] == STAR]
-    edits = [concepts.direction_edit(star), concepts.direction_edit(star, where="object"),
-             concepts.direction_edit(star, where=torch.eye(4)),
-             concepts.transplant_edit(concepts.prototype(feats, data[1] == STAR), layer=LAYER),
-             concepts.retrieval_edit(bank, layer=LAYER), concepts.retrieval_edit(bank, layer=LAYER, where="object"),
-             concepts.towards_edit(feats[3:6], layer=LAYER)]
+    edits = [steering.direction_edit(star), steering.direction_edit(star, where="object"),
+             steering.direction_edit(star, where=torch.eye(4)),
+             steering.transplant_edit(steering.prototype(feats, data[1] == STAR), layer=LAYER),
+             steering.retrieval_edit(bank, layer=LAYER), steering.retrieval_edit(bank, layer=LAYER, where="object"),
+             steering.towards_edit(feats[3:6], layer=LAYER)]
     for edit in edits:
         assert edit.layer == LAYER and edit.name in repr(edit)
         assert edit(f, 1.0).shape == f.shape and torch.equal(edit(f, 0.0), f)
-    at_object = concepts.direction_edit(star, where="object")(f, 2.0)
-    outside = concepts.object_mask(f) == 0
+    at_object = steering.direction_edit(star, where="object")(f, 2.0)
+    outside = steering.object_mask(f) == 0
     assert torch.equal(at_object.masked_select(outside), f.masked_select(outside))
-    nearest = concepts.retrieval_edit(bank, layer=LAYER)(f, 1.0)
+    nearest = steering.retrieval_edit(bank, layer=LAYER)(f, 1.0)
     assert all(any(torch.allclose(n, b, atol=1e-5) for b in bank) for n in nearest)     # a real star map
     with pytest.raises(AnalysisError, match="where"):
-        concepts.direction_edit(star, where="left")
+        steering.direction_edit(star, where="left")
     with pytest.raises(AnalysisError, match="steer the same images"):
-        concepts.towards_edit(feats[:2], layer=LAYER)(f, 1.0)
+        steering.towards_edit(feats[:2], layer=LAYER)(f, 1.0)
     with pytest.raises(AnalysisError, match="k <= len"):
-        concepts.nearest_maps(f, bank, k=len(bank) + 1)
+        steering.nearest_maps(f, bank, k=len(bank) + 1)
 
 
 def test_steering_study_rejects_edits_of_another_layer(cnn, data, inverter):
     x, y = data
     f2 = wb.extract_features(cnn, x, "stages.2")
-    edit = concepts.transplant_edit(concepts.prototype(f2, y == STAR), layer="stages.2")
+    edit = steering.transplant_edit(steering.prototype(f2, y == STAR), layer="stages.2")
     with pytest.raises(AnalysisError, match="edits 'stages.2' maps but the inverter inverts 'stages.3'"):
-        concepts.steering_study(cnn, inverter, x[:1], edit, [0.0], num_inference_steps=1, progress=False)
+        steering_studies.steering_study(cnn, inverter, x[:1], edit, [0.0], num_inference_steps=1, progress=False)
     with pytest.raises(AnalysisError, match="mask= goes with a Concept"):
-        concepts.steering_study(cnn, inverter, x[:1], edit, [0.0], mask=torch.ones(4, 4), progress=False)
+        steering_studies.steering_study(cnn, inverter, x[:1], edit, [0.0], mask=torch.ones(4, 4), progress=False)
 
 
 # ------------------------------------------------------------------------------------------ on-manifold edit
 def test_on_manifold_edit_lowers_its_penalty(cnn, data, feats):
     x = data[0][:4]
     f = wb.extract_features(cnn, x, LAYER)                                   # as manifold_edit extracts them
-    prior = concepts.fit_map_prior(feats, layer=LAYER, n_components=16)
+    prior = steering.fit_map_prior(feats, layer=LAYER, n_components=16)
     assert 0.2 < float(prior.penalty(feats).mean()) < 1.0                   # about 0.5 on real maps
     assert prior.project(feats[:2]).shape == (2, 192, 4, 4)
     kw = dict(layer=LAYER, num_steps=30)
-    free = concepts.optimise_map(cnn, x, f, STAR, **kw)
-    held = concepts.optimise_map(cnn, x, f, STAR, prior=prior, prior_weight=1.0, **kw)
+    free = steering.optimise_map(cnn, x, f, STAR, **kw)
+    held = steering.optimise_map(cnn, x, f, STAR, prior=prior, prior_weight=1.0, **kw)
     assert (prior.penalty(held) < prior.penalty(free)).all()
     p = lambda f: map_logits(cnn, x, LAYER, f).softmax(-1)[:, STAR]          # noqa: E731
     assert (p(held) > p(f)).all()
-    edit = concepts.manifold_edit(cnn, x, STAR, prior, num_steps=30)
+    edit = steering.manifold_edit(cnn, x, STAR, prior, num_steps=30)
     assert torch.allclose(edit(f, 1.0), held, atol=1e-5) and edit.name == "on-manifold"
     with pytest.raises(AnalysisError, match="fitted at 'stages.3', not 'stages.2'"):
-        concepts.optimise_map(cnn, x, f, STAR, layer="stages.2", prior=prior)
+        steering.optimise_map(cnn, x, f, STAR, layer="stages.2", prior=prior)
     with pytest.raises(AnalysisError, match="shape"):
         prior.penalty(torch.zeros(1, 128, 8, 8))
     with pytest.raises(AnalysisError, match="n_components"):
-        concepts.fit_map_prior(feats[:4], layer=LAYER, n_components=16)
+        steering.fit_map_prior(feats[:4], layer=LAYER, n_components=16)
 
 
 # ------------------------------------------------------------------------------------------ table and goal
@@ -183,19 +184,19 @@ def _study(p_image, p_map, x_shift):
 def test_steering_table_and_goal():
     studies = {"moves": _study([0.0, 0.8], [0.0, 0.9], 0.05), "flips the head": _study([0.0, 0.1], [0.0, 1.0], 0.0),
                "moves it away": _study([0.0, 0.9], [0.0, 0.9], 0.5)}
-    table = concepts.steering_table(studies, factors=["x", "background"], factor_scale={"x": 0.1})
+    table = steering_studies.steering_table(studies, factors=["x", "background"], factor_scale={"x": 0.1})
     assert table.loc[("flips the head", 1.0), "off_manifold_gap"] == pytest.approx(0.9)
     assert table.loc[("moves", 1.0), "drift_x"] == pytest.approx(0.5)
     assert table.loc[("moves it away", 1.0), "drift_x"] == pytest.approx(5.0)
     assert table.drift_background.max() == 0.0 and table.loc[("moves", 1.0), "hit_rate"] == 1.0
-    goal = concepts.steering_goal(table, preserve=["x"])
+    goal = steering_studies.steering_goal(table, preserve=["x"])
     assert list(goal.index) == ["moves", "flips the head", "moves it away"]
     assert goal.loc["moves", "reached"] and not goal.loc["flips the head", "reached"]
     assert goal.loc["moves it away", "alpha"] == 0.0 and not goal.loc["moves it away", "reached"]
     with pytest.raises(AnalysisError, match="alpha = 0"):
-        concepts.steering_table({"late": _study([0.0, 1.0], [0.0, 1.0], 0.0).assign(alpha=lambda t: t.alpha + 1)})
+        steering_studies.steering_table({"late": _study([0.0, 1.0], [0.0, 1.0], 0.0).assign(alpha=lambda t: t.alpha + 1)})
     with pytest.raises(AnalysisError, match="drift_size"):
-        concepts.steering_goal(table)
+        steering_studies.steering_goal(table)
 
 
 # ------------------------------------------------------------------------------------------ explorer
@@ -211,7 +212,7 @@ def test_explorer_offers_the_edit_methods(cnn, data, feats, inverter, star):
         ex.method.value = method
         assert ex.edit(f).shape == f.shape and not torch.equal(ex.edit(f), f)
     ex.method.value = "nearest real map"
-    assert torch.allclose(ex.edit(f), concepts.nearest_maps(f, feats[y == STAR]), atol=1e-5)
+    assert torch.allclose(ex.edit(f), steering.nearest_maps(f, feats[y == STAR]), atol=1e-5)
     bare = Explorer(cnn, {LAYER: inverter}, x[:2], concepts={"star": star})
     bare.concept.value, bare.alpha.value, bare.method.value = "star", 1.0, "nearest real map"
     with pytest.raises(AnalysisError, match="needs real maps"):

@@ -82,7 +82,7 @@ def test_explorer_concepts_per_layer():
     assert list(ex.concept.options) == ["(none)", "star"]
     ex.concept.value, ex.alpha.value = "star", 1.0
     assert torch.allclose(ex.edit(extract_features(cnn, x[:1], "stages.3")),
-                          wb.analysis.concepts.steer(extract_features(cnn, x[:1], "stages.3"), found[1], 1.0))
+                          wb.analysis.steering.steer(extract_features(cnn, x[:1], "stages.3"), found[1], 1.0))
     ex.layer.value = "stages.2"
     assert list(ex.concept.options) == ["(none)", "star"] and ex.concept.value == "(none)"
 

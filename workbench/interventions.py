@@ -4,7 +4,7 @@ Two edits cover every intervention in workbench: :func:`ablate_features` sets ch
 given means, and :func:`shift_features` adds ``alpha * direction`` at every (masked) position. The hook
 factories :func:`workbench.hooks.ablate_channels` and :func:`workbench.hooks.add_direction` apply them
 inside a forward pass; :func:`workbench.analysis.ablation.ablate_features` and
-:func:`workbench.analysis.concepts.steer` apply them to captured maps. So a channel index, mean vector,
+:func:`workbench.analysis.steering.steer` apply them to captured maps. So a channel index, mean vector,
 direction or mask that does not fit a map raises the same :class:`~workbench.errors.InterventionError`
 with the same message, whichever way the edit was asked for.
 

@@ -361,7 +361,7 @@ def sequence_figure(images: torch.Tensor, probs: torch.Tensor, *, class_names: S
 
 def steering_figure(table, *, preserve: Sequence[str] = ("x", "y", "size"), tolerance: float = 1.0,
                     title: str | None = None):
-    """Edit methods side by side, from :func:`~workbench.analysis.concepts.steering_table`.
+    """Edit methods side by side, from :func:`~workbench.analysis.steering_studies.steering_table`.
 
     Left: p(target) of the inverted images (solid) and of the edited map (dashed) along each method's sweep, its
     ``alpha`` divided by its largest (methods count ``alpha`` in their own units); the gap between the two is the

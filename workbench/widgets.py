@@ -279,10 +279,10 @@ class Explorer:
         return out
 
     def steering_edit(self):
-        """The current steering as an :class:`~workbench.analysis.concepts.Edit`: the chosen concept's direction
+        """The current steering as an :class:`~workbench.analysis.steering.Edit`: the chosen concept's direction
         (everywhere or at the object; ``alpha`` in units of its scale), or, with its class's real maps, towards the
         nearest real map or its object vector transplanted (``alpha`` 1 = replaced)."""
-        from .analysis import concepts as C
+        from .analysis import steering as C
 
         name, layer, method = self.concept.value, self.layer.value, self.method.value
         concept = self._layer_concepts()[name]
@@ -445,7 +445,7 @@ class AtomBrowser:
 
     def update(self) -> dict:
         """Steer the chosen image's map along the chosen atom for each alpha and invert it. Returns :attr:`result`."""
-        from .analysis.concepts import direction_edit
+        from .analysis.steering import direction_edit
 
         i, atom = self.image.value, self.atom.value
         try:

@@ -1,14 +1,16 @@
 """Analyses of feature maps, one module per family; every function returns tensors, dataclasses or DataFrames.
 
-==================  ========================================================================
-module              what it answers
-==================  ========================================================================
-``pca``             which directions of a layer's map carry its variance, and what they encode
-``ablation``        which channels matter, and what disappears from the image without them
-``composition``     is the map spatially composite: splices, interpolations, factor probes
-``concepts``        concept directions and subspaces, and steering a map along them
-``dictionary``      sparse autoencoders and other dictionaries, scored against known factors
-==================  ========================================================================
+======================  ================================================================================
+module                  what it answers
+======================  ================================================================================
+``pca``                 which directions of a layer's map carry its variance, and what they encode
+``ablation``            which channels matter, and what disappears from the image without them
+``composition``         is the map spatially composite: splices, interpolations, factor probes
+``concepts``            concept directions and subspaces, found from labels or from the maps alone
+``steering``            moving maps along a concept, and the edits a steering study inverts
+``steering_studies``    inverting edited maps along ``alpha``, and comparing edit methods
+``dictionary``          sparse autoencoders and other dictionaries, scored against known factors
+======================  ================================================================================
 
 The helpers here are shared by the families: :func:`map_logits` runs the classifier with a layer's map
 replaced, :func:`class_probabilities` and :func:`score_inversions` score images and their inversions, and
@@ -35,7 +37,7 @@ from ..errors import AnalysisError
 from ..hooks import _device
 from ..interventions import check_channels, check_mask
 
-_SUBMODULES = ("pca", "ablation", "composition", "concepts", "dictionary")
+_SUBMODULES = ("pca", "ablation", "composition", "concepts", "steering", "steering_studies", "dictionary")
 
 
 def __getattr__(name: str):

@@ -757,7 +757,7 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
     """Draw an atom: steer maps along it, invert them with FeatInv, and measure whether its factor changes.
 
     The atom becomes a :class:`~workbench.analysis.concepts.Concept` (:meth:`Dictionary.concept`) and goes
-    through :func:`~workbench.analysis.concepts.steering_study`. On each inversion the ``readout`` reads the
+    through :func:`~workbench.analysis.steering_studies.steering_study`. On each inversion the ``readout`` reads the
     factor the atom encodes by ``scores`` (its best factor unless ``factor`` is given); column ``target`` is
     how far that reading agrees with what the atom points at: 1/0 for its category, the signed value for a
     number, ``cos(angle - phase)`` for a circular factor. Large steps leave the maps the inverter was trained
@@ -776,13 +776,13 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
             another classifier, so it does not share the inverted layer's blind spots).
         factor: the factor to measure (default: the atom's best by :func:`monosemanticity`).
         where: steer at every position (``"everywhere"``), only where the object is (``"object"``,
-            :func:`~workbench.analysis.concepts.object_mask`: where an object atom fires naturally), or at one
+            :func:`~workbench.analysis.steering.object_mask`: where an object atom fires naturally), or at one
             grid cell ``(row, col)``.
         control: also steer along a random direction (seeded by ``seed``) and report it.
         num_samples, seed, progress: passed to the inverter.
 
     Returns:
-        ``(table, samples, summary)``: :func:`~workbench.analysis.concepts.steering_study`'s table plus
+        ``(table, samples, summary)``: :func:`~workbench.analysis.steering_studies.steering_study`'s table plus
         ``target``; ``samples`` ``Tensor[B, A, S, 3, H, W]``; ``summary`` a Series with ``atom``, ``factor``,
         ``points_at``, ``score`` (the atom's table score), ``spearman_target`` (Spearman of ``target`` with
         alpha, per image, averaged), ``target_first`` and ``target_last`` (mean ``target`` at the smallest and
@@ -803,7 +803,9 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
     import pandas as pd
 
     from ..tinyworld import CLASSES
-    from .concepts import Concept, direction_edit, steering_study
+    from .concepts import Concept
+    from .steering import direction_edit
+    from .steering_studies import steering_study
 
     concept = dictionary.concept(atom)
     factor = factor or monosemanticity(scores).loc[atom, "best_factor"]
