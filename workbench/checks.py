@@ -324,3 +324,17 @@ def check_allocation(shape: tuple[int, ...], dtype: torch.dtype, device: torch.d
         raise ArgumentValueError(f"{what} would build a Tensor{list(shape)} of {nbytes / 2**30:.1f} GiB, more than "
                                  f"half the {free / 2**30:.1f} GiB free on {torch.device(device)} (the rest is needed "
                                  "to use it); ask for fewer")
+
+
+def check_image_count(count: Any, name: str, *, copies: int = 1, size: int = 32,
+                      device: torch.device | str = "cpu") -> int:
+    """``count`` as an int >= 1, refused up front (before any model loads) when ``count * copies`` float32 images
+    of ``3 x size x size`` cannot fit (:func:`check_allocation`): ``--num-samples 100000`` is told its size instead
+    of being killed half-way. ``size`` defaults to the tiny world's 32 px, a lower bound for larger models.
+
+    Example:
+        >>> check_image_count(10**8, "--num-images")      # ArgumentValueError: --num-images 100000000 would build ...
+    """
+    count = checked_int(count, name, minimum=1)
+    check_allocation((count * copies, 3, size, size), torch.float32, device, f"{name} {count}")
+    return count

@@ -578,6 +578,12 @@ class DiffusionBase(nn.Module):
                                           f"(and vae/ for a latent base), as diffusers writes them.")
         for part in ("unet", "vae"):                # every weight file's dtype, before diffusers casts it silently
             for file in sorted((path / part).glob("*.safetensors")):
+        saved_embeds = (path / "prompt_embeds.safetensors").is_file() and prompt == DEFAULT_PROMPT
+        if prompt != DEFAULT_PROMPT and not (path / "text_encoder").is_dir():
+            raise ArgumentValueError(f"prompt={prompt!r}: the base in {path} has no text_encoder/ to embed it (its "
+                                     "prompt is fixed in prompt_embeds.safetensors), so the prompt would be ignored; "
+                                     "leave prompt out (train-inverter: drop --prompt), or use a base folder with "
+                                     "text_encoder/ and tokenizer/")
                 check_weight_file(file)
         try:
             unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)
@@ -597,7 +603,7 @@ class DiffusionBase(nn.Module):
         sched = json.loads(sched_file.read_text()) if sched_file.is_file() else tiny_scheduler_config()
         sched = {k: v for k, v in sched.items() if not k.startswith("_")}
         card = json.loads((path / "card.json").read_text()) if (path / "card.json").is_file() else {}
-        if (path / "prompt_embeds.safetensors").is_file():
+        if saved_embeds:
             from .weights import load_state
 
             emb = load_state(path / "prompt_embeds.safetensors")

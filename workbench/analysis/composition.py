@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_allocation, checked_int
+from ..checks import check_allocation, checked_int, seeded_generator
 from ..errors import AnalysisError
+from ..globalstate import import_keeping_environ
 from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
 from . import check_mask, class_probabilities, downsample_mask, invert_edited
 
@@ -84,7 +85,7 @@ def make_splice_pairs(n: int, *, seed: int = 0, size: float = 0.2) -> tuple[Tens
     """
     from ..tinyworld import CLASSES, render
 
-    g = torch.Generator().manual_seed(seed)
+    g = seeded_generator(seed)
     u = lambda: float(torch.rand((), generator=g))  # noqa: E731
     a_imgs, b_imgs, ca, cb = [], [], [], []
     for _ in range(n):
@@ -340,6 +341,7 @@ def probe_features(classifier: nn.Module, images: Tensor, layers: str | Sequence
 
 def _reducer(x: np.ndarray, seed: int, dims: int = 128):
     """Standardise, then PCA to ``dims`` components, fitted once per layer and shared by every factor's head."""
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.decomposition import PCA
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -362,6 +364,7 @@ def _targets(table, factor: str) -> tuple[np.ndarray, str]:
 
 
 def _head(kind: str, seed: int):
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.linear_model import LogisticRegression, RidgeCV
 
     if kind == "categorical":
@@ -415,6 +418,7 @@ def factor_probes(classifier: nn.Module, images: Tensor, table, layers: Sequence
         >>> probes = factor_probes(cnn, x, ds.factor_table(), ["stages.1", "stages.3"], factors=["shape", "x"])
     """
     import pandas as pd
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.model_selection import train_test_split
     from tqdm.auto import tqdm
 
@@ -507,6 +511,7 @@ def fit_factor_readout(classifier: nn.Module, layer: str, images: Tensor, table,
         >>> readout = fit_factor_readout(vit, "blocks.2", x, ds.factor_table())
         >>> readout.score(reconstructions, ds.factor_table())
     """
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.model_selection import train_test_split
 
     if len(table) != len(images):

@@ -13,9 +13,12 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from ..globalstate import import_keeping_environ
+
 
 def fit_pca(x: Tensor, n_atoms: int, seed: int):
     """scikit-learn's PCA: the atoms are the principal directions, the codes the centred projections."""
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=n_atoms, random_state=seed).fit(x.numpy())
@@ -28,6 +31,7 @@ def _quiet_convergence():
     """scikit-learn's ConvergenceWarning silenced within the block (the caller measures the fit instead)."""
     import warnings
 
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings():
@@ -38,6 +42,7 @@ def _quiet_convergence():
 def fit_nmf(x: Tensor, n_atoms: int, seed: int):
     """scikit-learn's NMF at a fixed iteration budget. It often stops before its tolerance on these maps; its
     ConvergenceWarning is not shown, because what matters is measured and reported: the dictionary's R²."""
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.decomposition import NMF
 
     nmf = NMF(n_components=n_atoms, init="nndsvda", max_iter=400, random_state=seed)
@@ -54,6 +59,7 @@ def fit_nmf(x: Tensor, n_atoms: int, seed: int):
 
 def fit_kmeans(x: Tensor, n_atoms: int, seed: int):
     """Spherical k-means; atom = the members' mean vector, code = the projection on the nearest atom alone."""
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.cluster import KMeans
 
     unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)

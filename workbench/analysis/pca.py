@@ -19,8 +19,9 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..checks import checked_int
+from ..checks import checked_int, seeded_generator
 from ..errors import AnalysisError
+from ..globalstate import import_keeping_environ
 from . import invert_edited, map_logits, score_inversions
 
 _INCREMENTAL_ABOVE = 200_000   # positions; above this fit_pca switches to IncrementalPCA
@@ -191,13 +192,14 @@ def fit_pca(features: Tensor | Iterable[Tensor], *, layer: str | None = None, n_
     Example:
         >>> pca = fit_pca(wb.extract_features(cnn, x, "stages.2"), layer="stages.2", n_components=32)
     """
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.decomposition import PCA, IncrementalPCA
 
     batch_size = checked_int(batch_size, "batch_size", minimum=1)
     batches = [features] if isinstance(features, Tensor) else features
     first = None
     model = None
-    rng = torch.Generator().manual_seed(seed)
+    rng = seeded_generator(seed)
     for batch in batches:
         x = _positions(batch)
         if first is None:

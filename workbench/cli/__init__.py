@@ -22,10 +22,12 @@ COMMANDS = {
     "train-base": ("workbench.training.base", "train the tiny diffusion base (a UNet on the VAE's latents)"),
     "train-inverter": ("workbench.training.featinv", "train a FeatInv inverter for a classifier's layer"),
     "train-decoder": ("workbench.training.decoder", "train the deterministic decoder baseline for a layer"),
+    "convert-official": ("workbench.cli.convert_official", "turn an official FeatInv .ckpt into an inverter folder"),
 }
 
 #: commands whose --out is a folder (a run folder, or the demo's outputs), checked before any slow work
-_FOLDER_OUT = {"demo", "train-classifier", "train-vae", "train-base", "train-inverter", "train-decoder"}
+_FOLDER_OUT = {"demo", "train-classifier", "train-vae", "train-base", "train-inverter", "train-decoder",
+               "convert-official"}
 #: commands that write a file named by another flag than --out: command -> that argument
 _FILE_FLAGS = {"evaluate": "json"}
 

@@ -79,13 +79,16 @@ def main(args) -> int:
 
     from ..plot import inversion_figure
 
-    from ..checks import check_seed, checked_int
+    from ..checks import check_image_count, check_seed, checked_int
 
     if args.num_images < 1 or args.num_samples < 2:  # before any loading; run() checks the same
         raise SystemExit(f"--num-images {args.num_images} --num-samples {args.num_samples}: the demo needs at least "
                          "1 image and 2 samples (for the invariance map)")
     if args.num_inference_steps is not None:
         checked_int(args.num_inference_steps, "--num-inference-steps", minimum=1)
+    # the images, and num_samples inversions of each at every demo layer, are all held for the figure
+    check_image_count(args.num_images, "--num-images", copies=1 + len(DEMO_LAYERS) * checked_int(
+        args.num_samples, "--num-samples", minimum=1))
     check_seed(args.seed, "--seed")
     t0 = time.perf_counter()
     images, results, table = run(num_images=args.num_images, num_samples=args.num_samples,

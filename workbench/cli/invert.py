@@ -54,10 +54,10 @@ def check_args(args) -> None:
     in ``[0, 2**64)``, ``--image`` an existing file (not a folder), ``--out`` a file type matplotlib writes."""
     from matplotlib.figure import Figure
 
-    from ..checks import check_seed, checked_float, checked_int
+    from ..checks import check_image_count, check_seed, checked_float, checked_int
     from ..errors import ArgumentValueError, ImageReadError
 
-    checked_int(args.num_samples, "--num-samples", minimum=1)
+    check_image_count(args.num_samples, "--num-samples", copies=3)       # noise, latents and images per sample
     for flag in ("num_inference_steps", "batch_size"):
         if getattr(args, flag) is not None:
             checked_int(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=1)

@@ -132,8 +132,11 @@ def train_featinv(config: FeatInvConfig | None = None, /, **kwargs):
         >>> inv = wb.train_featinv(classifier="tinyworld-cnn", layer="stages.3", steps=50, out=tmp_path)
         >>> inv = wb.train_featinv(FeatInvConfig(classifier="tinyworld-cnn", layer="stages.3", out="runs/x"))
     """
+    from ..globalstate import kept_rngs
+
     config = FeatInvConfig(**kwargs) if config is None else dataclasses.replace(config, **kwargs)
-    return main(config, summary=config.progress)[0]   # a notebook's progress=False run prints nothing
+    with kept_rngs():       # the run seeds torch with config.seed; the caller's generators come back as they were
+        return main(config, summary=config.progress)[0]   # a notebook's progress=False run prints nothing
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
