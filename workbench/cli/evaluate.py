@@ -51,12 +51,14 @@ def invert_options(inverter, args) -> dict:
 
 def check_args(args) -> None:
     """Every count an int >= 1 and the seed in ``[0, 2**64)``, before any model loads."""
-    from ..checks import check_seed, checked_int
+    from ..checks import check_image_count, check_seed, checked_int
 
     for flag in ("num_images", "num_samples", "num_inference_steps", "batch_size"):
         if getattr(args, flag) is not None:
             checked_int(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=1)
     check_seed(args.seed, "--seed")
+    # the rendered test images, and the inversions of each, are held at once
+    check_image_count(args.num_images, "--num-images", copies=1 + (args.num_samples or 1))
 
 
 def write_json(path: Path, data: dict) -> None:
