@@ -1,11 +1,14 @@
 """Train a tiny-world classifier (``workbench train-classifier``).
 
     workbench train-classifier --name tinyworld-cnn --out runs/cnn --steps 3000 [--resume] [--ship data]
+    workbench train-classifier --name tinyworld-judge-resnet --augment --seed 11 --out runs/judge-resnet ...
 
 Cross-entropy (no label smoothing by default: the base's quality criterion asks the CNN for p > 0.9, which
 smoothing of 0.1 all but rules out), AdamW, warm-up + cosine LR, through ``accelerate``. The training images are
-rendered once into memory (uint8); light augmentation is unnecessary because the world's factors already vary
-position, size, rotation, colour and background. ``--init-from DATA`` continues from shipped weights.
+rendered once into memory (uint8); the inverted classifiers need no augmentation because the world's factors already
+vary position, size, rotation, colour and background. The judges (``tinyworld-judge-*``) are trained with
+``--augment``: colour and texture augmentation (:mod:`workbench.training.augment`), so that they read shape and
+layout rather than tint. ``--init-from DATA`` continues from shipped weights.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArgumentValueError
+from .augment import augment, colour_texture_augmentation
 from .common import (RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_resume, command_line,
                      init_card, loop_generator, optimiser_step, parse_config, process_of, resume_run, save_if_due,
                      start_run, tinyworld_images)
@@ -31,7 +35,7 @@ class ClassifierConfig(RunConfig):
     batch_size: int = 128
     lr: float = 2e-3
 
-    name: str  # tinyworld-cnn or tinyworld-vit
+    name: str  # tinyworld-cnn, tinyworld-vit, or a judge (tinyworld-judge-resnet, -convnext, -vit)
     train_images: int = 50_000  # tiny-world training images, rendered once into memory
     test_images: int = 2000  # fresh test-split images for the card's accuracy
     weight_decay: float = 0.05  # AdamW's decoupled weight decay
@@ -40,8 +44,9 @@ class ClassifierConfig(RunConfig):
     # base's 'p > 0.9' quality criterion needs; 0.1 caps the target at 0.91)
     init_from: str | None = None  # start from these weights (a data folder holding NAME.safetensors) instead of
     # random ones
+    augment: bool = False  # colour and texture augmentation (the judges': hue, channel shuffle, grey, noise, blur)
 
-    run_keys = ("name", "arch")
+    run_keys = ("name", "arch", "augment")
     positive = RunConfig.positive + ("train_images", "test_images")
 
     def check(self) -> None:
@@ -112,11 +117,15 @@ def train(config: ClassifierConfig, acc, clf) -> tuple[torch.nn.Module, Steps]:
     it = iter(stream)
     loop = Steps(state["step"] if state else 0, config.steps, desc=config.name, max_minutes=config.max_minutes,
                  lr_scheduler=sched, progress=config.progress, acc=acc)
+    aug = colour_texture_augmentation() if config.augment else None
     clf.train()
     for step in loop:
         x, y = next(it)
+        x = x.float() / 255
+        if aug is not None:
+            x = augment(aug, x)
         with acc.accumulate(clf):
-            loss = F.cross_entropy(clf(x.float() / 255), y, label_smoothing=config.label_smoothing)
+            loss = F.cross_entropy(clf(x), y, label_smoothing=config.label_smoothing)
             optimiser_step(acc, loss, clf, opt, sched)
         loop.log(loss=loss.item())
         save_if_due(loop, step, acc, config, modules={"model": acc.unwrap_model(clf)}, optimizer=opt,
@@ -133,7 +142,7 @@ def main(config: ClassifierConfig) -> dict:
     timer = Timer()
     config, acc = start_run(config)
     model, loop = train(config, acc, build_classifier(config))
-    spec = zoo.SHIPPED_CLASSIFIERS[config.name]
+    spec = zoo.TINY_CLASSIFIERS[config.name]
     card = {
         "name": config.name, "architecture": spec["architecture"],
         "arch_args": {**spec["arch_args"], **(config.arch or {})},
@@ -142,6 +151,7 @@ def main(config: ClassifierConfig) -> dict:
         "training": {"command": command_line(), "seed": config.seed, "steps": loop.total,
                      "batch_size": config.batch_size, "processes": acc.num_processes,
                      "train_images": config.train_images, "label_smoothing": config.label_smoothing,
+                     "augment": config.augment,
                      "init_from": config.init_from, "mixed_precision": config.mixed_precision,
                      "wall_time_s": timer.seconds, "device": str(acc.device)},
     }
