@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.analysis import concepts, dictionary, steering
-from workbench.analysis.dictionary import (DICTIONARY_METHODS, atom_factor_table, compare_dictionaries, coverage,
-                                           fit_dictionary, monosemanticity, reconstruction_quality, top_activating)
+from workbench.analysis import atoms, concepts, dictionary, steering
+from workbench.analysis.atoms import atom_factor_table, compare_dictionaries, coverage, monosemanticity, top_activating
+from workbench.analysis.dictionary import DICTIONARY_METHODS, fit_dictionary, reconstruction_quality
 from workbench.errors import AnalysisError
 
 FAST = dict(steps=150, batch_size=128, lr=5e-3, progress=False)
@@ -194,21 +194,21 @@ def test_on_the_cnn_channels_explain_every_logit_and_atoms_steer_through_featinv
     readout = composition.fit_factor_readout(cnn, "stages.1", x, table, factors=["shape", "size"])
     atom = sae.alive[0]
     inverter = wb.load_inverter("tinyworld-cnn/stages.3")
-    out, samples, summary = dictionary.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0, 2.0], scores=scores,
+    out, samples, summary = atoms.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0, 2.0], scores=scores,
                                                            readout=readout, where=(1, 2), num_samples=1,
                                                            progress=False)
     assert samples.shape == (1, 2, 1, 3, 32, 32) and "target" in out
     assert summary.factor in ("shape", "size") and summary.atom == atom
     assert {"control_spearman_target", "control_target_last"} <= set(summary.index)
-    _, at_object, _ = dictionary.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0, 2.0], scores=scores,
+    _, at_object, _ = atoms.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0, 2.0], scores=scores,
                                                      readout=readout, where="object", control=False, num_samples=1,
                                                      progress=False)
     assert torch.equal(at_object[:, 0], samples[:, 0])             # alpha 0 is the unsteered inversion, same noise
     with pytest.raises(AnalysisError, match="off the 4x4 map grid"):
-        dictionary.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0], scores=scores, readout=readout,
+        atoms.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0], scores=scores, readout=readout,
                                        where=(4, 0), progress=False)
     with pytest.raises(AnalysisError, match="does not read 'hue'"):
-        dictionary.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0], scores=scores, readout=readout,
+        atoms.atom_steering_study(cnn, inverter, x[:1], sae, atom, [0.0], scores=scores, readout=readout,
                                        factor="hue", progress=False)
 
 

@@ -370,7 +370,7 @@ class AtomBrowser:
         dictionary: a fitted :class:`~workbench.analysis.dictionary.Dictionary`.
         images: ``Tensor[N, 3, H, W]`` in [0, 1]; the top-activating images are found among them, and the image to
             steer is picked from them.
-        scores: the dictionary's :func:`~workbench.analysis.dictionary.atom_factor_table` (optional): atoms are then
+        scores: the dictionary's :func:`~workbench.analysis.atoms.atom_factor_table` (optional): atoms are then
             listed most monosemantic first, labelled with what their best factor points at.
         alphas: the steering strengths shown, in units of the atom's typical firing.
         n_top: top-activating images shown.
@@ -419,7 +419,7 @@ class AtomBrowser:
 
     def _atom_options(self, scores) -> list[tuple[str, int]]:
         """``(label, atom)`` for the live atoms, most monosemantic first when ``scores`` are given."""
-        from .analysis.dictionary import monosemanticity
+        from .analysis.atoms import monosemanticity
 
         atoms = self.dictionary.alive
         if scores is None:
@@ -435,7 +435,7 @@ class AtomBrowser:
         return out
 
     def _show_top(self) -> None:
-        from .analysis.dictionary import activation_overlay, top_activating
+        from .analysis.atoms import activation_overlay, top_activating
 
         idx, maps = top_activating(self.dictionary, self.features, self.atom.value, n=self.n_top)
         self.top.value = "<b>fires most on</b>" + _strip(activation_overlay(self.images[idx], maps),

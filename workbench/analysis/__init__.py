@@ -9,7 +9,8 @@ module                  what it answers
 ``concepts``            concept directions and subspaces, found from labels or from the maps alone
 ``steering``            moving maps along a concept, and the edits a steering study inverts
 ``steering_studies``    inverting edited maps along ``alpha``, and comparing edit methods
-``dictionary``          sparse autoencoders and other dictionaries, scored against known factors
+``dictionary``          sparse autoencoders and other dictionaries, fitted and scored by reconstruction
+``atoms``               what a dictionary's atoms mean: factor scores, coverage, top images, steering
 ======================  ================================================================================
 
 The helpers here are shared by the families: :func:`map_logits` runs the classifier with a layer's map
@@ -37,7 +38,7 @@ from ..errors import AnalysisError
 from ..hooks import _device
 from ..interventions import check_channels, check_mask
 
-_SUBMODULES = ("pca", "ablation", "composition", "concepts", "steering", "steering_studies", "dictionary")
+_SUBMODULES = ("pca", "ablation", "composition", "concepts", "steering", "steering_studies", "dictionary", "atoms")
 
 
 def __getattr__(name: str):
@@ -151,7 +152,8 @@ def invert_edited(inverter, originals: Tensor, edited: Tensor, **invert_kwargs) 
 
 @torch.no_grad()
 def score_inversions(classifier: nn.Module, layer: str, targets: Tensor, samples: Tensor, *,
-                     reference_logits: Tensor | None = None, batch_size: int = 256):
+                     reference_logits: Tensor | None = None, batch_size: int = 256, judges="default",
+                     reader="default"):
     """How faithful each inverted sample is to the map it was inverted from.
 
     Args:
@@ -161,11 +163,15 @@ def score_inversions(classifier: nn.Module, layer: str, targets: Tensor, samples
         samples: ``Tensor[B, S, 3, H, W]``, the inverter's output for ``targets``.
         reference_logits: ``Tensor[B, K]`` the sample's predicted class is compared against (default: the
             logits of the unedited image are unknown here, so agreement is left out).
+        judges, reader: the independent graders (:func:`~workbench.judges.judge_readings`; ``"default"``: the
+            shipped ones, for tiny-world images; ``None``: leave them out).
 
     Returns:
         pandas.DataFrame, one row per (image, sample): ``image``, ``sample``, ``feature_cosine`` (between the
         sample's map and the target map), ``predicted`` (class index), ``confidence`` and, with
-        ``reference_logits``, ``agrees`` (predicted == reference argmax).
+        ``reference_logits``, ``agrees`` (predicted == reference argmax): the inverted classifier's own readings.
+        The independent graders add ``judge_predicted``, ``judge_confidence`` and ``read_<factor>`` (the factor
+        reader).
 
     Example:
         >>> samples = inverter.invert(f, num_samples=2)
@@ -189,4 +195,13 @@ def score_inversions(classifier: nn.Module, layer: str, targets: Tensor, samples
                           "confidence": probs.max(1).values.numpy()})
     if reference_logits is not None:
         table["agrees"] = (probs.argmax(1) == reference_logits.argmax(1).repeat_interleave(s)).numpy()
+    from ..judges import judge_readings
+
+    graded = judge_readings(flat, judges=judges, reader=reader, batch_size=batch_size)
+    if "judge_probs" in graded:
+        table["judge_predicted"] = graded["judge_predicted"].numpy()
+        table["judge_confidence"] = graded["judge_probs"].max(1).values.numpy()
+    for key, value in graded.items():
+        if key.startswith("read_"):
+            table[key] = value.numpy()
     return table
