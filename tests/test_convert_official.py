@@ -251,6 +251,11 @@ def test_pickled_checkpoint_needs_trust(official, tmp_path):
         converted_inverter(path, feature_shape=FEATURE_SHAPE, num_heads=TINY["heads"])
     inv = converted_inverter(path, trust_pickle=True, feature_shape=FEATURE_SHAPE, num_heads=TINY["heads"])
     assert torch.equal(inv.conditioning.zero_out.weight, official["input_hint_block.block.5.weight"])
+    from safetensors.torch import save_file
+
+    save_file(_lightning_checkpoint(official), tmp_path / "state.safetensors")      # no pickle at all
+    inv = converted_inverter(tmp_path / "state.safetensors", feature_shape=FEATURE_SHAPE, num_heads=TINY["heads"])
+    assert torch.equal(inv.conditioning.encoder[0].bias, official["input_hint_block.block.1.bias"])
 
 
 def test_refuses_what_it_cannot_convert(official, ckpt, tmp_path):

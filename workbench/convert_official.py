@@ -173,9 +173,10 @@ def diffusers_configs(params: Mapping[str, Any], *, image_size: int = OFFICIAL_I
 def convert_controlnet_state(control: Mapping[str, torch.Tensor], params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The official ControlNet's tensors (:func:`control_state`) under the names of the workbench FeatInv's
     ``controlnet`` (a diffusers ``ControlNetModel`` whose ``controlnet_cond_embedding`` is a
-    :class:`~workbench.inverters.featinv.FeatureConditioning`): the body by diffusers' ``convert_controlnet_checkpoint``,
-    the hint convolutions by :data:`HINT_CONVS`, and the identity normalisation (``feature_mean`` 0, ``feature_std``
-    1, ``[hint_channels]``). Every official tensor is used exactly once, or this raises."""
+    :class:`~workbench.inverters.featinv.FeatureConditioning`): the body by diffusers'
+    ``convert_controlnet_checkpoint``, the hint convolutions by :data:`HINT_CONVS`, and the identity normalisation
+    (``feature_mean`` 0, ``feature_std`` 1, ``[hint_channels]``). Every official tensor is used exactly once, or this
+    raises."""
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     body = {k: v for k, v in control.items() if not k.startswith("input_hint_block.")}
@@ -226,7 +227,11 @@ def converted_inverter(checkpoint: str | Path, *, trust_pickle: bool = False, ba
     classifier, layer = classifier or preset.classifier, layer or preset.layer
     feature_shape = tuple(feature_shape or preset.feature_shape)
     control = control_state(load_official_state(checkpoint, trust_pickle=trust_pickle))
-    params = official_params(control, num_heads=num_heads)
+    try:
+        params = official_params(control, num_heads=num_heads)
+    except KeyError as err:
+        raise WeightsUnavailableError(f"the checkpoint's ControlNet lacks {err}, which an SD 1.x cldm ControlNet has "
+                                      "(code/cldm/cldm.py); is it an official FeatInv .ckpt?") from None
     if feature_shape[0] != params["hint_channels"]:
         raise InverterMismatchError(
             f"feature_shape={feature_shape}, but the checkpoint's hint block takes {params['hint_channels']} channels "
