@@ -264,10 +264,11 @@ def _inactive_file(stat: Path, key: str) -> int:
     return 0
 
 
-def cgroup_free(root: Path = CGROUP_ROOT) -> int | None:
+def cgroup_free(root: Path | None = None) -> int | None:
     """Bytes the container may still take: its memory limit less its working set (usage less the reclaimable page
     cache), from cgroup v2 (``memory.max``, ``memory.current``, ``memory.stat``) or v1 (``memory/`` and its
     ``memory.limit_in_bytes``, ``memory.usage_in_bytes``, ``memory.stat``); ``None`` without a limit or a cgroup."""
+    root = CGROUP_ROOT if root is None else root
     for folder, limit_file, usage_file, cache_key in (("", "memory.max", "memory.current", "inactive_file"),
                                                       ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
                                                        "total_inactive_file")):
@@ -294,14 +295,14 @@ def _address_space_free() -> int | None:
     return max(soft - used, 0)
 
 
-def free_memory(device: torch.device | str = "cpu", *, cgroup_root: Path = CGROUP_ROOT) -> int | None:
+def free_memory(device: torch.device | str = "cpu", *, cgroup_root: Path | None = None) -> int | None:
     """Bytes free for a new tensor on ``device``. On a CPU, the least of ``MemAvailable`` in ``/proc/meminfo``, the
     container's limit less its usage (:func:`cgroup_free`: a 2 GiB container is not told it has the host's 22 GiB)
     and what ``ulimit -v`` leaves; on a GPU, its free memory; ``None`` when it cannot be told."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return int(torch.cuda.mem_get_info(dev)[0])
-    found = [cgroup_free(cgroup_root), _address_space_free()]
+    found = [cgroup_free(CGROUP_ROOT if cgroup_root is None else cgroup_root), _address_space_free()]
     try:
         with open("/proc/meminfo") as f:
             found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]

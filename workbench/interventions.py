@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from .checks import check_result
 from .errors import InterventionError
 
 MODES = ("zero", "mean")
@@ -237,7 +238,12 @@ def shift_features(features: Tensor, direction: Tensor, alpha: float, mask: Tens
     alpha = check_alpha(alpha)
     step = (alpha * direction).to(features).view((1, -1) + (1,) * (features.ndim - 2))
     if mask is None:
-        return features + step
-    if features.ndim != 4:
+        out = features + step
+    elif features.ndim != 4:
         raise InterventionError(f"a mask needs a spatial map Tensor[B, C, h, w], got {list(features.shape)}")
-    return features + step * check_mask(mask, features.shape[-2:], features.shape[0]).to(features)
+    else:
+        out = features + step * check_mask(mask, features.shape[-2:], features.shape[0]).to(features)
+    if bool(torch.isfinite(features).all()):       # finite maps moved into Inf: the step overflowed their dtype
+        check_result(out, "shift_features", f"alpha={alpha:g}, a step so large that it overflows "
+                                            f"{features.dtype}; steer by a few units of the direction instead")
+    return out

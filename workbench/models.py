@@ -416,6 +416,25 @@ def _decode_shrunk(img):
     return img.reduce(factor)
 
 
+def read_image(path: PathLike):
+    """Read an image file as a PIL image, EXIF rotation applied; the file half of :func:`load_image`, which needs no
+    model (the command line reads the file before it loads one). An image of more than :data:`MAX_DECODE_PIXELS`
+    (4096x4096) is shrunk by an integer factor as it is decoded, so a huge photo costs little memory.
+
+    Raises:
+        ImageReadError: the file is not an image, is a folder, or is too large for Pillow to open safely (its
+            decompression-bomb limit). FileNotFoundError: there is no such file.
+
+    Example:
+        >>> x = wb.preprocess(clf)(read_image("cat.png"))[None]
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"{str(path)!r} is a folder, not an image file; name one of the images in it")
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {str(path)!r}")
     try:
         with Image.open(path) as img:
             return ImageOps.exif_transpose(_decode_shrunk(img))

@@ -149,8 +149,8 @@ def pgd(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ep
     fmodel = fb.PyTorchModel(classifier, bounds=(0, 1), device=dev)
     attack = fb.attacks.LinfPGD(steps=steps, abs_stepsize=eps / 4, random_start=True)
     criterion = (fb.criteria.Misclassification(labels.to(dev)) if targets is None
-                 else fb.criteria.TargetedMisclassification(targets.to(dev)))
     check_images(images, "images")
+                 else fb.criteria.TargetedMisclassification(targets.to(dev)))
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(check_seed(seed))
         _, adv, success = attack(fmodel, images.float().to(dev), criterion, epsilons=eps)

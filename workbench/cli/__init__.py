@@ -2,7 +2,8 @@
 
 Each command is a module with ``parse_args(argv)`` and ``main(args)``; the training commands live in
 ``workbench/training/``, the others here. The library's own errors (and a missing file, a folder in the way, a place
-that cannot be written) end a command with one line on stderr, ``workbench COMMAND: message``, and exit status 1.
+that cannot be written) end a command with ``workbench COMMAND: message`` on stderr (one line, or one per step of a
+fix in several steps) and exit status 1. ``workbench --version`` prints the version.
 Output paths (``--out``, ``evaluate --json``) and ``--device`` are checked before any command starts its work.
 """
 from __future__ import annotations
@@ -32,10 +33,33 @@ _FOLDER_OUT = {"demo", "train-classifier", "train-vae", "train-base", "train-inv
 _FILE_FLAGS = {"evaluate": "json"}
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every command's ``--help``: the module docstring as written, and each flag's default after its help."""
+
+
+def add_common(p: argparse.ArgumentParser, *, progress: bool = True) -> None:
+    """The flags every non-training command shares, with one help text: ``--seed``, ``--device`` and (with
+    ``progress``) ``--no-progress``."""
+    p.add_argument("--seed", type=int, default=0, help="seeds every random draw; the same seed gives the same images")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N; auto: the GPU if there is one, else the CPU")
+    if progress:
+        p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def resolved_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; any other value as it is."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
-    return ("usage: workbench COMMAND [ARGS]   (workbench COMMAND --help for a command's arguments)\n\ncommands:\n"
+    return ("usage: workbench COMMAND [ARGS]   (workbench COMMAND --help for a command's arguments;\n"
+            "       workbench --version)\n\ncommands:\n"
             + "\n".join(lines))
 
 
@@ -95,6 +119,11 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from .. import __version__
+
+        print(f"workbench {__version__}")
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         import difflib
@@ -111,6 +140,8 @@ def main(argv=None) -> int:
             from ..checks import check_device
 
             check_device(args.device, "--device")
+        if COMMANDS[cmd][0].startswith("workbench.cli.") and hasattr(args, "device"):  # training keeps "auto"
+            args.device = resolved_device(args.device)
         result = module.main(args)
     except (WorkbenchError, OSError) as err:  # OSError: a missing file, a folder in the way, no permission
         return _fail(cmd, str(err))
@@ -122,6 +153,8 @@ def main(argv=None) -> int:
 
 
 def _fail(cmd: str, message: str) -> int:
-    message = " ".join(message.removeprefix(f"workbench {cmd}: ").split())  # one line
-    print(f"workbench {cmd}: {message}", file=sys.stderr)
+    """Print ``workbench CMD: message`` on stderr; each line's spaces are tidied, and a message written on several
+    lines (numbered fixes) keeps them, indented under the first."""
+    lines = [" ".join(line.split()) for line in message.removeprefix(f"workbench {cmd}: ").splitlines()]
+    print(f"workbench {cmd}: " + "\n  ".join(line for line in lines if line), file=sys.stderr)
     return 1
