@@ -2,7 +2,7 @@
 
 Loads the shipped world, classifiers and FeatInv inverters, inverts ``--num-images`` held-out test images
 at the last and a middle layer of both classifiers with ``--num-samples`` samples each, writes
-``OUT/demo.png`` (original | samples | invariance map, one row per image and layer) and
+``OUT/demo.png`` (a grid: a row per image, its original, then per layer its samples and their invariance map) and
 ``OUT/demo_metrics.csv``, and prints the metrics table.
 """
 from __future__ import annotations
@@ -19,15 +19,14 @@ DEMO_LAYERS = [("tinyworld-cnn", "stages.3"), ("tinyworld-cnn", "stages.2"),
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="workbench demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import HelpFormatter, add_common
+
+    p = argparse.ArgumentParser(prog="workbench demo", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--num-images", type=int, default=8, help="held-out test images")
     p.add_argument("--num-samples", type=int, default=4, help="samples per image and layer")
-    p.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps (default: FeatInv's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps (None: FeatInv's)")
     p.add_argument("--out", default="outputs", help="folder for demo.png and demo_metrics.csv")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_common(p)
     return p.parse_args(argv)
 
 
@@ -74,6 +73,26 @@ def run(*, num_images: int = 8, num_samples: int = 4, num_inference_steps: int |
     return images, results, pd.DataFrame(rows)
 
 
+def demo_figure(images: torch.Tensor, results: dict):
+    """One grid: a row per image, its original, then per layer a block of its samples and their invariance map
+    (one colour scale for all), so that one image reads across the layers.
+
+    Args:
+        images: ``Tensor[N, 3, H, W]``; results: ``{(classifier, layer): samples [N, S, 3, H, W]}`` from :func:`run`.
+    """
+    from ..inverters.featinv import invariance_map
+    from ..plot import image_grid
+
+    spread = {key: invariance_map(samples) for key, samples in results.items()}
+    rows = [[images[i]] + [x for key, samples in results.items() for x in (*samples[i], spread[key][i])]
+            for i in range(len(images))]
+    cols = ["original"] + [f"{c.split('-')[-1]} {layer} " + (f"sample {k + 1}" if k < samples.shape[1] else "spread")
+                           for (c, layer), samples in results.items() for k in range(samples.shape[1] + 1)]
+    return image_grid(rows, col_labels=cols, row_labels=[f"#{i}" for i in range(len(images))],
+                      colorbar_label="std over samples",
+                      title="FeatInv on the tiny world: per layer, samples of each image's map and their spread")
+
+
 def main(args) -> int:
     import matplotlib.pyplot as plt
 
@@ -96,11 +115,7 @@ def main(args) -> int:
                                  progress=args.progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    originals = torch.cat([images for _ in results])
-    samples = torch.cat(list(results.values()))
-    labels = [f"{c.split('-')[-1]} {l}\n#{i}" for (c, l) in results for i in range(len(images))]
-    fig = inversion_figure(originals, samples, row_labels=labels,
-                           title="FeatInv on the tiny world: original | samples | invariance map")
+    fig = demo_figure(images, results)
     fig.savefig(out / "demo.png", dpi=80)
     plt.close(fig)
     table.to_csv(out / "demo_metrics.csv", index=False)

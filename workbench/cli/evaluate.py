@@ -18,21 +18,21 @@ from pathlib import Path
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="workbench evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--inverter", required=True, help="shipped name, folder, or optimization:<classifier>/<layer>")
+    from . import HelpFormatter, add_common
+
+    p = argparse.ArgumentParser(prog="workbench evaluate", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--inverter", required=True,
+                   help="shipped name, folder (a training run's --out too), or optimization:<classifier>/<layer>")
     p.add_argument("--num-images", type=int, default=256, help="held-out images to evaluate")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="reconstructions per image")
     p.add_argument("--num-inference-steps", type=int, default=None,
-                   help="denoising steps (FeatInv) or optimiser steps (the optimisation baseline); default: the "
+                   help="denoising steps (FeatInv) or optimiser steps (the optimisation baseline); None: the "
                         "inverter's")
-    p.add_argument("--batch-size", type=int, default=None, help="maps inverted at once (default: the inverter's)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--batch-size", type=int, default=None, help="maps inverted at once (None: the inverter's)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the tiny world's split")
     p.add_argument("--ood", action="store_true", help="held-out (shape, background) pairs only")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", default=None, help="write summary, attrs and per-image rows here")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--json", default=None, help="write summary, attrs and per-image rows here (None: print only)")
+    add_common(p)
     return p.parse_args(argv)
 
 
@@ -61,6 +61,22 @@ def check_args(args) -> None:
     check_image_count(args.num_images, "--num-images", copies=1 + (args.num_samples or 1))
 
 
+#: summary entries that count things: printed as whole numbers (the summary Series holds them as floats)
+COUNTS = ("n_images", "num_samples", "nonfinite")
+
+
+def format_value(key: str, value) -> str:
+    """A summary value as printed: counts (:data:`COUNTS`) as whole numbers, other numbers to 4 decimals.
+
+    Example:
+        >>> format_value("n_images", 8.0), format_value("feature_cosine", 0.95712)
+        ('8', '0.9571')
+    """
+    if key in COUNTS and isinstance(value, (int, float)) and float(value).is_integer():
+        return str(int(value))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as JSON to ``path`` atomically (a temporary name, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,10 +100,11 @@ def main(args) -> int:
     dataset = TinyWorld(args.split, size=max(args.num_images, 2000), seed=0, ood=args.ood)
     table = evaluate(inv, clf, inv.layer, dataset, num_images=args.num_images, seed=args.seed,
                      num_samples=args.num_samples, progress=args.progress, **invert_options(inv, args))
-    summ = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in table.summary().items()}
+    summ = {k: (None if isinstance(v, float) and math.isnan(v) else int(v) if k in COUNTS else v)
+            for k, v in table.summary().items()}
     print(f"{table.attrs['inverter']} on {args.num_images} {args.split}{' ood' if args.ood else ''} images:")
     for k, v in summ.items():
-        print(f"  {k:>18}: {v:.4f}" if isinstance(v, float) else f"  {k:>18}: {v}")
+        print(f"  {k:>18}: {format_value(k, v)}")
     if args.json:
         out = {"inverter": args.inverter, "summary": summ,
                "attrs": {k: v for k, v in table.attrs.items() if isinstance(v, (str, int, float, dict))},

@@ -1,10 +1,13 @@
 """``workbench invert``: invert one of your own image files at a layer and save the figure.
 
     workbench invert --classifier tinyworld-cnn --layer stages.3 --image photo.jpg [--num-samples 4] [--out FILE]
+    workbench invert --inverter runs/x --image photo.jpg     # a trained inverter's folder names both
 
 Any size and mode (RGBA, grayscale, 16-bit, palette) is converted through the classifier's
-preprocessing to its input size. The figure shows original | samples | invariance map, and the
-classifier's prediction on the image and on each sample is printed (class names where it has them).
+preprocessing to its input size. The figure shows original | samples | invariance map, with the
+classifier's prediction and confidence on the image; the predictions on the samples are printed
+(class names where it has them). The tiny-world classifiers know only 32 px renderings of 8 shapes:
+a photo gets a warning, and needs a real-scale classifier and inverter (``wb.presets``).
 """
 from __future__ import annotations
 
@@ -15,21 +18,53 @@ import torch
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="workbench invert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--classifier", required=True, help="tinyworld-cnn, tinyworld-vit or any timm name")
-    p.add_argument("--layer", required=True)
+    from . import HelpFormatter, add_common
+
+    p = argparse.ArgumentParser(prog="workbench invert", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--classifier", default=None,
+                   help="tinyworld-cnn, tinyworld-vit or any timm name (None: the one --inverter was trained for)")
+    p.add_argument("--layer", default=None,
+                   help="the layer to invert, as named by `workbench layers MODEL` (None: --inverter's)")
     p.add_argument("--image", required=True, help="an image file of any size and mode")
-    p.add_argument("--inverter", default=None, help="inverter name or folder (default: CLASSIFIER/LAYER)")
+    p.add_argument("--inverter", default=None,
+                   help="inverter name or folder, a training run's --out too (None: CLASSIFIER/LAYER)")
     p.add_argument("--num-samples", type=int, default=4, help="samples of the image's features")
-    p.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps (default: the inverter's)")
+    p.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps (None: the inverter's)")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance scale; 1 disables it (default: the inverter's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None, help="samples drawn at once (default: the inverter's)")
-    p.add_argument("--out", default=None, help="output PNG (default: outputs/invert_<image>_<layer>.png)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
+                   help="classifier-free guidance scale; 1 disables it (None: the inverter's)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples drawn at once (None: the inverter's)")
+    p.add_argument("--out", default=None, help="output PNG (None: outputs/invert_<image>_<layer>.png)")
+    add_common(p, progress=False)
+    args = p.parse_args(argv)
+    if args.inverter is None and (args.classifier is None or args.layer is None):
+        p.error("name --classifier and --layer, or --inverter (a shipped name or a folder, which knows both)")
+    return args
+
+
+def fill_from_inverter(args) -> None:
+    """Set ``args.classifier`` and ``args.layer``, where left out, from ``--inverter``'s config (a shipped name, a
+    ``save_pretrained`` folder or a training run's folder), reading only its ``config.json``."""
+    from ..inverters import inverter_folder, list_inverters
+    from ..inverters.interface import read_config
+    from ..paths import data_dir
+
+    if args.inverter is None or (args.classifier and args.layer):
+        return
+    spec = args.inverter
+    if spec.startswith("optimization:"):
+        clf, _, layer = spec.removeprefix("optimization:").rpartition("/")
+        cfg = {"classifier_name": clf, "layer": layer}
+    else:
+        folder = inverter_folder(spec)
+        if not (folder / "config.json").is_file() and spec in list_inverters():
+            folder = data_dir() / "inverters" / spec
+        if not (folder / "config.json").is_file():
+            from ..inverters import load_inverter
+
+            load_inverter(spec)  # raises the loader's error, with its advice
+        cfg = read_config(folder)
+    args.classifier = args.classifier or cfg["classifier_name"]
+    args.layer = args.layer or cfg["layer"]
 
 
 def class_names(classifier) -> list[str] | None:
@@ -95,6 +130,7 @@ def main(args) -> int:
     from ..models import load_classifier, prepare_image, read_image
     from ..plot import inversion_figure
 
+    fill_from_inverter(args)
     check_args(args)
     path = Path(args.image)
     image = read_image(path)  # a file that is not an image fails here, before any model loads
@@ -121,5 +157,15 @@ def main(args) -> int:
     def label(k: int) -> str:
         return names[k] if k < len(names) else str(k)
 
-    print(f"prediction on the image: {label(pred)}; on the samples: {', '.join(map(label, preds))}\nwrote {out}")
+    pred, p = int(probs.argmax()), float(probs.max())
+    out = output_path(args)
+    fig = inversion_figure(x, samples, row_labels=[f"{args.classifier}\n{args.layer}\n{label(pred)} p={p:.2f}"],
+                           title=f"{path.name}: what {args.classifier} keeps at {args.layer} "
+                                 f"(it predicts {label(pred)}, p = {p:.2f})")
+    try:
+        save_figure(fig, out)
+    finally:
+        plt.close(fig)
+    print(f"prediction on the image: {label(pred)}; on the samples: {', '.join(map(label, preds))}\n"
+          f"confidence on the image: p({label(pred)}) = {p:.2f}\nwrote {out}")
     return 0
