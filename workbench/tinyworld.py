@@ -851,13 +851,15 @@ def tinyworld_images(num_images: int, *, split: str = "train", seed: int = 0, de
     from tqdm.auto import tqdm
 
     ds = TinyWorld(split, size=num_images, seed=seed)
-    chunk = 8192
+    chunk = 1024
     imgs = []
-    for s in tqdm(range(0, num_images, chunk), desc=f"render {split}", disable=not progress):
-        part = {k: v[s:s + chunk] for k, v in ds.factors.items()}
-        try:
-            x = render_batch(part, device=device)
-        except RuntimeError:
-            x = render_batch(part, device="cpu").to(device)
-        imgs.append((x * 255).round().to(torch.uint8))
+    with tqdm(total=num_images, desc=f"render {split}", unit="img", disable=not progress) as bar:
+        for s in range(0, num_images, chunk):
+            part = {k: v[s:s + chunk] for k, v in ds.factors.items()}
+            try:
+                x = render_batch(part, device=device)
+            except RuntimeError:
+                x = render_batch(part, device="cpu").to(device)
+            imgs.append((x * 255).round().to(torch.uint8))
+            bar.update(len(x))
     return torch.cat(imgs), ds.labels().to(device)

@@ -32,9 +32,9 @@ def list_inverters() -> list[str]:
 
 def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, layer: str | None = None,
                   feature_shape: Sequence[int] | None = None, image_size: int | None = None, base=None,
-                  device: str | torch.device = "cpu"):
-    """Load a shipped inverter by name (see :func:`list_inverters`), from a folder written by ``save_pretrained``,
-    or build the optimisation baseline (it has no weights) from ``"optimization:<classifier>/<layer>"``.
+                  device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None) -> InverterBase:
+    """Load a shipped inverter by name (see :func:`list_inverters`), from a folder written by ``save_pretrained``
+    or the run folder (``--out``) of ``workbench train-inverter`` (its inverter is in ``OUT/inverter/``), or build the optimisation baseline (it has no weights) from ``"optimization:<classifier>/<layer>"``.
 
     The optional ``classifier``, ``layer``, ``feature_shape`` and ``image_size`` are checked against what the
     inverter was trained for; a mismatch (say, ViT features for a CNN inverter) is refused with a clear error.
@@ -45,6 +45,8 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
     Example:
         >>> inv = wb.load_inverter("tinyworld-cnn/stages.3")
         >>> opt = wb.load_inverter("optimization:tinyworld-cnn/stages.3")  # an OptimizationInverter
+        >>> half = wb.load_inverter("tinyworld-cnn/stages.3", torch_dtype=torch.bfloat16)
+        >>> mine = wb.load_inverter("runs/x")    # after `workbench train-inverter ... --out runs/x`
     """
     if layer is not None:
         check_layer(layer)
@@ -62,14 +64,10 @@ def _load_inverter(name_or_path: str | Path, *, classifier: str | None, layer: s
 
     spec = str(name_or_path)
     baseline = _optimization_baseline(spec, device=device) if spec.startswith("optimization:") else None
-    path = Path(name_or_path)
+    path = inverter_folder(name_or_path)
     if baseline is None and not (path / "config.json").is_file():
-        shipped = list_inverters()
-        if str(name_or_path) not in shipped:
-            close = difflib.get_close_matches(str(name_or_path), shipped, n=3, cutoff=0.3)
-            raise WeightsUnavailableError(
-                f"no inverter {str(name_or_path)!r}: it is neither a shipped name nor a folder with config.json. "
-                f"Closest shipped: {close or shipped}. Train one with `workbench train-inverter` or run `make weights`.")
+        if str(name_or_path) not in list_inverters():
+            raise WeightsUnavailableError(_not_an_inverter(path))
         path = data_dir() / "inverters" / str(name_or_path)
     cfg = read_config(path) if baseline is None else baseline.config
     expected = {"classifier_name": classifier, "layer": layer,
@@ -81,20 +79,34 @@ def _load_inverter(name_or_path: str | Path, *, classifier: str | None, layer: s
                                         f"wb.list_inverters()")
     if baseline is not None:
         return baseline
-    kind = cfg.get("class", "FeatInv")
-    if kind == "FeatInv":
-        return FeatInv.from_pretrained(path, base=base, device=device)
-    if kind == "DecoderInverter":
-        from .decoder import DecoderInverter
+    return InverterBase.from_pretrained(path, base=base, device=device)
 
-        return DecoderInverter.from_pretrained(path, device=device)
-    if kind == "OptimizationInverter":
-        from .optimization import OptimizationInverter
 
-        return OptimizationInverter.from_pretrained(path, device=device)
-    raise WeightsUnavailableError(f"{path / 'config.json'} names an unknown inverter class {kind!r} (expected FeatInv, "
-                                  "DecoderInverter or OptimizationInverter); restore the file from git or re-save "
-                                  "the inverter with save_pretrained")
+def inverter_folder(name_or_path: str | Path) -> Path:
+    """The folder holding an inverter's ``config.json``: ``name_or_path`` itself, or its ``inverter/`` subfolder
+    when it is the run folder (``--out``) of ``workbench train-inverter`` or ``train-decoder``."""
+    path = Path(name_or_path)
+    if not (path / "config.json").is_file() and (path / "inverter" / "config.json").is_file():
+        return path / "inverter"
+    return path
+
+
+def _not_an_inverter(path: Path) -> str:
+    """Why ``path`` is no inverter, and what to do: for a run folder whose training has not finished, wait or
+    resume it; for any other name, the closest shipped names."""
+    if path.is_dir() and ((path / "checkpoint").is_dir() or (path / "cache").is_dir()):
+        return (f"no inverter in {str(path)!r} yet: it is a training run's folder, and the run writes "
+                f"{str(path / 'inverter')!r} only when it finishes. Let it finish, or continue it with "
+                f"`workbench train-inverter ... --out {path} --resume`")
+    if path.is_dir():
+        return (f"no inverter in {str(path)!r}: the folder has no config.json, and no inverter/config.json (what "
+                f"`workbench train-inverter --out {path}` writes when it finishes). Pass the folder that "
+                "save_pretrained wrote, or a shipped name from wb.list_inverters()")
+    shipped = list_inverters()
+    close = difflib.get_close_matches(str(path), shipped, n=3, cutoff=0.3)
+    return (f"no inverter {str(path)!r}: it is neither a shipped name nor a folder. Closest shipped: "
+            f"{close or shipped}. To train your own: `workbench train-inverter --classifier NAME --layer NAME "
+            "--out runs/NAME`, then wb.load_inverter('runs/NAME')")
 
 
 def _optimization_baseline(spec: str, *, device: str | torch.device = "cpu"):
