@@ -206,7 +206,7 @@ def discover_concepts(features: Tensor, n_concepts: int, *, method: str = "kmean
     Example:
         >>> parts = discover_concepts(feats, 6, method="kmeans", layer="stages.2")
     """
-    from .factorization import fit_kmeans, fit_nmf, fit_pca
+    from .factorization import fit_kmeans, fit_nmf, fit_pca_atoms
 
     if method not in DISCOVERY_METHODS:
         raise AnalysisError(f"method is one of {DISCOVERY_METHODS}, got {method!r}")
@@ -230,7 +230,7 @@ def discover_concepts(features: Tensor, n_concepts: int, *, method: str = "kmean
         concepts.append(Concept(name, layer, classifier_name, direction, basis.float(), scale, method))
 
     if method in ("pca", "nmf"):       # the factorisations of fit_dictionary, one concept per atom
-        atoms = (fit_pca if method == "pca" else fit_nmf)(x, n_concepts, seed)[0]
+        atoms = (fit_pca_atoms if method == "pca" else fit_nmf)(x, n_concepts, seed)[0]
         for k, comp in enumerate(atoms):
             add(f"{method}-{k}", comp)
     else:

@@ -4,7 +4,8 @@
 
 Each ``fit_*(x, n, seed)`` takes vectors ``x`` ``[P, C]`` (one per position of each map) and returns
 ``(atoms [n, C], mean [C], encode, model)``: ``encode(v [P', C]) -> codes [P', n]`` with ``v ~ codes @ atoms + mean``,
-and the fitted scikit-learn object (None for ``channels``).
+and the fitted scikit-learn object (None for ``channels``). (:func:`fit_pca_atoms` is not
+:func:`workbench.analysis.pca.fit_pca`, the public PCA of whole layers with its own result type.)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch import Tensor
 from ..globalstate import import_keeping_environ
 
 
-def fit_pca(x: Tensor, n_atoms: int, seed: int):
+def fit_pca_atoms(x: Tensor, n_atoms: int, seed: int):
     """scikit-learn's PCA: the atoms are the principal directions, the codes the centred projections."""
     import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.decomposition import PCA
@@ -86,4 +87,4 @@ def fit_channels(x: Tensor, n_atoms: int, seed: int):
 #: The scikit-learn decompositions, shared by concept discovery and dictionary fitting.
 DECOMPOSITIONS = ("pca", "nmf", "kmeans")
 #: The factorisation of each method name.
-FITTERS = {"pca": fit_pca, "nmf": fit_nmf, "kmeans": fit_kmeans, "channels": fit_channels}
+FITTERS = {"pca": fit_pca_atoms, "nmf": fit_nmf, "kmeans": fit_kmeans, "channels": fit_channels}
