@@ -2,9 +2,7 @@
 
 Attributes are imported lazily, so ``import workbench as wb`` is cheap and changes no global state.
 """
-from __future__ import annotations
-
-import importlib
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
@@ -40,14 +38,15 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        module = _importlib.import_module(f".{_EXPORTS[name]}", __name__)
         value = module if name == "presets" else getattr(module, name)
         globals()[name] = value
         return value
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return _importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
+    """The public names (exports, submodules, ``__version__``) and the module's dunders; no helpers."""
+    return sorted({n for n in globals() if n.startswith("__")} | set(_EXPORTS) | _SUBMODULES)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -446,17 +447,41 @@ def capture(model: nn.Module, names: Names, *, detach: bool = True) -> Iterator[
         yield cache
 
 
+def warn_if_unnormalised(model: nn.Module) -> None:
+    """Warn once per model when a raw timm model (one whose ``pretrained_cfg`` names a mean and std) is run
+    directly: it gets its input as is, without the normalisation that :class:`~workbench.models.Classifier` (what
+    ``wb.load_classifier`` returns) applies to images in [0, 1]."""
+    import warnings
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" not in cfg or "std" not in cfg or model in _WARNED_UNNORMALISED:
+        return
+    _WARNED_UNNORMALISED.add(model)
+    warnings.warn(f"{type(model).__name__} is a raw timm model: it gets the images as they are, without its input "
+                  f"normalisation (mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}). For images in [0, 1] wrap "
+                  "it: wb.Classifier(model, model.pretrained_cfg['mean'], model.pretrained_cfg['std'], "
+                  "model.pretrained_cfg['input_size']), or load it with wb.load_classifier(name)", UserWarning,
+                  stacklevel=3)
+
+
+#: raw timm models already warned about (:func:`warn_if_unnormalised`), held weakly
+_WARNED_UNNORMALISED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
 def run_with_cache(model: nn.Module, x: Tensor, names: Names, *, detach: bool = True) -> tuple[Tensor, FeatureCache]:
     """One forward pass that also returns the named layers' activations.
 
     Args:
         model: a :class:`~workbench.models.Classifier` or any ``nn.Module``.
-        x: ``Tensor[B, 3, H, W]`` float in [0, 1] (for a Classifier; a bare module gets ``x`` as is).
+        x: ``Tensor[B, 3, H, W]`` float in [0, 1] (for a Classifier; a bare module gets ``x`` as is: a raw timm
+            model is then not normalised, and a warning says so once, see :func:`warn_if_unnormalised`).
         names: a layer name, a list of names, or a predicate ``name -> bool``.
-        detach: store detached tensors (default).
+        detach: store detached activations and return detached logits (default: nothing keeps the graph alive);
+            ``False`` keeps both in the autograd graph, to take gradients through them.
 
     Returns:
-        ``(logits, cache)``: the model output and a :class:`FeatureCache` of ``Tensor[B, C, H, W]``.
+        ``(logits, cache)``: the model output ``Tensor[B, classes]`` and a :class:`FeatureCache` of
+        ``Tensor[B, C, H, W]``.
 
     Raises:
         LayerNotFoundError: unknown layer name. HookError: a named layer did not run, or a hook returned NaN.
@@ -467,13 +492,14 @@ def run_with_cache(model: nn.Module, x: Tensor, names: Names, *, detach: bool = 
     Example:
         >>> logits, cache = wb.run_with_cache(clf, torch.rand(2, 3, 32, 32), "stages.1")
     """
+    warn_if_unnormalised(model)
     with capture(model, names, detach=detach) as cache:
         logits = model(x)
     if not callable(names):
         missing = [n for n in ([names] if isinstance(names, str) else names) if n not in cache]
         if missing:
             raise HookError(f"layers {missing} did not run during the forward pass, so nothing was captured")
-    return logits, cache
+    return (logits.detach() if detach and isinstance(logits, Tensor) else logits), cache
 
 
 def run_with_hooks(model: nn.Module, x: Tensor, hooks: Mapping[str, Hook]) -> Tensor:

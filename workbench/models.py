@@ -88,8 +88,26 @@ class Classifier(nn.Module):
         """Args: x: ``Tensor[B, 3, H, W]`` float in [0, 1]. Returns: logits ``Tensor[B, num_classes]``."""
         return self.model(self.normalize(x))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live (the first parameter's device; the CPU for a model without parameters)."""
+        return next(self.parameters(), self.mean).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (the first parameter's)."""
+        return next(self.parameters(), self.mean).dtype
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input_size={self.input_size}"
+
+    def __repr__(self) -> str:
+        """One line: name, network class, input size, classes, parameters, device and dtype (``print(clf.model)``
+        shows the whole network)."""
+        classes = getattr(self.model, "num_classes", None)
+        params = sum(p.numel() for p in self.parameters()) / 1e6
+        return (f"Classifier(name={self.name!r}, model={type(self.model).__name__}, input_size={self.input_size}, "
+                f"classes={classes}, params={params:.2f}M, device={self.device}, dtype={self.dtype})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,9 +82,11 @@ def _finish(fig, title: str | None = None):
 
 # ------------------------------------------------------------------------------------------- core
 def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_labels: Sequence[str] | None = None,
-               col_labels: Sequence[str] | None = None, cell: float = 1.2, title: str | None = None):
+               col_labels: Sequence[str] | None = None, cell: float = 1.2, title: str | None = None,
+               colorbar_label: str | None = None):
     """A grid of images: ``rows[i][j]`` is ``Tensor[3, H, W]`` in [0, 1] or ``Tensor[1, H, W]`` (shown with a
-    colour map, e.g. an invariance map); a ``Tensor[R, C, 3, H, W]`` works too.
+    colour map, e.g. an invariance map); a ``Tensor[R, C, 3, H, W]`` works too. All one-channel panels share one
+    value range, and the last one of each row gets a colour bar (titled ``colorbar_label``).
 
     Returns:
         the ``Figure``.
@@ -96,6 +98,8 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
             if img is not None and img.shape[0] != 1:
                 check_images(img[None], f"rows[{i}][{j}]")
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    mono = [img.detach().float() for row in rows for img in row if img is not None and img.shape[0] == 1]
+    vmin, vmax = (min(float(m.min()) for m in mono), max(float(m.max()) for m in mono)) if mono else (None, None)
     # column labels get a line's height of their own, so the images stay square with a gap between rows (two rows
     # under labels touched: the labels took the height the images needed); row labels take width instead, which
     # leaves the rows their gap
@@ -113,7 +117,10 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
                 continue
             img = row[j]
             if img.shape[0] == 1:
-                ax.imshow(img[0].detach().float().cpu().numpy(), cmap="magma", interpolation="nearest")
+                shown = ax.imshow(img[0].detach().float().cpu().numpy(), cmap="magma", interpolation="nearest",
+                                  vmin=vmin, vmax=max(vmax, vmin + 1e-8))
+                if not any(m is not None and m.shape[0] == 1 for m in row[j + 1:]):   # the row's last map
+                    _colorbar(fig, ax, shown, colorbar_label)
             else:
                 ax.imshow(_hwc(img), interpolation="nearest")
             if col_labels is not None and i == 0 and j < len(col_labels):
@@ -125,6 +132,15 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
             if row_labels is not None and j == 0 and i < len(row_labels):
                 ax.set_ylabel(row_labels[i], fontsize=9, rotation=0, ha="right", va="center")
     return _finish(fig, title)
+
+
+def _colorbar(fig, ax, shown, label: str | None) -> None:
+    """A thin colour bar right of ``ax``, in an inset (so ``fig.axes`` keeps one axes per panel)."""
+    cax = ax.inset_axes([1.04, 0.0, 0.07, 1.0])
+    bar = fig.colorbar(shown, cax=cax)
+    bar.ax.tick_params(labelsize=6, length=2, pad=1)
+    if label:
+        bar.set_label(label, fontsize=6, labelpad=2)
 
 
 def inversion_figure(originals: torch.Tensor, samples: torch.Tensor, *, row_labels: Sequence[str] | None = None,
@@ -148,7 +164,7 @@ def inversion_figure(originals: torch.Tensor, samples: torch.Tensor, *, row_labe
         rows.append(row)
     cols = ["original"] + [f"sample {s + 1}" for s in range(samples.shape[1])] + (
         ["invariance"] if invariance is not None else [])
-    return image_grid(rows, row_labels=row_labels, col_labels=cols, title=title)
+    return image_grid(rows, row_labels=row_labels, col_labels=cols, title=title, colorbar_label="std over samples")
 
 
 # ------------------------------------------------------------------------------------------- evaluation
