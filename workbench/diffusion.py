@@ -82,10 +82,11 @@ def tiny_scheduler_config(prediction_type: str = "epsilon", zero_terminal_snr: b
     ``alpha_bar = 0`` is ``-v`` rather than a division by zero.
     """
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type {prediction_type!r}: expected one of {PREDICTION_TYPES}")
+        raise ArgumentValueError(f"prediction_type {prediction_type!r}: expected one of {PREDICTION_TYPES}")
     if zero_terminal_snr and prediction_type != "v_prediction":
-        raise ValueError(f"zero_terminal_snr needs prediction_type='v_prediction', got {prediction_type!r}: at "
-                         f"alpha_bar = 0 an epsilon-predicting sampler cannot recover the image (Lin et al. 2024)")
+        raise ArgumentValueError(f"zero_terminal_snr needs prediction_type='v_prediction', got {prediction_type!r}: "
+                                 f"at alpha_bar = 0 an epsilon-predicting sampler cannot recover the image (Lin et al. "
+                                 f"2024)")
     config = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
                   clip_sample=False, timestep_spacing="leading", steps_offset=1)
     if zero_terminal_snr:
@@ -102,8 +103,8 @@ def training_target(noise_scheduler, sample: torch.Tensor, noise: torch.Tensor, 
         return noise
     if kind == "v_prediction":
         return noise_scheduler.get_velocity(sample, noise, timesteps)
-    raise ValueError(f"prediction_type {kind!r} of this scheduler is not supported; expected one of "
-                     f"{PREDICTION_TYPES}")
+    raise ArgumentValueError(f"prediction_type {kind!r} of this scheduler is not supported; expected one of "
+                             f"{PREDICTION_TYPES}")
 
 
 def _step_bar(total: int, desc: str, progress: bool):
@@ -207,8 +208,8 @@ def gradient_guide(loss: Callable[[torch.Tensor], torch.Tensor], scheduler, scal
     """
     kind = scheduler.config.prediction_type
     if kind not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type {kind!r} of this scheduler is not supported; expected one of "
-                         f"{PREDICTION_TYPES}")
+        raise ArgumentValueError(f"prediction_type {kind!r} of this scheduler is not supported; expected one of "
+                                 f"{PREDICTION_TYPES}")
 
     active = None if timesteps is None else {int(t) for t in timesteps}
 
@@ -323,10 +324,10 @@ class DiffusionBase(nn.Module):
         want = vae.config.latent_channels if vae is not None else 3
         got = getattr(getattr(unet, "config", None), "in_channels", want)
         if got != want:
-            raise ValueError(f"the UNet takes {got} input channels, but the base denoises {want}: "
-                             + (f"its VAE's latent_channels is {want}; pass the VAE it was trained with" if vae
-                                is not None else "a pixel base denoises RGB; pass the AutoencoderKL whose latents "
-                                "it was trained on (a latent base folder needs its vae/)"))
+            raise ArgumentValueError(f"the UNet takes {got} input channels, but the base denoises {want}: "
+                                     + (f"its VAE's latent_channels is {want}; pass the VAE it was trained with" if vae
+                                        is not None else "a pixel base denoises RGB; pass the AutoencoderKL whose "
+                                        "latents it was trained on (a latent base folder needs its vae/)"))
         self.unet = unet
         self.vae = vae
         self.scheduler_config = dict(scheduler_config)
@@ -416,7 +417,7 @@ class DiffusionBase(nn.Module):
             sched = DPMSolverMultistepScheduler.from_config(self.scheduler_config, algorithm_type="dpmsolver++",
                                                             solver_order=2)
         else:
-            raise ValueError(f"unknown scheduler {kind!r}; expected 'ddpm', 'ddim' or 'dpm++'")
+            raise ArgumentValueError(f"unknown scheduler {kind!r}; expected 'ddpm', 'ddim' or 'dpm++'")
         if num_inference_steps is not None:
             sched.set_timesteps(num_inference_steps, device=self.prompt_embeds.device)
         return sched
@@ -686,9 +687,11 @@ def diffusion_loss(predict: Predictor, latents: torch.Tensor, noise_scheduler, *
 
     num_timesteps = noise_scheduler.config.num_train_timesteps
     if not 0 <= min_timestep < num_timesteps:
-        raise ValueError(f"min_timestep={min_timestep}: must be in [0, {num_timesteps}), the scheduler's timesteps")
+        raise ArgumentValueError(f"min_timestep={min_timestep}: must be in [0, {num_timesteps}), the scheduler's "
+                                 f"timesteps")
     if snr_gamma is not None and not snr_gamma > 0:
-        raise ValueError(f"snr_gamma={snr_gamma}: must be > 0 (5 is the paper's choice), or None for the plain MSE")
+        raise ArgumentValueError(f"snr_gamma={snr_gamma}: must be > 0 (5 is the paper's choice), or None for the "
+                                 f"plain MSE")
     b, device = latents.shape[0], latents.device
     noise = torch.randn(latents.shape, generator=generator, device=device)                              # 1.
     timesteps = torch.randint(min_timestep, num_timesteps, (b,), generator=generator, device=device)

@@ -26,17 +26,17 @@ import torch
 from torch import nn
 
 from .checks import check_images
-from .errors import WeightsUnavailableError
+from .errors import ArgumentValueError, BadInputError, WeightsUnavailableError
 from .hooks import _device, extract_features
 
 
 def _check_pair(originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
     if originals.shape != reconstructions.shape:
-        raise ValueError(f"originals {tuple(originals.shape)} and reconstructions {tuple(reconstructions.shape)} "
-                         f"differ in shape; pass one reconstruction per original (select a sample with recon[:, s] "
-                         f"from an inverter's [B, S, 3, H, W] output)")
+        raise BadInputError(f"originals {tuple(originals.shape)} and reconstructions {tuple(reconstructions.shape)} "
+                            f"differ in shape; pass one reconstruction per original (select a sample with recon[:, s] "
+                            f"from an inverter's [B, S, 3, H, W] output)")
     if originals.ndim != 4 or originals.shape[1] != 3:
-        raise ValueError(f"images are Tensor[N, 3, H, W], got {tuple(originals.shape)}")
+        raise BadInputError(f"images are Tensor[N, 3, H, W], got {tuple(originals.shape)}")
     for name, images in (("originals", originals), ("reconstructions", reconstructions)):
         check_images(images[finite_rows(images)], name)     # rows with NaN are scored NaN; the rest must be [0, 1]
 
@@ -293,11 +293,12 @@ def frechet_distance(real: torch.Tensor, generated: torch.Tensor, extractor: nn.
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if len(real) < 2 or len(generated) < 2:
-        raise ValueError(f"the Fréchet distance needs at least 2 images per set, got {len(real)} and {len(generated)}")
+        raise ArgumentValueError(f"the Fréchet distance needs at least 2 images per set, got {len(real)} and "
+                                 f"{len(generated)}")
     for name, t in (("real", real), ("generated", generated)):
         if not bool(finite_rows(t).all()):
-            raise ValueError(f"{name} has {int((~finite_rows(t)).sum())} non-finite images; drop them "
-                             f"(images[finite_rows(images)]) and report how many there were")
+            raise BadInputError(f"{name} has {int((~finite_rows(t)).sum())} non-finite images; drop them "
+                                f"(images[finite_rows(images)]) and report how many there were")
     extractor = inception_extractor() if extractor is None else extractor
     dev = _device(extractor)
     fid = FrechetInceptionDistance(feature=extractor, normalize=True, reset_real_features=True,

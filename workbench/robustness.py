@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .checks import check_images, check_seed, seeded_generator
+from .errors import ArgumentValueError
 
 #: name -> the three severities' parameter (mild, medium, strong) for 32 px images.
 CORRUPTIONS: dict[str, tuple] = {
@@ -87,9 +88,9 @@ def corrupt(images: torch.Tensor, kind: str, severity: int, *, seed: int = 0) ->
     import kornia
 
     if kind not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {kind!r}; choose from {sorted(CORRUPTIONS)}")
+        raise ArgumentValueError(f"unknown corruption {kind!r}; choose from {sorted(CORRUPTIONS)}")
     if severity not in (1, 2, 3):
-        raise ValueError(f"severity is 1, 2 or 3, got {severity!r}")
+        raise ArgumentValueError(f"severity is 1, 2 or 3, got {severity!r}")
     p = CORRUPTIONS[kind][severity - 1]
     x = check_images(images, "images").float()
     if kind == "gaussian_noise":
@@ -274,7 +275,8 @@ def robustness_study(inverter: nn.Module, classifier: nn.Module, conditions: Seq
     if clean is not None:
         conditions.insert(0, Condition("clean", "clean", 0, clean))
     if not conditions:
-        raise ValueError("no conditions to study; build them with corruptions(), adversarial() or out_of_distribution()")
+        raise ArgumentValueError("no conditions to study; build them with corruptions(), adversarial() or "
+                                 "out_of_distribution()")
     reference = reference_classifier(classifier, reference)
     rows, tables, inputs, recons = [], {}, {}, {}
     for cond in tqdm(conditions, desc="conditions", disable=not progress):

@@ -544,15 +544,15 @@ def _background_mix(f: Mapping[str, Tensor]) -> Tensor:
 def _check_batch(factors: Mapping[str, Tensor]) -> None:
     missing = [n for n in FACTOR_NAMES if n not in factors]
     if missing:
-        raise ValueError(f"factors are missing {missing}; render_batch needs all of {list(FACTOR_NAMES)}")
+        raise ArgumentValueError(f"factors are missing {missing}; render_batch needs all of {list(FACTOR_NAMES)}")
     unknown = [n for n in factors if n not in FACTOR_RANGES]
     if unknown:
-        raise ValueError(f"unknown factors {unknown}; valid factors are {list(FACTOR_NAMES)}")
+        raise ArgumentValueError(f"unknown factors {unknown}; valid factors are {list(FACTOR_NAMES)}")
     n = factors["shape"].shape[0]
     for name in FACTOR_NAMES:
         v = factors[name]
         if v.ndim != 1 or v.shape[0] != n:
-            raise ValueError(f"factor {name!r} must be a Tensor[{n}], got shape {tuple(v.shape)}")
+            raise ArgumentValueError(f"factor {name!r} must be a Tensor[{n}], got shape {tuple(v.shape)}")
         if n == 0 or name in _BOOL:
             continue
         if name in _CATEGORICAL:
@@ -562,7 +562,7 @@ def _check_batch(factors: Mapping[str, Tensor]) -> None:
         bad = ~((v >= low) & (v <= high))
         if bool(bad.any()):
             value = v[bad][0].item()
-            raise ValueError(f"factor {name!r} = {value} is outside its valid range [{low}, {high}]")
+            raise ArgumentValueError(f"factor {name!r} = {value} is outside its valid range [{low}, {high}]")
 
 
 def render_batch(factors: Mapping[str, Tensor], *, device: torch.device | str | None = None,
@@ -626,17 +626,17 @@ def _validate_factor(name: str, value: Any) -> Any:
     valid = FACTOR_RANGES[name]
     if name in _CATEGORICAL:
         if value not in valid:
-            raise ValueError(f"factor {name!r} = {value!r} is not one of {valid}")
+            raise ArgumentValueError(f"factor {name!r} = {value!r} is not one of {valid}")
         return value
     if name in _BOOL:
         if not isinstance(value, (bool, np.bool_)) and value not in (0, 1):
-            raise ValueError(f"factor {name!r} = {value!r} must be True or False")
+            raise ArgumentValueError(f"factor {name!r} = {value!r} must be True or False")
         return bool(value)
     low, high = valid
     if name in _INTEGER and (isinstance(value, bool) or int(value) != value):
-        raise ValueError(f"factor {name!r} = {value!r} must be an integer in [{low}, {high}]")
+        raise ArgumentValueError(f"factor {name!r} = {value!r} must be an integer in [{low}, {high}]")
     if not (low <= value <= high):  # also rejects NaN
-        raise ValueError(f"factor {name!r} = {value!r} is outside its valid range [{low}, {high}]")
+        raise ArgumentValueError(f"factor {name!r} = {value!r} is outside its valid range [{low}, {high}]")
     return int(value) if name in _INTEGER else float(value)
 
 
@@ -665,7 +665,7 @@ def factors_from_dicts(records: Sequence[Mapping[str, Any]], *, fill_defaults: b
             columns[name].append(value)
         missing = [n for n in FACTOR_NAMES if n not in full]
         if missing:
-            raise ValueError(f"factors are missing {missing}")
+            raise ArgumentValueError(f"factors are missing {missing}")
     return {name: _as_tensor(name, values) for name, values in columns.items()}
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ArgumentValueError
+
 #: (classifier, layer) pairs the demo inverts, with their shipped inverters.
 DEMO_LAYERS = [("tinyworld-cnn", "stages.3"), ("tinyworld-cnn", "stages.2"),
                ("tinyworld-vit", "blocks.5"), ("tinyworld-vit", "blocks.2")]
@@ -49,8 +51,8 @@ def run(*, num_images: int = 8, num_samples: int = 4, num_inference_steps: int |
     from ..tinyworld import TinyWorld
 
     if num_images < 1 or num_samples < 2:
-        raise ValueError(f"the demo needs num_images >= 1 and num_samples >= 2 (for the invariance map), got "
-                         f"num_images={num_images}, num_samples={num_samples}")
+        raise ArgumentValueError(f"the demo needs num_images >= 1 and num_samples >= 2 (for the invariance map), got "
+                                 f"num_images={num_images}, num_samples={num_samples}")
     options = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
     images = TinyWorld("test", size=num_images, seed=seed).images()
     results, rows = {}, []
