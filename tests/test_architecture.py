@@ -1,7 +1,10 @@
-"""The package's shape, checked from its source: no import cycle, short functions, exceptions in one place."""
+"""The package's shape, checked from its source: no import cycle, short functions and modules, exceptions in one
+place, no backslash continuations."""
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,44 @@ def test_every_exception_class_lives_in_errors():
                     getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception")) for b in node.bases):
                 elsewhere.append(f"{path.relative_to(PACKAGE)}:{node.name}")
     assert not elsewhere, f"exception classes outside errors.py: {elsewhere}"
+
+
+MAX_MODULE_LINES = 600
+#: modules still over the cap while others rewrite them (issue 27); take each off once it is split or shrunk
+LONG_FOR_NOW = {"evaluation.py", "tinyworld.py", "hooks.py", "diffusion.py", "analysis/composition.py"}
+
+
+def test_no_module_longer_than_600_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    new = {name: n for name, n in long.items() if name not in LONG_FOR_NOW}
+    assert not new, f"modules over {MAX_MODULE_LINES} lines (split them along their concepts): {new}"
+
+
+def _backslash_continuations(path: Path) -> list[int]:
+    """Lines of ``path`` that end in a backslash outside strings and comments: explicit line joins."""
+    source = path.read_text()
+    quoted = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in (tokenize.STRING, tokenize.COMMENT):
+            quoted.update(range(tok.start[0], tok.end[0] + (tok.type == tokenize.COMMENT)))
+    return [i for i, line in enumerate(source.splitlines(), 1) if line.endswith("\\") and i not in quoted]
+
+
+def test_the_continuation_finder_skips_strings_and_comments(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text('x = 1 + \\\n    2\ns = """a \\\nb"""\n# c \\\ny = (1 +\n     2)\n')
+    assert _backslash_continuations(path) == [1]
+
+
+#: files with backslash continuations that others are editing now (issue 27); take each off once it is fixed
+CONTINUATIONS_FOR_NOW = {"checks.py", "evaluation.py", "inverters/featinv.py", "inverters/optimization.py"}
+
+
+def test_no_backslash_continuations():
+    found = {}
+    for root in (PACKAGE, Path(__file__).resolve().parent):
+        for path in sorted(root.rglob("*.py")):
+            if str(path.relative_to(root)) not in CONTINUATIONS_FOR_NOW and (lines := _backslash_continuations(path)):
+                found[str(path.relative_to(root.parent))] = lines
+    assert not found, f"backslash continuations (wrap the expression in parentheses instead): {found}"

@@ -30,8 +30,8 @@ def test_optimisation_lowers_its_loss_within_10_steps(cnn, x):
 
 def test_optimisation_shares_the_inverter_call_and_is_seeded(cnn, x):
     opt = wb.OptimizationInverter(cnn, "stages.3", num_optimizer_steps=2)
-    assert (opt.classifier_name, opt.layer, opt.feature_shape, opt.pooling, opt.image_size) == \
-        ("tinyworld-cnn", "stages.3", (192, 4, 4), "none", 32)
+    assert (opt.classifier_name, opt.layer, opt.feature_shape, opt.pooling, opt.image_size) == (
+        "tinyworld-cnn", "stages.3", (192, 4, 4), "none", 32)
     f = extract_features(cnn, x[:2], "stages.3")
     a = opt.invert(f, num_samples=2, seed=1, progress=False)
     assert a.shape == (2, 2, 3, 32, 32)

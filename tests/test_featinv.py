@@ -274,8 +274,8 @@ def test_shipped_inverters_are_listed_and_load_with_their_config():
     for name in SHIPPED:
         assert name in names
     inv = wb.load_inverter("tinyworld-vit/blocks.5")
-    assert (inv.classifier_name, inv.layer, inv.feature_shape, inv.pooling, inv.image_size) == \
-        ("tinyworld-vit", "blocks.5", (128, 8, 8), "none", 32)
+    assert (inv.classifier_name, inv.layer, inv.feature_shape, inv.pooling, inv.image_size) == (
+        "tinyworld-vit", "blocks.5", (128, 8, 8), "none", 32)
     assert wb.load_inverter("tinyworld-cnn/stages.3-pooled").pooling == "mean"
 
 

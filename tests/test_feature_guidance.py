@@ -139,8 +139,8 @@ def test_sampler_description_names_feature_guidance_only_when_on():
     assert sampler_description(num_inference_steps=8, guidance_scale=3.0, scheduler="ddim", feature_guidance_scale=0.1,
                                feature_guidance_steps=8) == "ddim 8 steps, guidance 3.0 (features), feature guidance 0.1"
     assert sampler_description(num_inference_steps=8, guidance_scale=3.0, scheduler="ddim", feature_guidance_scale=0.05,
-                               feature_guidance_steps=2) == \
-        "ddim 8 steps, guidance 3.0 (features), feature guidance 0.05 at the last 2 steps"
+                               feature_guidance_steps=2) == (
+        "ddim 8 steps, guidance 3.0 (features), feature guidance 0.05 at the last 2 steps")
 
 
 def test_pooled_inverter_is_guided_by_spatial_means_only():

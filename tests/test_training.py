@@ -462,8 +462,8 @@ def test_cards_cli_selects_inverters_and_rejects_bad_input():
     assert cards.inverter_names(cards.parse_args([]), shipped) == featinv_only
     assert cards.inverter_names(cards.parse_args(["--base"]), shipped) == []
     assert cards.inverter_names(cards.parse_args(["--base", "--inverters"]), shipped) == featinv_only
-    assert cards.inverter_names(cards.parse_args(["--inverters", "tinyworld-vit/blocks.5"]), shipped) == \
-        ["tinyworld-vit/blocks.5"]
+    assert cards.inverter_names(cards.parse_args(["--inverters", "tinyworld-vit/blocks.5"]), shipped) == [
+        "tinyworld-vit/blocks.5"]
     with pytest.raises(SystemExit, match="unknown \\['tinyworld-vit/blocks.9'\\]"):
         cards.inverter_names(cards.parse_args(["--inverters", "tinyworld-vit/blocks.9"]), shipped)
     assert cards.parse_sampler("ddpm:250") == ("ddpm", 250)
@@ -564,8 +564,8 @@ def test_the_official_preset_trains_and_samples_at_tiny_size(tmp_path):
     from workbench.inverters.featinv import FeatInv
 
     official = wb.presets.get("official")
-    assert (official.classifier, official.layer, official.feature_shape) == \
-        ("convnext_base.fb_in22k_ft_in1k", "stages.3", (1024, 9, 9))
+    assert (official.classifier, official.layer, official.feature_shape) == (
+        "convnext_base.fb_in22k_ft_in1k", "stages.3", (1024, 9, 9))
     assert official.sampler == {"scheduler": "ddim", "num_inference_steps": 50, "guidance_scale": 1.75,
                                 "guidance_mode": "prompt", "feature_guidance_scale": 0.0}
     assert set(official.sampler) <= set(inspect.signature(FeatInv.invert).parameters)
@@ -578,8 +578,8 @@ def test_the_official_preset_trains_and_samples_at_tiny_size(tmp_path):
     inv = featinv.train_featinv(config)
     training = inv.card["training"]
     assert training["steps"] == 3  # 3 epochs of 2 images at batch 2
-    assert (training["lr"], training["lr_schedule"], training["max_grad_norm"], training["ema"]) == \
-        (1e-5, "constant", None, 0.0)
+    assert (training["lr"], training["lr_schedule"], training["max_grad_norm"], training["ema"]) == (
+        1e-5, "constant", None, 0.0)
     assert training["classifier_size"] == 288 and training["augment"] is True and training["drop_prob"] == 0.15
     assert training["prompt"] == wb.presets.OFFICIAL_PROMPT and training["mixed_precision"] == "no"
     assert inv.hidden_channels == 512 and inv.feature_shape == (320, 9, 9)  # atto's 320 channels at 288 px / 32

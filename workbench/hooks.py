@@ -300,8 +300,8 @@ class FeatureCache(Mapping):
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self._acts:
-            raise _unknown(name, list(self._acts), "this FeatureCache") if self._acts else \
-                LayerNotFoundError(f"layer {name!r} was not captured: the cache is empty (did the forward pass run?)")
+            raise (_unknown(name, list(self._acts), "this FeatureCache") if self._acts else
+                   LayerNotFoundError(f"layer {name!r} was not captured: the cache is empty (did the forward pass run?)"))
         return self._acts[name]
 
     def __iter__(self) -> Iterator[str]:
