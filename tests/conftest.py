@@ -75,6 +75,14 @@ def arch(request) -> tuple[str, Arch, nn.Module, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
+def cnn():
+    """The shipped tiny-world CNN (``tinyworld-cnn``), loaded once per test module."""
+    import workbench as wb
+
+    return wb.load_classifier("tinyworld-cnn")
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a small shared CPU,
     more threads per process make the sampling tests many times slower."""

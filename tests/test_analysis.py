@@ -16,11 +16,6 @@ N = 96          # images for fitting: enough positions for a full PCA of stages.
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    return wb.load_classifier("tinyworld-cnn")
-
-
-@pytest.fixture(scope="module")
 def data():
     ds = wb.TinyWorld("val", size=N, seed=0)
     return ds.images(), ds.labels(), ds.factor_table()

@@ -142,3 +142,16 @@ def test_no_backslash_continuations():
             if str(path.relative_to(root)) not in CONTINUATIONS_FOR_NOW and (lines := _backslash_continuations(path)):
                 found[str(path.relative_to(root.parent))] = lines
     assert not found, f"backslash continuations (wrap the expression in parentheses instead): {found}"
+
+
+def test_no_test_imports_another_test_file():
+    """Shared fixtures live in conftest.py and shared helpers in helpers.py, so each test file stands alone."""
+    tests = Path(__file__).resolve().parent
+    importing = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            importing += [f"{path.name} imports {n}" for n in names if n.split(".")[-1].startswith("test_")]
+    assert not importing, importing
+

@@ -12,11 +12,6 @@ from workbench.hooks import extract_features
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    return wb.load_classifier("tinyworld-cnn")
-
-
-@pytest.fixture(scope="module")
 def x():
     return wb.TinyWorld("test", size=4, seed=0).images()
 

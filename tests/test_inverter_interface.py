@@ -23,11 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    return wb.load_classifier("tinyworld-cnn")
-
-
-@pytest.fixture(scope="module")
 def base():
     return wb.DiffusionBase.from_pretrained("tinyworld-base")
 

@@ -12,11 +12,6 @@ from workbench.errors import WeightsUnavailableError
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    return wb.load_classifier("tinyworld-cnn")
-
-
-@pytest.fixture(scope="module")
 def vit():
     return wb.load_classifier("tinyworld-vit")
 

@@ -13,7 +13,7 @@ import torch
 import workbench as wb
 from workbench.inverters.featinv import FeatInv, FeatureConditioning
 
-from test_featinv import make_condition_matter, miniature_base
+from helpers import make_condition_matter, miniature_base
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -9,11 +9,6 @@ from workbench import robustness as R
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    return wb.load_classifier("tinyworld-cnn")
-
-
-@pytest.fixture(scope="module")
 def x():
     return wb.TinyWorld("test", size=4, seed=0).images()
 

@@ -17,11 +17,6 @@ STAR = 3
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    return wb.load_classifier("tinyworld-cnn")
-
-
-@pytest.fixture(scope="module")
 def data():
     ds = wb.TinyWorld("val", size=128, seed=0)
     return ds.images(), ds.labels()

@@ -183,7 +183,7 @@ def test_base_loss_is_the_old_computation(kind, snr_gamma, min_timestep):
 def test_featinv_loss_is_the_old_computation(kind):
     """FeatInv.training_loss (condition dropout around diffusion_loss) gives the old loss bit for bit, the
     generator ends where it did, and snr_gamma weights it as train-base's loss."""
-    from test_featinv import miniature_base  # a tiny SD-shaped base with random weights
+    from helpers import miniature_base  # a tiny SD-shaped base with random weights
 
     from workbench.inverters.featinv import FeatInv
 

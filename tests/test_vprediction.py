@@ -104,7 +104,7 @@ def test_train_base_v_prediction_is_saved_kept_and_switchable(tmp_path):
 
 def test_featinv_loss_targets_v_on_a_v_base():
     """FeatInv's loss is the MSE against the base's own target: the ControlNet corrects v on a v base."""
-    from test_featinv import miniature_base  # a tiny SD-shaped base with random weights
+    from helpers import miniature_base  # a tiny SD-shaped base with random weights
     from workbench.inverters.featinv import FeatInv
 
     base = miniature_base(pixel=False)
