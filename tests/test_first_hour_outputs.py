@@ -70,3 +70,16 @@ def test_an_sae_refuses_maps_too_few_for_its_atoms():
         fit_dictionary(maps, 128, method="topk", progress=False)
     with pytest.warns(UserWarning, match="64 vectors for 32 atoms"):
         fit_dictionary(maps, 32, method="topk", steps=2, progress=False)
+
+
+def test_saved_weights_get_the_mode_of_a_plain_open(tmp_path):
+    import os
+
+    from workbench.weights import save_state
+
+    old = os.umask(0o022)
+    try:
+        save_state({"w": torch.zeros(2)}, tmp_path / "controlnet.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "controlnet.safetensors").stat().st_mode & 0o777 == 0o644    # safetensors alone gives 0600

@@ -114,7 +114,18 @@ def save_state(module_or_state: nn.Module | dict[str, torch.Tensor], path: Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(out, str(tmp), metadata=metadata)
+    normal_mode(tmp)
     tmp.replace(path)
+
+
+def normal_mode(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (``0o666`` less the umask, 0644 under the usual 022):
+    safetensors writes its files 0600, which other users of a shared checkout could not read."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def write_card(name: str, card: dict[str, Any], root: Path | None = None) -> Path:
