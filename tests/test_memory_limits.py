@@ -71,7 +71,7 @@ CHILD = textwrap.dedent("""
     maps = torch.rand(2, 192, 4, 4)
     requests = {
         "TinyWorld(size=10**8)[0]": lambda: wb.TinyWorld("test", size=10**8)[0],
-        "interpolate(n_steps=10**5)": lambda: composition.interpolate(maps, maps, 10**5),
+        "interpolate(num_steps=10**5)": lambda: composition.interpolate(maps, maps, 10**5),
         "ablate_channels(range(10**9))": lambda: wb.ablate_channels(range(10**9)),
     }
     for what, request in requests.items():

@@ -179,21 +179,23 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
 
 
 # ------------------------------------------------------------------------------------------ sequences
-def interpolate(features_a: Tensor, features_b: Tensor, n_steps: int) -> Tensor:
-    """Linear interpolation of maps: ``(1 - t) A + t B`` for ``t`` in ``linspace(0, 1, n_steps)``.
+def interpolate(features_a: Tensor, features_b: Tensor, num_steps: int | None = None, *,
+                n_steps: int | None = None) -> Tensor:
+    """Linear interpolation of maps: ``(1 - t) A + t B`` for ``t`` in ``linspace(0, 1, num_steps)``.
 
     The sweep is built into one buffer (no temporaries of its size); one that cannot fit in free memory is refused
     before anything is allocated, with its size in the message.
 
     Args:
         features_a, features_b: ``Tensor[B, C, h, w]``.
-        n_steps: ``T >= 2``, an int.
+        num_steps: ``T >= 2``, an int.
+        n_steps: the old name of ``num_steps``, still accepted (with a ``DeprecationWarning``).
 
     Returns:
         ``Tensor[B, T, C, h, w]``.
 
     Raises:
-        AnalysisError: maps of two shapes, or ``n_steps < 2``. ArgumentTypeError: ``n_steps`` is not an int.
+        AnalysisError: maps of two shapes, or ``num_steps < 2``. ArgumentTypeError: ``num_steps`` is not an int.
         ArgumentValueError: the sweep would not fit in free memory.
 
     Example:
@@ -201,13 +203,20 @@ def interpolate(features_a: Tensor, features_b: Tensor, n_steps: int) -> Tensor:
     """
     if features_a.shape != features_b.shape:
         raise AnalysisError(f"cannot interpolate maps of shapes {list(features_a.shape)} and {list(features_b.shape)}")
-    n_steps = checked_int(n_steps, "n_steps")
-    if n_steps < 2:
-        raise AnalysisError(f"n_steps must be >= 2, got {n_steps}")
-    shape = (features_a.shape[0], n_steps, *features_a.shape[1:])
-    check_allocation(shape, features_a.dtype, features_a.device, f"interpolate(n_steps={n_steps})")
+    if n_steps is not None:
+        import warnings
+
+        if num_steps is not None:
+            raise AnalysisError("pass num_steps only (n_steps is its old name)")
+        warnings.warn("interpolate(n_steps=) is now interpolate(num_steps=)", DeprecationWarning, stacklevel=2)
+        num_steps = n_steps
+    num_steps = checked_int(num_steps, "num_steps")
+    if num_steps < 2:
+        raise AnalysisError(f"num_steps must be >= 2, got {num_steps}")
+    shape = (features_a.shape[0], num_steps, *features_a.shape[1:])
+    check_allocation(shape, features_a.dtype, features_a.device, f"interpolate(num_steps={num_steps})")
     out = torch.empty(shape, dtype=features_a.dtype, device=features_a.device)
-    t = torch.linspace(0, 1, n_steps, dtype=features_a.dtype, device=features_a.device)
+    t = torch.linspace(0, 1, num_steps, dtype=features_a.dtype, device=features_a.device)
     view = (1, -1) + (1,) * (features_a.ndim - 1)
     return torch.lerp(features_a[:, None].expand(shape), features_b[:, None].expand(shape), t.view(view), out=out)
 
