@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 
 from ..errors import ArgumentValueError
-from .common import (EMA_DECAY, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_int, check_resume,
-                     check_snr_gamma, command_line, ema_update, encode_all, init_card, loop_generator,
+from .common import (EMA_DECAY, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule, check_int_field,
+                     check_resume, check_snr_gamma, command_line, ema_update, encode_all, init_card, loop_generator,
                      optimiser_step, parse_config, process_of, resume_run, save_if_due, start_run, tinyworld_images)
 
 
@@ -64,7 +64,7 @@ class BaseConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
-        check_int(self, "min_timestep", low=0, high=999)  # of the scheduler's 1000 steps
+        check_int_field(self, "min_timestep", low=0, high=999)  # of the scheduler's 1000 steps
         check_snr_gamma(self)
         if not self.widths or min(self.widths) < 1:
             raise ArgumentValueError(f"--widths {','.join(map(str, self.widths))}: needs one or more widths >= 1")

@@ -29,8 +29,8 @@ from ..tinyworld import tinyworld_images  # noqa: F401  (the training scripts' i
 from .checkpoint import (CKPT, cached_tensor, check_resume, checkpoint_folder, init_card,  # noqa: F401
                          load_checkpoint, process_states, removed_on_failure, resume_run, save_checkpoint, save_if_due,
                          state_fingerprint)
-from .config import (RunConfig, check_int, check_snr_gamma, config_parser, field_comments, flag,  # noqa: F401
-                     int_tuple, or_none, parse_config)
+from .config import (RunConfig, check_int_field, check_snr_gamma, config_parser, field_comments,  # noqa: F401
+                     flag, int_tuple, or_none, parse_config)
 from .data import ImageFolderStream, TensorStream, derived_seed  # noqa: F401  (the scripts' data streams)
 
 WARMUP_STEPS = 200  # the LR warms up linearly over min(WARMUP_STEPS, steps // 10) steps, then decays (cosine_lr)

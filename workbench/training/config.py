@@ -72,9 +72,9 @@ class RunConfig:
                 a string where a whole number goes.
         """
         for name in self.positive:
-            check_int(self, name, low=1)
+            check_int_field(self, name, low=1)
         for name in self.non_negative:
-            check_int(self, name, low=0)
+            check_int_field(self, name, low=0)
         for name in self.fractions:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value <= 1):
@@ -85,7 +85,7 @@ class RunConfig:
                                                  and math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise ArgumentValueError(f"--max-minutes {self.max_minutes!r}: must be a number of minutes > 0, or left "
                                      "out")
-        check_int(self, "seed", low=0, high=2 ** 64 - 1)  # what torch.Generator.manual_seed tells apart
+        check_int_field(self, "seed", low=0, high=2 ** 64 - 1)  # what torch.Generator.manual_seed tells apart
         images = getattr(self, "train_images", None)  # the tiny world's training set (an image folder has its own)
         if images is not None and getattr(self, "data", "tinyworld") == "tinyworld" and self.batch_size > images:
             raise ArgumentValueError(f"--batch-size {self.batch_size}: more than the {images} images of "
@@ -110,8 +110,10 @@ def check_snr_gamma(config) -> None:
                                  "out for plain MSE")
 
 
-def check_int(config, name: str, *, low: int, high: int | None = None) -> None:
-    """Refuse a field of ``config`` that is not an int in ``[low, high]``, naming its flag and value."""
+def check_int_field(config, name: str, *, low: int, high: int | None = None) -> None:
+    """Refuse a field of ``config`` that is not an int in ``[low, high]``, naming its flag and value
+    (``"--steps 0: must be at least 1"``). Not :func:`workbench.checks.checked_int`, which converts and bounds a
+    library argument and names it as a keyword."""
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ArgumentTypeError(f"{flag(name)} {value!r}: must be a whole number")

@@ -29,9 +29,9 @@ import torch
 
 from ..errors import ArgumentValueError
 from .common import (EMA_DECAY, ImageFolderStream, RunConfig, Steps, Timer, TensorStream, adamw_with_schedule,
-                     cached_tensor, check_int, check_resume, check_snr_gamma, command_line, ema_update, encode_all,
-                     init_card, loop_generator, optimiser_step, parse_config, process_of, removed_on_failure,
-                     resume_run, save_if_due, start_run, state_fingerprint, tinyworld_images)
+                     cached_tensor, check_int_field, check_resume, check_snr_gamma, command_line, ema_update,
+                     encode_all, init_card, loop_generator, optimiser_step, parse_config, process_of,
+                     removed_on_failure, resume_run, save_if_due, start_run, state_fingerprint, tinyworld_images)
 
 
 @dataclass(kw_only=True)
@@ -90,7 +90,7 @@ class FeatInvConfig(RunConfig):
         check_snr_gamma(self)
         for name in ("classifier_size", "train_images"):
             if getattr(self, name) is not None:
-                check_int(self, name, low=1)
+                check_int_field(self, name, low=1)
         for name in ("epochs", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
