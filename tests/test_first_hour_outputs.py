@@ -83,3 +83,14 @@ def test_saved_weights_get_the_mode_of_a_plain_open(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "controlnet.safetensors").stat().st_mode & 0o777 == 0o644    # safetensors alone gives 0600
+
+
+@pytest.mark.parametrize("notebook", ["04_reconstruction_quality", "09_concept_steering"])
+def test_the_long_notebook_cells_keep_their_bars(notebook):
+    """The evaluation (04) and the steering study (09) take minutes at full size: their bars stay on."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / f"{notebook}.ipynb"
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    assert not [c for c in cells if "progress=False" in c]
