@@ -242,8 +242,8 @@ def test_two_process_gradient_is_the_one_process_gradient_of_the_union(launched,
 
 
 @pytest.mark.parametrize("name,weights", [("base", "tinyworld-base/unet/diffusion_pytorch_model.safetensors"),
-                                          ("inv-tiny", "inverter/controlnet.safetensors"),
-                                          ("inv-folder", "inverter/controlnet.safetensors")])
+                                          ("inv-tiny", "inverter/controlnet/diffusion_pytorch_model.safetensors"),
+                                          ("inv-folder", "inverter/controlnet/diffusion_pytorch_model.safetensors")])
 def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_weights(launched, name, weights):
     """Each run finishes and writes one set of weights (the main process); a run stopped at step 3 resumes under
     two processes to the same final step and the same weights as the uninterrupted one."""

@@ -20,6 +20,7 @@ _EXPORTS = {
     "FeatInv": "inverters.featinv", "FeatureConditioning": "inverters.featinv",
     "invariance_map": "inverters.featinv",
     "load_inverter": "inverters", "list_inverters": "inverters",
+    "InverterBase": "inverters.base", "register_inverter": "inverters.base", "Sampler": "inverters.sampler",
     "train_featinv": "training.featinv",
     "presets": "presets",
     # evaluation

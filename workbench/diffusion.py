@@ -520,9 +520,26 @@ class DiffusionBase(nn.Module):
         return lambda model_input, t: self.unet(model_input, t, encoder_hidden_states=emb).sample
 
     # ------------------------------------------------------------------ persistence
+    def model_index(self) -> dict[str, Any]:
+        """The ``model_index.json`` of this base's folder: each component with the diffusers class that loads it,
+        as a Stable Diffusion folder lists them. The text encoder, tokenizer, safety checker, feature extractor and
+        image encoder are absent (``[null, null]``; the fixed prompt is embedded once, in
+        ``prompt_embeds.safetensors``), so ``StableDiffusionPipeline.from_pretrained(folder, text_encoder=None,
+        tokenizer=None, safety_checker=None, feature_extractor=None, image_encoder=None)`` loads a latent base and
+        samples from it with ``prompt_embeds=`` and ``negative_prompt_embeds=`` (the null prompt's)."""
+        import diffusers
+
+        absent = [None, None]
+        return {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+                "unet": ["diffusers", type(self.unet).__name__],
+                "vae": absent if self.vae is None else ["diffusers", type(self.vae).__name__],
+                "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": absent, "tokenizer": absent,
+                "safety_checker": absent, "feature_extractor": absent, "image_encoder": absent,
+                "requires_safety_checker": False}
+
     def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
-        """Write a diffusers-style folder: ``unet/``, ``vae/`` (latent bases), ``scheduler/``,
-        ``prompt_embeds.safetensors`` and ``card.json``."""
+        """Write a diffusers-style folder: ``unet/``, ``vae/`` (latent bases), ``scheduler/``, ``model_index.json``
+        (:meth:`model_index`), ``prompt_embeds.safetensors`` and ``card.json``."""
         from .weights import save_state
 
         path = Path(path)
@@ -543,6 +560,7 @@ class DiffusionBase(nn.Module):
             json.dumps({"_class_name": "DDPMScheduler", **self.scheduler_config}, indent=2))
         save_state({"prompt_embeds": self.prompt_embeds, "null_embeds": self.null_embeds},
                    path / "prompt_embeds.safetensors", fp16=False)
+        (path / "model_index.json").write_text(json.dumps(self.model_index(), indent=2) + "\n")
         meta = {"image_size": self.image_size, **(card or {})}
         (path / "card.json").write_text(json.dumps(meta, indent=2) + "\n")
 

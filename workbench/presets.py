@@ -14,7 +14,7 @@ Example:
     'accelerate launch -m workbench.cli train-inverter --classifier resnet50 --layer layer4 ...'
     >>> official = wb.presets.get("official")
     >>> config = official.config(data="/data/imagenet/train", out="runs/featinv-official")   # a FeatInvConfig
-    >>> images = inv.invert(features, **official.sampler)        # DDIM 50, guidance 1.75, guidance_mode="prompt"
+    >>> images = inv.invert(features, sampler=wb.Sampler(**official.sampler))   # DDIM 50, guidance 1.75, "prompt"
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ class Preset:
     #: ``workbench train-inverter`` arguments of the recipe (``FeatInvConfig`` fields), beyond classifier, layer and
     #: base
     train: dict = field(default_factory=lambda: dict(FAST_TRAIN))
-    #: keyword arguments of ``FeatInv.invert`` for this recipe's sampler (empty: the library's defaults)
+    #: this recipe's :class:`~workbench.inverters.sampler.Sampler` settings, as JSON for cards (empty: the library's
+    #: defaults); ``wb.Sampler(**preset.sampler)`` is the sampler to pass to ``invert(sampler=...)``
     sampler: dict = field(default_factory=dict)
 
     @property

@@ -11,7 +11,6 @@ no weights). The JSON file holds ``{"summary": {...}, "attrs": {...}, "rows": [.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 from pathlib import Path
@@ -38,11 +37,13 @@ def parse_args(argv=None):
 
 def invert_options(inverter, args) -> dict:
     """The keyword arguments of ``inverter.invert`` that the flags set: ``--num-inference-steps`` goes to
-    ``num_inference_steps`` (FeatInv) or ``num_optimizer_steps`` (the optimisation baseline), whichever it takes."""
-    params = inspect.signature(inverter.invert).parameters
+    ``num_inference_steps`` (a kind that samples, FeatInv) or ``num_optimizer_steps`` (the optimisation baseline),
+    whichever the kind takes (``uses_sampler``, ``invert_options``)."""
+    takes = (("num_inference_steps",) if getattr(inverter, "uses_sampler", False) else ()) + tuple(
+        getattr(inverter, "invert_options", ()))
     options = {} if args.batch_size is None else {"batch_size": args.batch_size}
     if args.num_inference_steps is not None:
-        name = next((k for k in ("num_inference_steps", "num_optimizer_steps") if k in params), None)
+        name = next((k for k in ("num_inference_steps", "num_optimizer_steps") if k in takes), None)
         if name is None:
             raise SystemExit(f"--num-inference-steps: {type(inverter).__name__} takes no steps; leave the flag out")
         options[name] = args.num_inference_steps

@@ -1,8 +1,11 @@
 """Inverters: from a classifier's feature map back to images.
 
-Every inverter has the same call, ``invert(features, num_samples=..., seed=..., progress=..., batch_size=...)
--> Tensor[B, S, 3, H, W]``, and the same attributes: ``classifier_name``, ``layer``, ``feature_shape``, ``pooling``,
-``image_size`` (the :class:`~workbench.inverters.interface.Inverter` protocol).
+Every inverter derives from one base class, :class:`~workbench.inverters.base.InverterBase` (config, files, the
+registry of kinds, device and dtype), and has the same call, ``invert(features, num_samples=..., seed=... or
+generator=..., sampler=..., progress=..., batch_size=...) -> Tensor[B, S, 3, H, W]``, and the same attributes:
+``classifier_name``, ``layer``, ``feature_shape``, ``pooling``, ``image_size`` (the
+:class:`~workbench.inverters.interface.Inverter` protocol). FeatInv's sampling settings are one
+:class:`~workbench.inverters.sampler.Sampler`.
 
 Shipped inverters live in ``data/inverters/<classifier>/<layer>[-pooled|-decoder]/`` and are named
 ``<classifier>/<layer>[-pooled|-decoder]`` by :func:`list_inverters`; ``optimization:<classifier>/<layer>`` names the
@@ -19,6 +22,7 @@ import torch
 from ..checks import check_device, check_layer
 from ..errors import WeightsUnavailableError
 from ..paths import data_dir
+from .base import InverterBase
 from .interface import read_config
 
 
@@ -39,8 +43,12 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
     The optional ``classifier``, ``layer``, ``feature_shape`` and ``image_size`` are checked against what the
     inverter was trained for; a mismatch (say, ViT features for a CNN inverter) is refused with a clear error.
 
-    Loading leaves the caller's random state as it was (modules draw initial weights before theirs load, from a
-    forked generator).
+    ``torch_dtype`` (``torch.float16``, ``torch.bfloat16``) loads it in half precision, as diffusers'
+    ``from_pretrained`` does; images still come back float32, and feature guidance's gradient runs in float32.
+
+    The kind is looked up in the registry (:func:`~workbench.inverters.base.inverter_class`) by the class its
+    ``config.json`` names. Loading leaves the caller's random state as it was (modules draw initial weights before
+    theirs load, from a forked generator).
 
     Example:
         >>> inv = wb.load_inverter("tinyworld-cnn/stages.3")
@@ -52,15 +60,15 @@ def load_inverter(name_or_path: str | Path, *, classifier: str | None = None, la
         check_layer(layer)
     check_device(device)
     with torch.random.fork_rng(devices=[]):
-        return _load_inverter(name_or_path, classifier=classifier, layer=layer, feature_shape=feature_shape,
-                              image_size=image_size, base=base, device=device)
+        inverter = _load_inverter(name_or_path, classifier=classifier, layer=layer, feature_shape=feature_shape,
+                                  image_size=image_size, base=base, device=device)
+    return inverter if torch_dtype is None else inverter.to(torch_dtype)
 
 
 def _load_inverter(name_or_path: str | Path, *, classifier: str | None, layer: str | None,
                    feature_shape: Sequence[int] | None, image_size: int | None, base, device: str | torch.device):
-    """:func:`load_inverter` without its guard of the caller's random state."""
+    """:func:`load_inverter` without its guard of the caller's random state (and in float32)."""
     from ..errors import InverterMismatchError
-    from .featinv import FeatInv
 
     spec = str(name_or_path)
     baseline = _optimization_baseline(spec, device=device) if spec.startswith("optimization:") else None

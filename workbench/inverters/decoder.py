@@ -17,18 +17,14 @@ Example:
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..checks import check_seed, checked_int
-from .feature_distance import warn_if_off_distribution
+from .base import InverterBase, register_inverter
 from .interface import (
-    capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
-    read_config, register_feature_statistics, register_to_config, set_feature_statistics,
-    training_card, write_pretrained)
+    describe, normalize_features, register_feature_statistics, register_to_config, set_feature_statistics)
 
 
 class _UpBlock(nn.Sequential):
@@ -40,7 +36,8 @@ class _UpBlock(nn.Sequential):
                          nn.Conv2d(c_out, c_out, 3, padding=1), nn.GELU())
 
 
-class DecoderInverter(nn.Module):
+@register_inverter("decoder")
+class DecoderInverter(InverterBase):
     """A conv decoder that inverts one classifier layer: ``[B, C, h, w] -> [B, 3, H, W]``.
 
     Args:
@@ -51,18 +48,18 @@ class DecoderInverter(nn.Module):
         hidden_channels: width of the first block; each upsampling block halves it, down to ``min_channels``.
         min_channels: narrowest block width.
 
-    The constructor arguments are the config (:attr:`config`), saved as JSON by :meth:`save_pretrained`. It
-    implements :class:`~workbench.inverters.interface.Inverter`.
+    The constructor arguments are the config (:attr:`config`), saved as JSON with ``decoder.safetensors`` by
+    :meth:`save_pretrained`. It is an :class:`~workbench.inverters.base.InverterBase`; being deterministic, it
+    ignores ``invert``'s ``sampler``, ``seed`` and ``generator``.
 
     Example:
         >>> dec = DecoderInverter("tinyworld-cnn", "stages.3", (192, 4, 4), image_size=32)
         >>> dec(torch.randn(2, 192, 4, 4)).shape           # torch.Size([2, 3, 32, 32])
     """
 
-    kind = "decoder"
     #: config keys that are not constructor arguments: recorded for loading to check
     derived_config = ("pooling",)
-    pooling = "none"
+    weights_name = "decoder.safetensors"
 
     @register_to_config
     def __init__(self, classifier_name: str, layer: str, feature_shape: Sequence[int], image_size: int = 32, *,
@@ -84,12 +81,6 @@ class DecoderInverter(nn.Module):
         self.blocks = nn.Sequential(*[_UpBlock(a, b) for a, b in zip(widths[:-1], widths[1:])])
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1)
 
-    # ------------------------------------------------------------------ config
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor's arguments, plus ``pooling`` (always ``"none"``)."""
-        return inverter_config(self, extra={"pooling": self.pooling})
-
     def __repr__(self) -> str:
         return describe(self, widths=f"{self.hidden_channels} -> {self.min_channels} channels")
 
@@ -104,50 +95,15 @@ class DecoderInverter(nn.Module):
         x = normalize_features(self, features)
         return torch.sigmoid(self.to_rgb(self.blocks(self.stem(x))))
 
-    @torch.no_grad()
-    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = True,
-               batch_size: int = 64) -> torch.Tensor:
-        """Decode maps into images; the decoder is deterministic, so the ``S`` samples are identical.
-
-        Args:
-            features: ``Tensor[B, C, h, w]`` maps from ``self.classifier_name`` at ``self.layer``.
-            num_samples: ``S`` copies per map (for the shared inverter call).
-            seed: unused (deterministic); accepted so one harness drives every inverter.
-            progress: show a progress bar over batches.
-            batch_size: maps decoded at once.
-
-        Returns:
-            ``Tensor[B, S, 3, H, W]`` in [0, 1], on the CPU.
-        """
+    def _sample(self, features: torch.Tensor, *, num_samples: int, generator: torch.Generator, progress: bool,
+                batch_size: int, sampler, classifier: nn.Module | None) -> torch.Tensor:
+        """Decode checked maps ``[B, C, h, w]`` in chunks of ``batch_size`` (a progress bar over them) into
+        ``[B, S, 3, H, W]`` in [0, 1] on the CPU: the decoder is deterministic, so the ``S`` samples are identical
+        and ``generator``, ``sampler`` and ``classifier`` are unused (accepted so one harness drives every kind)."""
         from tqdm.auto import tqdm
 
-        num_samples = checked_int(num_samples, "num_samples", minimum=1)
-        batch_size = checked_int(batch_size, "batch_size", minimum=1)
-        check_seed(seed)
-        check_features(self, features)
-        warn_if_off_distribution(self, features)
         dev = self.feature_mean.device
-        out = [self(features[s:s + batch_size].to(dev).float()).float().cpu()
+        out = [self(features[s:s + batch_size].to(dev, self.dtype)).float().cpu()
                for s in tqdm(range(0, len(features), batch_size), desc="decoder", disable=not progress)]
         images = torch.cat(out) if out else torch.empty(0, 3, self.image_size, self.image_size)
         return images[:, None].expand(-1, num_samples, -1, -1, -1).contiguous()
-
-    def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
-        """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` with ``classifier`` (default: the shipped or
-        timm model named ``self.classifier_name``), resized to its input size, then :meth:`invert`
-        -> ``[B, S, 3, H, W]``."""
-        return capture_and_invert(self, images, classifier, device=self.feature_mean.device, **kwargs)
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` + ``decoder.safetensors`` (+ ``card.json``) into ``path``."""
-        write_pretrained(self, path, {"decoder.safetensors": self}, fp16=fp16, card=card)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "DecoderInverter":
-        """Rebuild from :meth:`save_pretrained`'s folder, in eval mode on ``device``."""
-        path = Path(path)
-        dec = cls(**init_kwargs(cls, read_config(path, cls)))
-        load_weights(dec, path / "decoder.safetensors")
-        dec.card = training_card(path)
-        return dec.to(device).eval()

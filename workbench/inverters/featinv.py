@@ -31,23 +31,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion import DEFAULT_SCHEDULER, Guide, Predictor, denoise, diffusion_loss, gradient_guide
+from ..diffusion import Guide, Predictor, denoise, diffusion_loss, gradient_guide
 from ..errors import InverterMismatchError, UnknownModelError, WeightsUnavailableError
-from .feature_distance import warn_if_off_distribution
+from .base import InverterBase, register_inverter
 from .interface import (
-    capture_and_invert, check_features, describe, init_kwargs, inverter_config, load_weights, normalize_features,
-    read_config, register_feature_statistics, register_to_config, set_feature_statistics,
-    training_card, write_pretrained)
+    describe, load_weights, normalize_features, register_feature_statistics, register_to_config,
+    set_feature_statistics)
+from .sampler import Sampler
 
-#: Sampling defaults, chosen by ``benchmarks/sampler_tradeoff.py`` (see benchmarks/README.md); the scheduler,
-#: :data:`~workbench.diffusion.DEFAULT_SCHEDULER` (``"ddim"``), is that of every sampler.
-DEFAULT_NUM_INFERENCE_STEPS = 5
-DEFAULT_GUIDANCE_SCALE = 3.0
-DEFAULT_GUIDANCE_MODE = "features"
-#: Feature guidance at sampling time: its scale (0: off) and how many of the last denoising steps it acts at, see
-#: :meth:`FeatInv.invert`; chosen by step 4 of ``benchmarks/sampler_tradeoff.py`` (docs/benchmarks-log.md).
-DEFAULT_FEATURE_GUIDANCE_SCALE = 0.025
-DEFAULT_FEATURE_GUIDANCE_STEPS = 2
+#: The default sampler's settings under their old names, for scripts that read them; the defaults themselves live
+#: in one place, the fields of :class:`~workbench.inverters.sampler.Sampler`.
+DEFAULT_NUM_INFERENCE_STEPS = Sampler.num_inference_steps
+DEFAULT_GUIDANCE_SCALE = Sampler.guidance_scale
+DEFAULT_GUIDANCE_MODE = Sampler.guidance_mode
+DEFAULT_FEATURE_GUIDANCE_SCALE = Sampler.feature_guidance_scale
+DEFAULT_FEATURE_GUIDANCE_STEPS = Sampler.feature_guidance_steps
+#: Where a saved FeatInv keeps its ControlNet, as a folder ``diffusers.ControlNetModel.from_pretrained(folder,
+#: subfolder=CONTROLNET_FOLDER)`` reads (its feature embedding apart: :data:`FEATURE_EMBEDDING_FILE`).
+CONTROLNET_FOLDER = "controlnet"
+#: The :class:`FeatureConditioning` of a saved FeatInv, which diffusers' config cannot express, beside the folder.
+FEATURE_EMBEDDING_FILE = "feature_embedding.safetensors"
+#: The whole ControlNet in one file, as inverters saved before the diffusers-readable layout hold it (still read).
+LEGACY_WEIGHTS_FILE = "controlnet.safetensors"
 
 
 class FeatureConditioning(nn.Module):
@@ -95,7 +100,8 @@ class FeatureConditioning(nn.Module):
         return self.zero_out(self.encoder(x))
 
 
-class FeatInv(nn.Module):
+@register_inverter("featinv")
+class FeatInv(InverterBase):
     """A ControlNet inverter of one classifier layer on a frozen :class:`~workbench.DiffusionBase`.
 
     Args:
@@ -113,12 +119,14 @@ class FeatInv(nn.Module):
 
     The constructor arguments are the config (:attr:`config`, with the base recorded by name): they are kept as
     attributes (``inv.classifier_name``, ``inv.layer``, ``inv.feature_shape``, ``inv.pooling``) and saved as JSON
-    by :meth:`save_pretrained`. It implements :class:`~workbench.inverters.interface.Inverter`.
+    by :meth:`save_pretrained`, which writes the ControlNet as a diffusers folder (:data:`CONTROLNET_FOLDER`). It
+    is an :class:`~workbench.inverters.base.InverterBase`; ``invert`` takes a
+    :class:`~workbench.inverters.sampler.Sampler`.
     """
 
-    kind = "featinv"
     #: config keys that are not constructor arguments: recorded for loading to check
     derived_config = ("image_size", "latent_shape")
+    uses_sampler = True
 
     @register_to_config
     def __init__(self, base, classifier_name: str, layer: str, feature_shape: Sequence[int], pooling: str = "none",
@@ -140,20 +148,13 @@ class FeatInv(nn.Module):
         self.pooling = pooling
         self.hidden_channels = hidden_channels
         self.image_size = base.image_size
+        self.latent_shape = tuple(base.latent_shape)
         self.base = base
         self.base.requires_grad_(False)
         self.controlnet = ControlNetModel.from_unet(base.unet, load_weights_from_unet=True)
         self.controlnet.controlnet_cond_embedding = FeatureConditioning(
             self.feature_shape[0], self.controlnet.config.block_out_channels[0], base.latent_shape[1:],
             hidden_channels=hidden_channels, pooling=pooling)
-
-    # ------------------------------------------------------------------ config
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor's arguments (the base by name), plus the base's image size and latent shape, which
-        loading checks."""
-        return inverter_config(self, objects={"base": ("base", self.base.name)},
-                               extra={"image_size": self.image_size, "latent_shape": self.base.latent_shape})
 
     @property
     def conditioning(self) -> FeatureConditioning:
@@ -164,7 +165,7 @@ class FeatInv(nn.Module):
         recorded = {k: v for k, v in (("classifier_input_size", self.classifier_input_size),
                                       ("prompt", None if self.prompt is None else repr(self.prompt))) if v is not None}
         return describe(self, pooling=repr(self.pooling), base=f"{self.base.name} (latents {c}x{h}x{w})",
-                        **recorded, sampler=sampler_description())
+                        **recorded, sampler=Sampler().describe())
 
 
     # ------------------------------------------------------------------ the network
@@ -173,10 +174,12 @@ class FeatInv(nn.Module):
         """One denoiser evaluation: latents ``[B, C, h, w]``, timesteps, maps ``[B, C_f, h_f, w_f]``,
         prompt embeddings ``[B, L, D]`` -> the base's prediction ``[B, C, h, w]`` (noise, or ``v`` for a
         v-prediction base)."""
-        down, mid = self.controlnet(z, t, encoder_hidden_states=embeds, controlnet_cond=features,
+        dtype = self.controlnet.dtype  # a half-precision inverter denoises float32 latents in its own dtype
+        x, embeds = z.to(dtype), embeds.to(dtype)
+        down, mid = self.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=features.to(dtype),
                                     conditioning_scale=conditioning_scale, return_dict=False)
-        return self.base.unet(z, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
-                              mid_block_additional_residual=mid).sample
+        return self.base.unet(x, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
+                              mid_block_additional_residual=mid).sample.to(z.dtype)
 
     def training_loss(self, latents: torch.Tensor, features: torch.Tensor, *, noise_scheduler,
                       generator: torch.Generator | None = None, drop_prob: float = 0.15,
@@ -195,60 +198,35 @@ class FeatInv(nn.Module):
         return diffusion_loss(predict, latents, noise_scheduler, generator=generator, snr_gamma=snr_gamma)
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = True,
-               batch_size: int = 64, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-               scheduler: str | None = None, guidance_mode: str = DEFAULT_GUIDANCE_MODE,
-               feature_guidance_scale: float | None = None, feature_guidance_steps: int | None = None,
-               classifier: nn.Module | None = None) -> torch.Tensor:
-        """Sample images whose features at ``self.layer`` match ``features``.
+    def _sample(self, features: torch.Tensor, *, num_samples: int, generator: torch.Generator, progress: bool,
+                batch_size: int, sampler: Sampler, classifier: nn.Module | None) -> torch.Tensor:
+        """FeatInv's sampling, called by :meth:`~workbench.inverters.base.InverterBase.invert` once its checks have
+        run: maps ``[B, C, h, w]`` -> images ``[B, S, 3, H, W]`` in [0, 1], float32, on the CPU.
 
-        With feature guidance, each of the last ``feature_guidance_steps`` denoising steps also decodes the
-        predicted clean latents, runs ``classifier`` to ``self.layer`` and moves those latents down the gradient of
-        one minus the feature cosine to the target map (:func:`~workbench.diffusion.gradient_guide`): the
-        ControlNet gives the prior, the gradient sharpens the match. Each guided step costs a backward pass through
-        the VAE decoder and the classifier, about as much as one step of the guided ControlNet and UNet.
+        Steps: 1. all noise up front on the CPU from ``generator``, so that images do not depend on ``batch_size``
+        or the device; then per chunk of ``batch_size`` rows: 2. the denoiser conditioned on the chunk's maps;
+        3. a fresh scheduler (``sampler.scheduler``); 4. the denoising loop with classifier-free guidance and, if
+        ``sampler.feature_guidance_scale > 0``, feature guidance; 5. decoding.
 
-        Args:
-            features: ``Tensor[B, C, h, w]`` maps from ``self.classifier_name`` at ``self.layer``.
-            num_samples: ``S`` samples per map.
-            seed: the same seed gives the same images, whatever ``batch_size``.
-            progress: show a progress bar over denoising steps.
-            batch_size: images denoised at once; bounds the memory, not the input size.
-            num_inference_steps: denoising steps (default :data:`DEFAULT_NUM_INFERENCE_STEPS`).
-            guidance_scale: classifier-free guidance scale; 1 disables guidance (default
-                :data:`DEFAULT_GUIDANCE_SCALE`).
-            scheduler: ``"ddim"`` or ``"dpm++"`` (DPM-Solver++ 2M) (default
-                :data:`~workbench.diffusion.DEFAULT_SCHEDULER`).
-            guidance_mode: ``"features"`` or ``"prompt"``, see the module docstring.
-            feature_guidance_scale: the RMS step of the latents per denoising step along the feature-matching
-                gradient; 0 turns it off and gives exactly the unguided images (default
-                :data:`DEFAULT_FEATURE_GUIDANCE_SCALE`).
-            feature_guidance_steps: guide only the last that many denoising steps, the late ones, where the
-                predicted clean image is sharp enough for the classifier; ``num_inference_steps`` or more: every
-                step (default :data:`DEFAULT_FEATURE_GUIDANCE_STEPS`).
-            classifier: the classifier of the features, for feature guidance (default: the shipped or timm model
-                named ``self.classifier_name``, loaded when guidance is on); unused when it is off.
-
-        Returns:
-            ``Tensor[B, S, 3, H, W]`` in [0, 1], on the CPU.
-
-        Example:
-            >>> inv.invert(features, num_samples=2, seed=0).shape      # [B, 2, 3, 32, 32]
+        With feature guidance, each of the last ``sampler.feature_guidance_steps`` denoising steps also decodes the
+        predicted clean latents, runs ``classifier`` (default: the shipped or timm model named
+        ``self.classifier_name``) to ``self.layer`` and moves those latents down the gradient of one minus the
+        feature cosine to the target map (:func:`~workbench.diffusion.gradient_guide`), in float32 whatever the
+        inverter's dtype: the ControlNet gives the prior, the gradient sharpens the match. Each guided step costs a
+        backward pass through the VAE decoder and the classifier, about as much as one step of the guided
+        ControlNet and UNet. A scale of 0 gives exactly the unguided images and needs no classifier.
         """
         from tqdm.auto import tqdm
 
-        num_inference_steps, guidance_scale, scheduler, feature_guidance_scale, feature_guidance_steps = \
-            _sampler_settings(num_samples, batch_size, num_inference_steps, guidance_scale, scheduler, guidance_mode,
-                              feature_guidance_scale, feature_guidance_steps, seed=seed)
-        check_features(self, features)
-        warn_if_off_distribution(self, features)
+        num_inference_steps, guidance_scale = sampler.num_inference_steps, sampler.guidance_scale
+        guidance_mode, scheduler = sampler.guidance_mode, sampler.scheduler
+        feature_guidance_scale, feature_guidance_steps = sampler.feature_guidance_scale, sampler.feature_guidance_steps
         device = self.base.prompt_embeds.device
         if feature_guidance_scale > 0:
-            classifier = self._guidance_classifier(device) if classifier is None else self._checked(classifier)
+            classifier = self._guidance_classifier(device) if classifier is None else self._checked_classifier(classifier)
         B, S = features.shape[0], num_samples
         # 1. all noise up front on the CPU, so results do not depend on batch_size or device
-        g = torch.Generator("cpu").manual_seed(seed)
+        g = generator
         noise = torch.randn((B * S, *self.base.latent_shape), generator=g)
         maps = features.detach().float()
         out = torch.empty(B * S, 3, self.image_size, self.image_size)
@@ -303,11 +281,15 @@ class FeatInv(nn.Module):
             self.__dict__["_classifier_cache"] = cached
         return cached[1]
 
-    def _checked(self, classifier: nn.Module) -> nn.Module:
+    def _default_classifier(self) -> nn.Module:
+        """:meth:`invert_images` captures with :meth:`_cached_classifier` when no classifier is given."""
+        return self._cached_classifier(self.base.prompt_embeds.device)
+
+    def _checked_classifier(self, classifier: nn.Module) -> nn.Module:
         """``classifier``, refused when it reads another input size than the one this inverter recorded."""
         size = getattr(classifier, "input_size", None)
-        if self.classifier_input_size is not None and size is not None and \
-                tuple(size) != self.classifier_input_size:
+        recorded = self.classifier_input_size
+        if recorded is not None and size is not None and tuple(size) != recorded:
             raise InverterMismatchError(
                 f"this inverter was trained on maps of {self.classifier_name!r} reading {self.classifier_input_size} "
                 f"images, but the given classifier reads {tuple(size)}: its maps would have another size. Set "
@@ -322,12 +304,13 @@ class FeatInv(nn.Module):
         (``"prompt"``)."""
         device = self.base.prompt_embeds.device
         first, last = rows.start // S, (rows.stop - 1) // S
-        cond = embed(maps[first:last + 1].to(device)).repeat_interleave(S, 0)[
+        dtype = self.controlnet.dtype
+        cond = embed(maps[first:last + 1].to(device, dtype)).repeat_interleave(S, 0)[
             rows.start - first * S:rows.stop - first * S]
         emb = self.base.embeds(len(rows))
-        if guided:
-            uncond = cond if guidance_mode == "prompt" else \
-                embed(torch.zeros_like(maps[:1], device=device)).expand_as(cond)  # the same for every row
+        if guided:  # the unconditional branch is the same for every row
+            zeros = torch.zeros_like(maps[:1], device=device, dtype=dtype)
+            uncond = cond if guidance_mode == "prompt" else embed(zeros).expand_as(cond)
             cond, emb = torch.cat([cond, uncond]), torch.cat([emb, self.base.embeds(len(rows), null=True)])
         return lambda model_input, t: self.predict_noise(model_input, t, cond, emb)
 
@@ -337,7 +320,8 @@ class FeatInv(nn.Module):
         (one per row), acting at ``timesteps``: the loss of clean latents ``x0`` is one minus the cosine between the
         flattened map of ``classifier`` at ``self.layer`` on the decoded image (resized to its input) and the
         target's. A pooled inverter (``pooling="mean"``) compares spatial means only, so that the guidance adds no
-        spatial information its condition lacks."""
+        spatial information its condition lacks. The loss and its backward pass run in float32 (a half-precision
+        base decodes through a float32 copy of its VAE, :meth:`_float32_decode`)."""
         from ..hooks import run_with_cache
         from ..models import classifier_view
 
@@ -345,75 +329,84 @@ class FeatInv(nn.Module):
             return (maps.mean((2, 3)) if self.pooling == "mean" else maps.flatten(1)).float()
 
         target = flat(target.detach().clone())
+        decode = self._float32_decode()
 
         def loss(x0: torch.Tensor) -> torch.Tensor:
-            _, cache = run_with_cache(classifier, classifier_view(self.base.decode(x0), classifier), self.layer,
+            _, cache = run_with_cache(classifier, classifier_view(decode(x0.float()), classifier), self.layer,
                                       detach=False)
             return 1 - F.cosine_similarity(flat(cache[self.layer]), target, dim=1)
 
         return gradient_guide(loss, scheduler, scale, timesteps=timesteps)
 
-    def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
-        """Capture ``self.layer`` of ``images`` ``[B, 3, H, W]`` in [0, 1] with ``classifier`` (default: the
-        shipped or timm model named ``self.classifier_name``), resized to its input size, then :meth:`invert`
-        them with ``kwargs`` -> ``[B, S, 3, H, W]``; feature guidance, if on, uses the same classifier."""
-        from ..checks import check_images
+    def _float32_decode(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``base.decode`` in float32: the base's own when its VAE is float32 (or it has none), else through a
+        float32 copy of the VAE, made once and kept outside the module tree (neither saved nor moved)."""
+        vae = self.base.vae
+        if vae is None or next(vae.parameters()).dtype == torch.float32:
+            return self.base.decode
+        cached = self.__dict__.get("_float32_vae")
+        if cached is None or cached[0] is not vae or next(cached[1].parameters()).device != self.device:
+            import copy
 
-        check_images(images, "images")  # before any classifier loads
-        device = self.base.prompt_embeds.device
-        classifier = self._cached_classifier(device) if classifier is None else self._checked(classifier)
-        return capture_and_invert(self, images, classifier, device=device,
-                                  classifier=classifier, **kwargs)
+            cached = (vae, copy.deepcopy(vae).float())
+            self.__dict__["_float32_vae"] = cached
+        vae32, factor = cached[1], self.base.scaling_factor
+        return lambda latents: ((vae32.decode(latents.float() / factor).sample + 1) / 2).clamp(0, 1)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | Path, *, fp16: bool = True, card: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` + ``controlnet.safetensors`` (+ ``card.json``). The base is referenced by
-        name or path, never copied."""
-        write_pretrained(self, path, {"controlnet.safetensors": self.controlnet}, fp16=fp16, card=card)
+    def _save_weights(self, path: Path, *, fp16: bool) -> None:
+        """Write the ControlNet as a diffusers folder, ``path/controlnet/`` (``config.json`` and
+        ``diffusion_pytorch_model.safetensors``, without the feature embedding), and the
+        :class:`FeatureConditioning` beside it (:data:`FEATURE_EMBEDDING_FILE`). The base is referenced by name or
+        path in ``config.json``, never copied."""
+        from ..weights import save_state
+
+        body = {k: v for k, v in self.controlnet.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
+        folder = path / CONTROLNET_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        save_state(body, folder / "diffusion_pytorch_model.safetensors", fp16=fp16)
+        self.controlnet.save_config(folder)
+        save_state(self.conditioning, path / FEATURE_EMBEDDING_FILE, fp16=fp16)
+
+    def _load_weights(self, path: Path) -> None:
+        """Read :meth:`_save_weights`' files, or the one ``controlnet.safetensors`` of an inverter saved before
+        (the shipped ones): either way every tensor must match (:func:`controlnet_state`)."""
+        if (path / LEGACY_WEIGHTS_FILE).is_file():
+            load_weights(self.controlnet, path / LEGACY_WEIGHTS_FILE)
+        else:
+            load_weights(self.controlnet, path / CONTROLNET_FOLDER / "diffusion_pytorch_model.safetensors",
+                         state=controlnet_state(path))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, base=None, device: str | torch.device = "cpu") -> "FeatInv":
-        """Rebuild from :meth:`save_pretrained`'s folder; the base is loaded by its recorded name unless given."""
+    def _load_objects(cls, config: dict[str, Any], path: Path, *, device: str | torch.device, base=None,
+                      **_: Any) -> dict[str, Any]:
+        """The base: ``base``, or the one the config names (with the training prompt, when one was recorded),
+        refused when its latents or image size are not those the inverter was trained on."""
         from ..diffusion import DiffusionBase
 
-        path = Path(path)
-        cfg = read_config(path, cls)
-        if base is None:  # with the training prompt, when one was recorded
-            prompt = {"prompt": cfg["prompt"]} if cfg.get("prompt") is not None else {}
-            base = DiffusionBase.from_pretrained(cfg["base"], device=device, **prompt)
-        if list(base.latent_shape) != list(cfg["latent_shape"]) or base.image_size != cfg["image_size"]:
+        if base is None:
+            prompt = {"prompt": config["prompt"]} if config.get("prompt") is not None else {}
+            base = DiffusionBase.from_pretrained(config["base"], device=device, **prompt)
+        if list(base.latent_shape) != list(config["latent_shape"]) or base.image_size != config["image_size"]:
             raise InverterMismatchError(
-                f"the inverter in {path} was trained on a base with latents {tuple(cfg['latent_shape'])} at "
-                f"{cfg['image_size']} px, but the given base has {base.latent_shape} at {base.image_size} px")
-        inv = cls(**init_kwargs(cls, cfg, base=base))
-        load_weights(inv.controlnet, path / "controlnet.safetensors")
-        inv.card = training_card(path)
-        return inv.to(device).eval()
+                f"the inverter in {path} was trained on a base with latents {tuple(config['latent_shape'])} at "
+                f"{config['image_size']} px, but the given base has {base.latent_shape} at {base.image_size} px; "
+                f"pass the base named in its config.json ({config['base']!r}) or leave base=None")
+        return {"base": base}
 
 
-def _sampler_settings(num_samples, batch_size, num_inference_steps, guidance_scale, scheduler, guidance_mode,
-                      feature_guidance_scale, feature_guidance_steps, seed=0) -> tuple:
-    """``invert``'s sampler arguments with the module defaults filled in, each checked (counts are ints >= 1, scales
-    finite and >= 0, the seed in ``[0, 2**64)``; :mod:`workbench.checks` names the bad one); returns
-    ``(num_inference_steps, guidance_scale, scheduler, feature_guidance_scale, feature_guidance_steps)``."""
-    from ..checks import check_seed, checked_float, checked_int
-    from ..errors import ArgumentValueError
+def controlnet_state(path: Path) -> dict[str, torch.Tensor]:
+    """The whole ControlNet state (body and feature embedding, as ``inv.controlnet.state_dict()`` names it) of the
+    FeatInv folder ``path``: from ``controlnet/`` and :data:`FEATURE_EMBEDDING_FILE`, or from the one
+    :data:`LEGACY_WEIGHTS_FILE` of a folder saved before that layout (the shipped inverters)."""
+    from ..weights import load_state
 
-    checked_int(num_samples, "num_samples", minimum=1)
-    checked_int(batch_size, "batch_size", minimum=1)
-    check_seed(seed)
-    num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None \
-        else checked_int(num_inference_steps, "num_inference_steps", minimum=1)
-    guidance_scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None \
-        else checked_float(guidance_scale, "guidance_scale", minimum=0.0)
-    scheduler = DEFAULT_SCHEDULER if scheduler is None else scheduler
-    feature_guidance_scale = DEFAULT_FEATURE_GUIDANCE_SCALE if feature_guidance_scale is None \
-        else checked_float(feature_guidance_scale, "feature_guidance_scale", minimum=0.0)
-    feature_guidance_steps = DEFAULT_FEATURE_GUIDANCE_STEPS if feature_guidance_steps is None \
-        else checked_int(feature_guidance_steps, "feature_guidance_steps", minimum=1)
-    if guidance_mode not in ("features", "prompt"):
-        raise ArgumentValueError(f"guidance_mode={guidance_mode!r}; expected 'features' or 'prompt'")
-    return num_inference_steps, guidance_scale, scheduler, feature_guidance_scale, feature_guidance_steps
+    path = Path(path)
+    if (path / LEGACY_WEIGHTS_FILE).is_file():
+        return load_state(path / LEGACY_WEIGHTS_FILE)
+    body = load_state(path / CONTROLNET_FOLDER / "diffusion_pytorch_model.safetensors")
+    embedding = load_state(path / FEATURE_EMBEDDING_FILE)
+    return body | {f"controlnet_cond_embedding.{k}": v for k, v in embedding.items()}
 
 
 @contextmanager
@@ -443,17 +436,8 @@ def invariance_map(samples: torch.Tensor) -> torch.Tensor:
     return samples.float().std(1).mean(1, keepdim=True)
 
 
-def sampler_description(num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                        scheduler: str | None = None, guidance_mode: str = DEFAULT_GUIDANCE_MODE,
-                        feature_guidance_scale: float | None = None, feature_guidance_steps: int | None = None,
-                        **_) -> str:
-    """How a metric's samples were drawn, for cards, from :meth:`FeatInv.invert`'s sampler arguments (the others
-    are ignored): e.g. ``"dpm++ 20 steps, guidance 2.0 (features)"``, and with feature guidance
-    ``"ddim 8 steps, guidance 3.0 (features), feature guidance 0.05 at the last 2 steps"``."""
-    steps = num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS
-    fg = DEFAULT_FEATURE_GUIDANCE_SCALE if feature_guidance_scale is None else float(feature_guidance_scale)
-    fg_steps = DEFAULT_FEATURE_GUIDANCE_STEPS if feature_guidance_steps is None else int(feature_guidance_steps)
-    where = "" if fg_steps >= steps else f" at the last {fg_steps} steps"
-    return (f"{scheduler or DEFAULT_SCHEDULER} {steps} steps, "
-            f"guidance {DEFAULT_GUIDANCE_SCALE if guidance_scale is None else guidance_scale} ({guidance_mode})"
-            + (f", feature guidance {fg:g}{where}" if fg else ""))
+def sampler_description(**settings: Any) -> str:
+    """:meth:`Sampler.describe <workbench.inverters.sampler.Sampler.describe>` of the sampler that ``settings``
+    (``invert``'s loose sampler arguments, None for a default; other keys are ignored) build: e.g.
+    ``"dpm++ 20 steps, guidance 2.0 (features)"``."""
+    return Sampler.build(**{k: v for k, v in settings.items() if k in Sampler.fields()}).describe()

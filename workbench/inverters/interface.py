@@ -1,14 +1,15 @@
-"""What every inverter is, written down once: the :class:`Inverter` protocol and the helpers its three
-implementations share (the feature check, the feature statistics, the config and its files).
+"""What every inverter is, written down once: the :class:`Inverter` protocol and the helpers of the family's base
+class (:class:`~workbench.inverters.base.InverterBase`): the feature check, the feature statistics, the config and
+its files.
 
 An inverter turns maps ``Tensor[B, C, h, w]`` that one classifier gives at one layer into images
 ``Tensor[B, S, 3, H, W]``. FeatInv (:mod:`.featinv`), the decoder baseline (:mod:`.decoder`) and the
-optimisation baseline (:mod:`.optimization`) each implement it in their own module; they share these
-functions, not a base class.
+optimisation baseline (:mod:`.optimization`) each implement it in their own module, on the one base class.
 
 As in diffusers, the constructor's arguments are the config: :func:`register_to_config` records them when
-``__init__`` runs, :func:`inverter_config` turns them into the ``config.json`` that :func:`write_pretrained`
-writes next to the safetensors weights, and :func:`init_kwargs` hands them back to the constructor.
+``__init__`` runs (objects such as the base by name) and hands :func:`inverter_config`'s JSON to diffusers'
+``ConfigMixin``, :func:`write_pretrained` writes it as ``config.json`` next to the safetensors weights, and
+:func:`init_kwargs` hands it back to the constructor.
 
 Example:
     >>> inv: Inverter = wb.load_inverter("tinyworld-cnn/stages.3-decoder")
@@ -25,9 +26,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ..checks import check_images
 from ..errors import BadInputError, InverterMismatchError, WeightsUnavailableError
-from ..models import classifier_view
 from ..weights import read_card, write_card
 
 
@@ -47,10 +46,12 @@ class Inverter(Protocol):
     feature_shape: tuple[int, int, int]
     image_size: int
 
-    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = True,
-               batch_size: int = 64) -> torch.Tensor:
+    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int | None = None,
+               generator: torch.Generator | None = None, progress: bool = True, batch_size: int = 64,
+               sampler=None, classifier: nn.Module | None = None, **options) -> torch.Tensor:
         """Maps ``Tensor[B, C, h, w]`` -> images ``Tensor[B, S, 3, H, W]`` in [0, 1] on the CPU
-        (``S = num_samples``); the same ``seed`` gives the same images."""
+        (``S = num_samples``); the same ``seed`` (default 0) or an equally seeded ``generator`` gives the same
+        images; ``sampler`` (a :class:`~workbench.inverters.sampler.Sampler`) sets how a sampling kind draws."""
         ...
 
     def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
@@ -131,24 +132,6 @@ def normalize_features(module: nn.Module, features: torch.Tensor) -> torch.Tenso
     return (features - module.feature_mean.view(1, -1, 1, 1)) / module.feature_std.view(1, -1, 1, 1)
 
 
-@torch.no_grad()
-def capture_and_invert(inverter: Inverter, images: torch.Tensor, classifier: nn.Module | None, /, *,
-                       device: str | torch.device, **kwargs) -> torch.Tensor:
-    """Capture ``inverter.layer`` of ``images [B, 3, H, W]`` in [0, 1] with ``classifier`` (default: the shipped
-    or timm model named ``inverter.classifier_name``, on ``device``), resized to the classifier's input size
-    first, then ``inverter.invert(features, **kwargs)`` -> ``[B, S, 3, H, W]`` (``kwargs`` may hold a
-    ``classifier`` of its own, e.g. FeatInv's for feature guidance)."""
-    from ..hooks import extract_features
-
-    check_images(images, "images")
-    if classifier is None:
-        from ..models import load_classifier
-
-        classifier = load_classifier(inverter.classifier_name, device=device)
-    features = extract_features(classifier, classifier_view(images, classifier), inverter.layer)
-    return inverter.invert(features, **kwargs)
-
-
 def describe(inverter: Inverter, **details: Any) -> str:
     """A short repr: the class with what it inverts, then one line per detail (base, sampler...)."""
     head = (f"{type(inverter).__name__}(classifier={inverter.classifier_name!r}, layer={inverter.layer!r}, "
@@ -159,15 +142,21 @@ def describe(inverter: Inverter, **details: Any) -> str:
 # ---------------------------------------------------------------------- config
 def register_to_config(init):
     """Decorate an inverter's ``__init__`` so that it records its arguments, defaults included, in
-    ``self.init_arguments`` (an ordered dict, parameter order), as diffusers' ``register_to_config`` does."""
+    ``self.init_arguments`` (an ordered dict, parameter order), and once ``__init__`` has run hands
+    :func:`inverter_config` to diffusers' ``ConfigMixin.register_to_config``: ``inv.config`` is then that frozen
+    JSON dict. diffusers' own decorator is not used: it drops an ignored positional argument (the base) and shifts
+    the others onto the wrong names."""
     signature = inspect.signature(init)
 
     @functools.wraps(init)
     def recording_init(self, *args, **kwargs):
+        from diffusers.configuration_utils import ConfigMixin
+
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         init(self, *args, **kwargs)
         self.init_arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        ConfigMixin.register_to_config(self, **inverter_config(self))
 
     return recording_init
 
@@ -182,27 +171,27 @@ def _to_json(name: str, value: Any) -> Any:
     if isinstance(value, (tuple, list, torch.Size)):
         return [_to_json(name, v) for v in value]
     raise TypeError(f"constructor argument {name}={type(value).__name__} cannot be written as JSON; record it "
-                    f"under a name through inverter_config(objects=...)")
+                    f"under a name (interface._RECORDED_AS) or leave it out of the constructor")
 
 
-def inverter_config(inverter: nn.Module, *, objects: Mapping[str, tuple[str, Any]] | None = None,
-                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON config of an inverter: ``{"class": ..., <constructor arguments>..., <extra>...}``.
+def inverter_config(inverter: nn.Module) -> dict[str, Any]:
+    """The JSON config of an inverter: ``{"class": ..., <constructor arguments>..., <derived values>...}``.
 
-    Args:
-        inverter: an inverter whose ``__init__`` is decorated with :func:`register_to_config`.
-        objects: constructor arguments that are objects, recorded as ``{argument: (key, JSON value)}``, e.g.
-            ``{"base": ("base", base.name)}``.
-        extra: derived values that loading checks (``{"image_size": 32}``), after the arguments.
+    The constructor arguments come from ``inverter.init_arguments`` (:func:`register_to_config`); the objects
+    among them are recorded by name under their key in :data:`_RECORDED_AS` (the base as ``"base": base.name``,
+    the classifier as ``"classifier_name"``); then each key of ``type(inverter).derived_config`` not yet written,
+    read from the inverter's attribute of that name (``image_size``, ``latent_shape``), which loading checks.
     """
-    objects = dict(objects or {})
     out: dict[str, Any] = {"class": type(inverter).__name__}
     for name, value in inverter.init_arguments.items():
-        key, value = objects.pop(name) if name in objects else (name, value)
-        out[key] = _to_json(name, value)
-    if objects:
-        raise TypeError(f"{sorted(objects)} are not arguments of {type(inverter).__name__}")
-    return out | {k: _to_json(k, v) for k, v in (extra or {}).items()}
+        if name in _RECORDED_AS:
+            out[_RECORDED_AS[name]] = getattr(value, "name", type(value).__name__)
+        else:
+            out[name] = _to_json(name, value)
+    for key in getattr(type(inverter), "derived_config", ()):
+        if key not in out:
+            out[key] = _to_json(key, getattr(inverter, key))
+    return out
 
 
 def init_kwargs(cls: type, config: Mapping[str, Any], **objects: Any) -> dict[str, Any]:
@@ -273,13 +262,14 @@ def required_config(cls: type) -> list[str]:
     return list(dict.fromkeys(keys + list(getattr(cls, "derived_config", ()))))
 
 
-def load_weights(module: nn.Module, file: Path) -> None:
+def load_weights(module: nn.Module, file: Path, *, state: Mapping[str, torch.Tensor] | None = None) -> None:
     """Load a safetensors file into ``module``; every tensor must match (no missing or unexpected key, no other
-    shape: a :class:`~workbench.errors.WeightsUnavailableError` names the file, its config and how to restore them)."""
+    shape: a :class:`~workbench.errors.WeightsUnavailableError` names the file, its config and how to restore them).
+    ``state``: the tensors already read (from ``file`` and its companions), instead of reading ``file``."""
     from ..weights import load_state
 
     try:
-        missing, unexpected = module.load_state_dict(load_state(file), strict=False)
+        missing, unexpected = module.load_state_dict(load_state(file) if state is None else state, strict=False)
     except RuntimeError as err:  # a tensor of another shape: config.json and the weights disagree
         first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
                      str(err).splitlines()[0])

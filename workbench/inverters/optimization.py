@@ -26,9 +26,8 @@ import torch
 from torch import nn
 
 from ..checks import check_seed, checked_float, checked_int
-from .interface import (
-    capture_and_invert, check_features, describe, init_kwargs, inverter_config, read_config,
-    register_to_config, training_card, write_pretrained)
+from .base import InverterBase, register_inverter
+from .interface import check_features, describe, register_to_config
 
 
 def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
@@ -38,7 +37,8 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
     return (dx.pow(2) + dy.pow(2)).pow(beta / 2).flatten(1).mean(1)
 
 
-class OptimizationInverter(nn.Module):
+@register_inverter("optimization")
+class OptimizationInverter(InverterBase):
     """Inverts a classifier layer by optimising pixels (no training; each call is an optimisation).
 
     Args:
@@ -57,17 +57,17 @@ class OptimizationInverter(nn.Module):
         inverter attributes (:class:`~workbench.inverters.interface.Inverter`).
 
     The constructor arguments are the config (:attr:`config`, with the classifier recorded by name), saved as
-    JSON by :meth:`save_pretrained`; there are no weights.
+    JSON by :meth:`save_pretrained`; there are no weights. It is an :class:`~workbench.inverters.base.InverterBase`;
+    ``invert`` ignores a ``sampler`` (its steps are ``num_optimizer_steps``).
 
     Example:
         >>> opt = OptimizationInverter(cnn, "stages.3", num_optimizer_steps=100, tv_weight=0.5)
         >>> opt.invert(wb.extract_features(cnn, x, "stages.3")).shape   # [B, 1, 3, 32, 32]
     """
 
-    kind = "optimization"
     #: config keys that are not constructor arguments: recorded for loading to check
     derived_config = ("classifier_name", "feature_shape", "image_size")
-    pooling = "none"
+    invert_options = ("num_optimizer_steps",)
 
     @register_to_config
     def __init__(self, classifier: nn.Module, layer: str, num_optimizer_steps: int = 200, tv_weight: float = 10.0,
@@ -94,13 +94,6 @@ class OptimizationInverter(nn.Module):
         dev = next(classifier.parameters()).device
         self.feature_shape = tuple(int(s) for s in extract_features(classifier, torch.zeros(1, *size, device=dev),
                                                                     layer).shape[1:])
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor's arguments (the classifier by name), plus the feature shape and image size, which
-        loading checks."""
-        return inverter_config(self, objects={"classifier": ("classifier_name", self.classifier_name)},
-                               extra={"feature_shape": self.feature_shape, "image_size": self.image_size})
 
     def __repr__(self) -> str:
         return describe(self, optimiser=f"Adam, {self.num_optimizer_steps} steps at lr {self.lr}",
@@ -171,66 +164,47 @@ class OptimizationInverter(nn.Module):
                                     losses, bar)
         return images.cpu(), losses
 
-    def invert(self, features: torch.Tensor, *, num_samples: int = 1, seed: int = 0, progress: bool = True,
-               batch_size: int = 64, num_optimizer_steps: int | None = None) -> torch.Tensor:
-        """Optimise ``S`` images per map, each from its own noise.
-
-        Args:
-            features: ``Tensor[B, C, h, w]`` maps from ``self.classifier`` at ``self.layer``.
-            num_samples: ``S`` images per map.
-            seed: the same seed gives the same images for the same ``batch_size``.
-            progress: show a progress bar.
-            batch_size: images optimised at once.
-            num_optimizer_steps: overrides ``self.num_optimizer_steps``.
-
-        Returns:
-            ``Tensor[B, S, 3, H, W]`` in [0, 1], on the CPU.
-        """
+    def _sample(self, features: torch.Tensor, *, num_samples: int, generator: torch.Generator, progress: bool,
+                batch_size: int, sampler, classifier: nn.Module | None,
+                num_optimizer_steps: int | None = None) -> torch.Tensor:
+        """Optimise ``S`` images per checked map ``[B, C, h, w]``, each from its own noise drawn from
+        ``generator`` (the same seed gives the same images for the same ``batch_size``), in chunks of
+        ``batch_size`` -> ``[B, S, 3, H, W]`` in [0, 1] on the CPU. ``num_optimizer_steps`` overrides
+        ``self.num_optimizer_steps``; ``sampler`` and ``classifier`` are unused (it optimises against
+        ``self.classifier``)."""
         from tqdm.auto import tqdm
 
-        num_samples = checked_int(num_samples, "num_samples", minimum=1)
-        batch_size = checked_int(batch_size, "batch_size", minimum=1)
-        check_seed(seed)
-        check_features(self, features)
-        n = self.num_optimizer_steps if num_optimizer_steps is None else \
-            checked_int(num_optimizer_steps, "num_optimizer_steps", minimum=1)
+        n = self.num_optimizer_steps
+        if num_optimizer_steps is not None:
+            n = checked_int(num_optimizer_steps, "num_optimizer_steps", minimum=1)
         B, S = features.shape[0], num_samples
         dev = next(self.classifier.parameters()).device
         feats = features.detach().float().repeat_interleave(S, 0)
         out = torch.empty(B * S, 3, self.image_size, self.image_size)
-        g = torch.Generator().manual_seed(seed)
         chunks = range(0, B * S, batch_size)
         with tqdm(total=len(chunks) * n, desc="optimisation", disable=not progress) as bar:
             for s in chunks:
-                out[s:s + batch_size] = self._optimise(feats[s:s + batch_size].to(dev), g, n, None, bar).cpu()
+                out[s:s + batch_size] = self._optimise(feats[s:s + batch_size].to(dev), generator, n, None, bar).cpu()
         return out.view(B, S, 3, self.image_size, self.image_size)
 
-    def invert_images(self, images: torch.Tensor, classifier: nn.Module | None = None, **kwargs) -> torch.Tensor:
-        """Capture ``self.layer`` of ``images [B, 3, H, W]`` with ``classifier`` (default ``self.classifier``),
-        resized to its input size, then :meth:`invert` -> ``[B, S, 3, H, W]``."""
-        classifier = self.classifier if classifier is None else classifier
-        return capture_and_invert(self, images, classifier, device=None, **kwargs)
+    def _default_classifier(self) -> nn.Module:
+        """:meth:`invert_images` captures with ``self.classifier`` when no classifier is given."""
+        return self.classifier
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | Path, *, card: dict[str, Any] | None = None, **_) -> None:
-        """Write ``config.json`` (+ ``card.json``) into ``path``: the settings; the classifier is recorded by name."""
-        write_pretrained(self, path, {}, card=card)
-
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, classifier: nn.Module | None = None,
-                        device: str | torch.device = "cpu") -> "OptimizationInverter":
-        """Rebuild from :meth:`save_pretrained`'s folder, on ``classifier`` (default: the shipped or timm model of
-        the recorded name, on ``device``)."""
+    def _load_objects(cls, config: dict[str, Any], path: Path, *, device: str | torch.device,
+                      classifier: nn.Module | None = None, **_: Any) -> dict[str, Any]:
+        """The classifier: ``classifier``, or the shipped or timm model of the recorded name on ``device``;
+        refused when its name is not the recorded one."""
         from ..errors import InverterMismatchError
         from ..models import load_classifier
 
-        cfg = read_config(path, cls)
         if classifier is None:
-            classifier = load_classifier(cfg["classifier_name"], device=device)
+            classifier = load_classifier(config["classifier_name"], device=device)
         name = getattr(classifier, "name", type(classifier).__name__)
-        if name != cfg["classifier_name"]:
-            raise InverterMismatchError(f"{Path(path) / 'config.json'} was written for {cfg['classifier_name']!r}, "
-                                        f"but the given classifier is {name!r}")
-        opt = cls(**init_kwargs(cls, cfg, classifier=classifier))
-        opt.card = training_card(path)
-        return opt
+        if name != config["classifier_name"]:
+            raise InverterMismatchError(f"{Path(path) / 'config.json'} was written for {config['classifier_name']!r}, "
+                                        f"but the given classifier is {name!r}; pass that one, or leave "
+                                        "classifier=None to load it by name")
+        return {"classifier": classifier}

@@ -195,9 +195,9 @@ def build_inverter(config: FeatInvConfig, clf, base, probe: torch.Tensor, device
                   hidden_channels=config.hidden_channels, prompt=config.prompt,
                   classifier_input_size=tuple(clf.input_size) if config.classifier_size else None).to(device)
     if config.init_from:
-        from ..weights import load_state
+        from ..inverters.featinv import controlnet_state
 
-        state = load_state(Path(config.init_from) / "controlnet.safetensors")
+        state = controlnet_state(Path(config.init_from))
         try:
             inv.controlnet.load_state_dict(state, strict=True)
         except RuntimeError as e:
