@@ -256,7 +256,8 @@ def load_factor_reader(*, device: str | torch.device = "cpu", root: str | Path |
 
     root = Path(root) if root is not None else None
     card = read_card(READER_NAME, root)
-    reader = FactorReader(card.get("arch"))
+    with torch.random.fork_rng(devices=[]):        # its initial weights, replaced below, leave the caller's RNG
+        reader = FactorReader(card.get("arch"))
     try:
         reader.model.load_state_dict(load_state(weights_path(READER_NAME, root)), strict=True)
     except RuntimeError as e:

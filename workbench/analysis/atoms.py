@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
+from ..globalstate import import_keeping_environ
 from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
 from .dictionary import Dictionary, _reference_logits, reconstruction_quality
 
@@ -158,6 +159,8 @@ def atom_factor_table(dictionary: Dictionary, features: Tensor, factor_table, *,
         >>> table.loc[17]                  # one atom's scores
     """
     import pandas as pd
+
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.model_selection import train_test_split
 
     missing = [f for f in factors if f not in factor_table]

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
+from ..globalstate import import_keeping_environ
 from .factorization import DECOMPOSITIONS
 
 #: The decompositions :func:`discover_concepts` accepts.
@@ -134,6 +135,7 @@ def cav(features: Tensor, positive, *, name: str = "concept", layer: str, classi
     Example:
         >>> star = cav(feats, y == 3, name="star", layer="stages.3")
     """
+    import_keeping_environ("sklearn")  # its first import would set KMP_DUPLICATE_LIB_OK
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 

@@ -30,7 +30,6 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -39,7 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_finite, check_result, check_seed, checked_float, checked_int, seeded_generator
 from ..errors import AnalysisError
+from ..globalstate import import_keeping_environ
 from .concepts import Concept
 from .factorization import DECOMPOSITIONS, FITTERS
 
@@ -59,7 +60,7 @@ def _overcomplete():
     if added:
         cm.get_cmap = matplotlib.colormaps.get_cmap
     try:
-        return importlib.import_module("overcomplete")
+        return import_keeping_environ("overcomplete")   # opencv, which it imports, rewrites os.environ
     except ImportError as err:
         raise AnalysisError("the SAE methods need the `overcomplete` package: pip install overcomplete") from err
     finally:
@@ -208,6 +209,13 @@ def _r2(x: Tensor, x_hat: Tensor, mean: Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------ fitting
+def _checked_budget(seed: Any, steps: Any, batch_size: Any, max_positions: Any) -> tuple[int, int, int, int]:
+    """The seed (:func:`~workbench.checks.check_seed`: negative ones refused, as at every door) and the counts, each
+    an int >= 1: ``steps=0`` or ``batch_size=0`` would return an untrained dictionary."""
+    return (check_seed(seed), checked_int(steps, "steps", minimum=1), checked_int(batch_size, "batch_size", minimum=1),
+            checked_int(max_positions, "max_positions", minimum=1))
+
+
 def _check_fit(features: Tensor, n_atoms: int, method: str, top_k: int) -> None:
     if method not in DICTIONARY_METHODS:
         hint = " (overcomplete's TopK, BatchTopK, JumpReLU and relaxed archetypal SAEs)"
@@ -287,10 +295,13 @@ def fit_dictionary(features: Tensor, n_atoms: int, *, method: str = "topk", seed
         >>> sae = fit_dictionary(feats, 384, method="batchtopk", layer="stages.3", classifier_name="tinyworld-cnn")
         >>> sae.stats["r2"], sae.stats["dead"]
     """
+    seed, steps, batch_size, max_positions = _checked_budget(seed, steps, batch_size, max_positions)
+    lr, sparsity = checked_float(lr, "lr", minimum=0.0), checked_float(sparsity, "sparsity", minimum=0.0)
     _check_fit(features, n_atoms, method, top_k)
+    check_finite(features, "features")
     x = _vectors(features)
     if len(x) > max_positions:
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_positions]]
+        x = x[torch.randperm(len(x), generator=seeded_generator(seed))[:max_positions]]
     n_atoms = int(n_atoms)
     with _one_thread():
         if method in SAE_METHODS:
@@ -298,6 +309,8 @@ def fit_dictionary(features: Tensor, n_atoms: int, *, method: str = "topk", seed
                                                   steps=steps, batch_size=batch_size, lr=lr, progress=progress)
         else:
             atoms, mean, encode, model = FITTERS[method](x, n_atoms, seed)
+    check_result(atoms, f"fit_dictionary(method={method!r})", f"lr={lr:g}, so large that training diverged; "
+                 "lower it (the default is 1e-3)")
     with torch.no_grad():
         codes = torch.cat([encode(x[s:s + 65536]).float() for s in range(0, len(x), 65536)])
         fired = codes != 0
@@ -313,7 +326,7 @@ def _one_thread():
     """Fit on one CPU thread, then restore the caller's thread settings (torch's, and BLAS/OpenMP's through
     threadpoolctl). A fit's matrices (batches of 512 vectors of a few hundred numbers) gain nothing from more
     threads, and on a busy machine threads waiting for each other made SAE training ten times slower."""
-    from threadpoolctl import threadpool_limits
+    threadpool_limits = import_keeping_environ("threadpoolctl").threadpool_limits   # it sets KMP_DUPLICATE_LIB_OK
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_result
 from ..errors import AnalysisError
 from ..interventions import check_alpha, check_direction, check_mask, shift_features
 from . import map_logits
@@ -105,7 +106,8 @@ class Edit:
     concept: Concept | None = None
 
     def __call__(self, features: Tensor, alpha: float) -> Tensor:
-        return self.apply(features, check_alpha(alpha))
+        alpha = check_alpha(alpha)
+        return _checked_edit(features, self.apply(features, alpha), self.name, alpha)
 
     def __repr__(self) -> str:
         return f"Edit({self.name!r}, layer={self.layer!r})"
@@ -181,7 +183,17 @@ def transplant(features: Tensor, vector: Tensor, alpha: float, mask: Tensor) -> 
     check_direction(vector, features.shape[1])
     alpha = check_alpha(alpha)
     m = check_mask(mask, features.shape[-2:], features.shape[0]).to(features)
-    return features + alpha * m * (vector.to(features).view(1, -1, 1, 1) - features)
+    return _checked_edit(features, features + alpha * m * (vector.to(features).view(1, -1, 1, 1) - features),
+                         "transplant", alpha)
+
+
+def _checked_edit(features: Tensor, edited: Tensor, what: str, alpha: float) -> Tensor:
+    """``edited``, unless finite ``features`` came out NaN or infinite: then the step overflowed, and
+    :func:`~workbench.checks.check_result` names ``alpha``."""
+    if bool(torch.isfinite(features).all()):
+        check_result(edited, what, f"alpha={alpha:g}, a step so large that it overflows {features.dtype}; use an "
+                                   "alpha of a few units")
+    return edited
 
 
 def direction_edit(concept: Concept, *, where: str | Tensor = "everywhere", threshold: float = 0.4) -> Edit:

@@ -44,10 +44,15 @@ def start_run(config):
     resolved (what the card records), an ``accelerate.Accelerator`` honouring ``device``, ``mixed_precision`` and
     ``grad_accum``, and torch seeded with ``config.seed`` (in every process, so that all build the same weights; the
     loop's random draws then differ per process, see :func:`loop_generator`). Under ``accelerate launch`` the
-    launcher's settings win for the device."""
+    launcher's settings win for the device. Before all that, every output folder is checked and ``--out`` claimed
+    (:mod:`~workbench.training.outputs`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from .outputs import check_output_folders, claim_out
+
+    check_output_folders(config)    # --out, --ship, --cache-dir: writable, before any work
+    claim_out(config.out)           # one run per --out: a second is refused, naming the first's pid
     # on a machine without a GPU, 'auto' is the CPU: accelerate then runs the processes of `accelerate launch
     # --multi_gpu --num_processes N` on it, with gloo (without cpu=True it would make each a lone process)
     cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
