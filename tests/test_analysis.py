@@ -246,3 +246,14 @@ def test_score_inversions_shapes(cnn, data, f3):
     x = data[0][:2]
     table = score_inversions(cnn, "stages.3", f3[:2], torch.stack([x, x], 1), reference_logits=cnn(x).detach())
     assert len(table) == 4 and (table.feature_cosine > 0.999).all() and table.agrees.all()
+
+
+def test_factor_kinds_and_radians_are_shared_by_probes_and_atom_scores():
+    import math
+
+    import numpy as np
+
+    from workbench.analysis import factor_kind, factor_radians
+
+    assert [factor_kind(f) for f in ("shape", "hue", "size")] == ["categorical", "circular", "continuous"]
+    assert np.allclose(factor_radians([0.0, 0.25, 1.0], "hue"), [0.0, math.pi / 2, 2 * math.pi])

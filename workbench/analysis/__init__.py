@@ -29,14 +29,17 @@ Example:
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
 from ..hooks import _device
 from ..interventions import check_channels, check_mask
+from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
 
 _SUBMODULES = ("pca", "ablation", "composition", "concepts", "steering", "steering_studies", "dictionary", "atoms")
 
@@ -49,6 +52,28 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(_SUBMODULES))
+
+
+# ------------------------------------------------------------------------------------------ factors
+def factor_kind(factor: str) -> str:
+    """How a tiny-world factor is compared: ``"categorical"`` (shape, background, ...), ``"circular"`` (the factors
+    of :data:`~workbench.tinyworld.FACTOR_PERIODS`: hue, rotation) or ``"continuous"``.
+
+    Example:
+        >>> factor_kind("shape"), factor_kind("hue"), factor_kind("size")      # categorical, circular, continuous
+    """
+    if factor in CATEGORICAL_FACTORS:
+        return "categorical"
+    return "circular" if factor in FACTOR_PERIODS else "continuous"
+
+
+def factor_radians(values, factor: str) -> np.ndarray:
+    """A circular factor's values in radians: one period of :data:`~workbench.tinyworld.FACTOR_PERIODS` is 2 pi.
+
+    Example:
+        >>> factor_radians([0.0, 0.25], "hue")                                  # hue in turns: [0, pi / 2]
+    """
+    return 2 * math.pi * (np.asarray(values, dtype=float) / FACTOR_PERIODS[factor])
 
 
 # ------------------------------------------------------------------------------------------ masks

@@ -15,7 +15,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import AnalysisError
 from ..globalstate import import_keeping_environ
-from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
+from . import factor_kind, factor_radians
 from .dictionary import Dictionary, _reference_logits, reconstruction_quality
 
 
@@ -61,17 +60,6 @@ def _auc_gini(a: np.ndarray, positive: np.ndarray) -> np.ndarray:
     return np.where(np.ptp(a, axis=0) > 0, 2 * auc - 1, np.nan)
 
 
-def _factor_kind(factor: str) -> str:
-    if factor in CATEGORICAL_FACTORS:
-        return "categorical"
-    return "circular" if factor in FACTOR_PERIODS else "continuous"
-
-
-def _angle(table, factor: str) -> np.ndarray:
-    """A circular factor in radians (:data:`~workbench.tinyworld.FACTOR_PERIODS`: turns are scaled by 2 pi)."""
-    return table[factor].to_numpy().astype(float) * (2 * math.pi / FACTOR_PERIODS[factor])
-
-
 def _score_factor(pooled: np.ndarray, table, factor: str, train: np.ndarray, test: np.ndarray):
     """One factor's held-out score for every atom, and what the atom points at (chosen on ``train``).
 
@@ -79,7 +67,7 @@ def _score_factor(pooled: np.ndarray, table, factor: str, train: np.ndarray, tes
         ``(scores [K], targets [K])``: ``targets`` is a category (categorical), +1/-1 (continuous) or a
         phase in radians (circular).
     """
-    kind = _factor_kind(factor)
+    kind = factor_kind(factor)
     a_tr, a_te = pooled[train], pooled[test]
     if kind == "categorical":
         v = table[factor].to_numpy().astype(str)
@@ -95,7 +83,7 @@ def _score_factor(pooled: np.ndarray, table, factor: str, train: np.ndarray, tes
         sign = np.sign(np.nan_to_num(_rank_corr(a_tr, v[train])))
         sign[sign == 0] = 1
         return sign * _rank_corr(a_te, v[test]), sign.tolist()
-    theta = _angle(table, factor)
+    theta = factor_radians(table[factor].to_numpy(), factor)
     design = np.stack([np.cos(theta[train]), np.sin(theta[train]), np.ones(len(train))], 1)
     coef = np.linalg.lstsq(design, a_tr, rcond=None)[0]                                  # [3, K]
     phase = np.arctan2(coef[1], coef[0])
@@ -342,7 +330,7 @@ def activation_overlay(images: Tensor, maps: Tensor, *, opacity: float = 0.55) -
 
 def _agreement(values: np.ndarray, factor: str, target) -> np.ndarray:
     """How much readout values agree with what an atom points at (see :func:`_score_factor`)."""
-    kind = _factor_kind(factor)
+    kind = factor_kind(factor)
     if kind == "categorical":
         negate = isinstance(target, str) and target.startswith("not ")
         level = target[4:] if negate else str(target)
@@ -350,7 +338,7 @@ def _agreement(values: np.ndarray, factor: str, target) -> np.ndarray:
         return (~hit if negate else hit).astype(float)
     if kind == "continuous":
         return float(target) * np.asarray(values, dtype=float)
-    angle = np.asarray(values, dtype=float) * (2 * math.pi / FACTOR_PERIODS[factor])
+    angle = factor_radians(values, factor)
     return np.cos(angle - float(target))
 
 

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from ..checks import check_allocation, checked_int, seeded_generator
 from ..errors import AnalysisError
 from ..globalstate import import_keeping_environ
-from ..tinyworld import CATEGORICAL_FACTORS, FACTOR_PERIODS
-from . import check_mask, class_probabilities, downsample_mask, invert_edited
+from ..tinyworld import FACTOR_PERIODS
+from . import check_mask, class_probabilities, downsample_mask, factor_kind, factor_radians, invert_edited
 
 #: Factors probed by default; ``position`` is ``x`` and ``y``.
 PROBED_FACTORS = ("shape", "background", "hue", "size", "x", "y")
@@ -363,13 +363,13 @@ def _targets(table, factor: str) -> tuple[np.ndarray, str]:
     """Probe targets for one factor and its kind: ``"categorical"``, ``"circular"`` or ``"continuous"``."""
     if factor not in table:
         raise AnalysisError(f"factor {factor!r} is not a column of the factor table; columns: {list(table.columns)}")
-    v = table[factor].to_numpy()
-    if factor in CATEGORICAL_FACTORS:
-        return v.astype(str), "categorical"
-    if factor in FACTOR_PERIODS:
-        turns = v.astype(float) / FACTOR_PERIODS[factor]
-        return np.stack([np.cos(2 * math.pi * turns), np.sin(2 * math.pi * turns)], 1), "circular"
-    return v.astype(float), "continuous"
+    v, kind = table[factor].to_numpy(), factor_kind(factor)
+    if kind == "categorical":
+        return v.astype(str), kind
+    if kind == "circular":
+        theta = factor_radians(v, factor)
+        return np.stack([np.cos(theta), np.sin(theta)], 1), kind
+    return v.astype(float), kind
 
 
 def _head(kind: str, seed: int):
