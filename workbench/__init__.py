@@ -11,8 +11,9 @@ _EXPORTS = {
     # foundation
     "Classifier": "models", "load_classifier": "models", "preprocess": "models", "load_image": "models",
     "WeightsUnavailableError": "errors", "WorkbenchError": "errors",
-    "layer_table": "hooks", "capture": "hooks", "run_with_cache": "hooks", "run_with_hooks": "hooks",
-    "FeatureCache": "hooks", "extract_features": "hooks", "ablate_channels": "hooks", "add_direction": "hooks",
+    "layer_table": "layers", "capture": "hooks", "run_with_cache": "hooks", "run_with_hooks": "hooks",
+    "FeatureCache": "hooks", "extract_features": "hooks",
+    "ablate_channels": "hook_factories", "add_direction": "hook_factories",
     # tiny world
     "TinyWorld": "tinyworld",
     # diffusion and inversion

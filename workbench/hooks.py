@@ -20,7 +20,9 @@ anything else                        unchanged (e.g. pooled ``[B, D]``, attentio
 
 A hook is ``fn(act, *, name) -> Tensor | None`` in the TransformerLens style. A returned tensor
 replaces the activation; it is converted back to the native layout before the forward pass goes on.
-All hooks live inside a context manager and are removed in ``finally``.
+All hooks live inside a context manager and are removed in ``finally``. The hook factories
+(:func:`~workbench.hook_factories.ablate_channels`, :func:`~workbench.hook_factories.add_direction`) live in
+:mod:`workbench.hook_factories` (importable from here too), the layer table in :mod:`workbench.layers`.
 
 Example:
     >>> clf = wb.load_classifier("resnet18", pretrained=False)
@@ -41,9 +43,9 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from . import interventions
 from .checks import check_images, check_layer, checked_int
-from .errors import BadInputError, HookError, InterventionError, LayerNotFoundError
+from .errors import BadInputError, HookError, LayerNotFoundError
+from .hook_factories import ChannelAblation, DirectionAddition, ablate_channels, add_direction  # noqa: F401
 
 Names = Union[str, Sequence[str], Callable[[str], bool]]
 """A layer name, a list of names, or a predicate ``name -> bool`` over ``named_modules()`` names."""
@@ -526,199 +528,6 @@ def run_with_hooks(model: nn.Module, x: Tensor, hooks: Mapping[str, Hook]) -> Te
     """
     with _hooked(model, None, hooks, None, True):
         return model(x)
-
-
-# ---------------------------------------------------------------------------------------------
-# The layer table
-# ---------------------------------------------------------------------------------------------
-
-def _default_input_size(model: nn.Module, root: nn.Module) -> tuple[int, int, int]:
-    from .models import Classifier
-    if isinstance(model, Classifier):
-        return model.input_size
-    img_size = getattr(getattr(root, "patch_embed", None), "img_size", None)
-    if img_size is not None:
-        return (_expected_channels(model, root) or 3, *tuple(img_size))
-    cfg = getattr(root, "pretrained_cfg", None) or {}
-    if "input_size" in cfg:
-        return tuple(cfg["input_size"])
-    raise BadInputError(f"cannot tell the input size of {type(root).__name__}; pass input_size=(3, H, W)")
-
-
-def layer_table(model: nn.Module, input_size: Sequence[int] | None = None, *, spatial: bool = False):
-    """Every hookable layer with its class, NCHW shape and stride, from one dry forward pass.
-
-    A layer is hookable when it runs in the forward pass and returns a tensor. The dry pass feeds one
-    batch of zeros in eval mode under ``no_grad``; training flags are restored afterwards and every
-    hook is removed in ``finally``.
-
-    Args:
-        model: a :class:`~workbench.models.Classifier` or any ``nn.Module``.
-        input_size: ``(C, H, W)``; defaults to the Classifier's ``input_size`` or the timm config.
-        spatial: keep only the layers with a spatial map (a stride), the ones an inverter can take
-            (``workbench layers MODEL --spatial``).
-
-    Returns:
-        pandas.DataFrame with columns ``name``, ``module`` (class name), ``shape`` (``(C, H, W)`` for
-        spatial layers, the per-sample shape otherwise) and ``stride`` (input H / map H, an int when
-        integral, ``None`` for non-spatial layers), in ``named_modules()`` order.
-
-    Example:
-        >>> wb.layer_table(clf).query("stride == 16")
-        >>> wb.layer_table(clf, spatial=True)       # only the maps an inverter can take
-    """
-    import pandas as pd
-
-    root = _root(model)
-    size = tuple(int(v) for v in (input_size or _default_input_size(model, root)))
-    if len(size) != 3:
-        raise BadInputError(f"input_size is (C, H, W), got {size}")
-    adapter = _Adapter(root)
-    param = next(iter(model.parameters()), None)
-    x = torch.zeros(1, *size, device=param.device if param is not None else "cpu",
-                    dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32)
-    seen: dict[str, tuple[str, tuple, Any]] = {}
-
-    def make_hook(name: str) -> Callable:
-        def forward_hook(module: nn.Module, args: tuple, out: Any) -> None:
-            if not isinstance(out, Tensor):
-                return
-            layout = adapter.layout(name, module, out, size[1:])
-            act, _ = layout.to_nchw(out)
-            stride = None
-            if layout.spatial and act.shape[-2] > 0:
-                ratio = size[1] / act.shape[-2]
-                stride = int(ratio) if float(ratio).is_integer() else ratio
-            seen[name] = (type(module).__name__, tuple(int(v) for v in act.shape[1:]), stride)
-        return forward_hook
-
-    training = {m: m.training for m in model.modules()}
-    handles = []
-    try:
-        for name, module in root.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in training.items():
-            module.training = flag
-    rows = [(name, *seen[name]) for name, _ in root.named_modules() if name in seen]
-    table = pd.DataFrame(rows, columns=["name", "module", "shape", "stride"])
-    table["stride"] = pd.Series([row[3] for row in rows], dtype=object)  # ints and None, not NaN floats
-    if spatial:
-        table = table[table["stride"].notna()].reset_index(drop=True)
-    return table
-
-
-# ---------------------------------------------------------------------------------------------
-# Interventions: hook factories with readable reprs, over the edits in interventions.py
-# ---------------------------------------------------------------------------------------------
-
-def _shape_str(t: Tensor) -> str:
-    return f"Tensor{list(t.shape)}"
-
-
-@contextlib.contextmanager
-def _at_layer(name: str) -> Iterator[None]:
-    """Prefix an :class:`InterventionError` raised inside the block with the layer it happened at."""
-    try:
-        yield
-    except InterventionError as err:
-        raise InterventionError(f"layer {name!r}: {err}") from None
-
-
-class ChannelAblation:
-    """Hook that sets channels to zero or to their mean. Build it with :func:`ablate_channels`."""
-
-    def __init__(self, channels: Sequence[int], mode: str, means: Tensor | None):
-        self.channels, self.mode, self.means = list(channels), mode, means
-
-    def __call__(self, act: Tensor, *, name: str = "?") -> Tensor:
-        with _at_layer(name):
-            means = self.means
-            if self.mode == "mean" and means is None and act.ndim >= 2:   # the mean over the batch and space
-                idx = interventions.check_channels(self.channels, act.shape[1])
-                means = act.new_zeros(act.shape[1])
-                means[idx] = act[:, idx].mean(dim=[0] + list(range(2, act.ndim)))
-            return interventions.ablate_features(act, self.channels, mode=self.mode, means=means)
-
-    def __repr__(self) -> str:
-        means = "" if self.means is None else f", means={_shape_str(self.means)}"
-        return f"ablate_channels({self.channels}, mode={self.mode!r}{means})"
-
-
-def ablate_channels(channels: int | Sequence[int], mode: str = "zero", means: Tensor | None = None) -> ChannelAblation:
-    """A hook that replaces some channels by zero (``mode="zero"``) or by their mean (``mode="mean"``).
-
-    The edit is :func:`workbench.interventions.ablate_features`, applied to the layer's activation.
-
-    Args:
-        channels: channel indices (non-negative), an int or any iterable of ints.
-        mode: ``"zero"`` or ``"mean"``.
-        means: ``Tensor[C]`` per-channel means over a dataset, indexed by channel (``mode="mean"``
-            only). Without it, the mean over the current batch and space is used.
-
-    Returns:
-        ChannelAblation: ``fn(act: Tensor[B, C, H, W], *, name) -> Tensor[B, C, H, W]``.
-
-    Raises:
-        InterventionError: a bad mode, means or index here, or (when it runs) an index or means that
-        do not fit the layer's channels.
-
-    Example:
-        >>> wb.run_with_hooks(clf, x, {"layer3": wb.ablate_channels([3, 7], mode="mean")})
-    """
-    channels = interventions.check_channels(channels)
-    if not channels:
-        raise InterventionError("ablate_channels got no channels")
-    interventions.check_mode(mode, means)
-    return ChannelAblation(channels, mode, means)
-
-
-class DirectionAddition:
-    """Hook that adds ``alpha * direction`` at every (masked) position. Build it with :func:`add_direction`."""
-
-    def __init__(self, direction: Tensor, alpha: float, mask: Tensor | None):
-        self.direction, self.alpha, self.mask = direction, alpha, mask
-
-    def __call__(self, act: Tensor, *, name: str = "?") -> Tensor:
-        with _at_layer(name):
-            return interventions.shift_features(act, self.direction, self.alpha, self.mask)
-
-    def __repr__(self) -> str:
-        mask = "" if self.mask is None else f", mask={_shape_str(self.mask)}"
-        return f"add_direction(direction={_shape_str(self.direction)}, alpha={self.alpha}{mask})"
-
-
-def add_direction(direction: Tensor, alpha: float, mask: Tensor | None = None) -> DirectionAddition:
-    """A hook that moves activations along a channel direction: ``act + alpha * direction * mask``.
-
-    The edit is :func:`workbench.interventions.shift_features`, applied to the layer's activation.
-
-    Args:
-        direction: ``Tensor[C]``.
-        alpha: step size.
-        mask: optional ``Tensor[H, W]`` or ``Tensor[B, 1, H, W]`` weighting positions (1 = full step).
-
-    Returns:
-        DirectionAddition: ``fn(act: Tensor[B, C, H, W], *, name) -> Tensor[B, C, H, W]``.
-
-    Raises:
-        InterventionError: a direction that is not 1-D or a mask that is not 2-D / 4-D here; a channel
-        count or mask size that does not fit the layer when it runs.
-
-    Example:
-        >>> wb.run_with_hooks(clf, x, {"stages.1": wb.add_direction(d, alpha=3.0)})
-    """
-    interventions.check_direction(direction)
-    alpha = interventions.check_alpha(alpha)
-    if mask is not None:
-        interventions.check_mask(mask)
-    return DirectionAddition(direction.detach(), alpha, None if mask is None else mask.detach())
 
 
 # ------------------------------------------------------------------------------------------ feature maps

@@ -18,7 +18,7 @@ def parse_args(argv=None):
 def main(args) -> int:
     import pandas as pd
 
-    from ..hooks import layer_table
+    from ..layers import layer_table
     from ..models import load_classifier
     from ..zoo import SHIPPED_CLASSIFIERS
 
