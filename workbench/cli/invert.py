@@ -123,6 +123,22 @@ def save_figure(fig, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def warn_off_world(classifier, x: torch.Tensor, source_size: tuple[int, int]) -> None:
+    """Print :func:`~workbench.image_check.warn_if_not_tiny_world`'s warning, if any, as a command's line on
+    stderr (``workbench invert: warning: ...``)."""
+    import sys
+    import warnings
+
+    from ..errors import OffDistributionWarning
+    from ..image_check import warn_if_not_tiny_world
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OffDistributionWarning)
+        warn_if_not_tiny_world(classifier, x, source_size=source_size)
+    for w in caught:
+        print(f"workbench invert: warning: {w.message}", file=sys.stderr)
+
+
 def main(args) -> int:
     import matplotlib.pyplot as plt
 
@@ -136,6 +152,7 @@ def main(args) -> int:
     image = read_image(path)  # a file that is not an image fails here, before any model loads
     clf = load_classifier(args.classifier, device=args.device)
     x = prepare_image(image, clf)
+    warn_off_world(clf, x, image.size)  # a photo given to a tiny-world classifier: say so before the answer
     inv = load_inverter(args.inverter or f"{args.classifier}/{args.layer}", classifier=args.classifier,
                         layer=args.layer, device=args.device)
     options = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
