@@ -159,15 +159,8 @@ def main(args) -> int:
                "batch_size": args.batch_size}
     samples = inv.invert_images(x, clf, num_samples=args.num_samples, seed=args.seed,
                                 **{k: v for k, v in options.items() if v is not None})
-    out = output_path(args)
-    fig = inversion_figure(x, samples, row_labels=[f"{args.classifier}\n{args.layer}"],
-                           title=f"{path.name}: what {args.classifier} keeps at {args.layer}")
-    try:
-        save_figure(fig, out)
-    finally:
-        plt.close(fig)
     with torch.no_grad():
-        pred = clf(x.to(args.device)).argmax(1).item()
+        probs = clf(x.to(args.device)).softmax(1)[0]
         preds = clf(samples[0].to(args.device)).argmax(1).tolist()
     names = class_names(clf) or []
 
