@@ -39,4 +39,5 @@ def test_every_python_block_of_the_readme_runs_in_order(tmp_path):
     env = {**os.environ, "WORKBENCH_FAST": "1", "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(tmp_path / "readme.py")], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=900)
-    assert proc.returncode == 0, f"a README block failed:\n{proc.stderr[-3000:]}"
+    error = proc.stderr[proc.stderr.rfind("Traceback"):] if "Traceback" in proc.stderr else proc.stderr[-3000:]
+    assert proc.returncode == 0, f"a README block failed:\n{error}"
