@@ -26,7 +26,9 @@ def inverter_card_metrics(inverter: nn.Module, classifier: nn.Module, *, num_ima
         **invert_kwargs: sampler arguments of ``invert`` (FeatInv's scheduler, steps, guidance).
 
     Returns:
-        ``{"test_images", "feature_cosine", "top1_agreement", "psnr"}`` (+ ``"sampler"`` for FeatInv), rounded.
+        ``{"test_images", "feature_cosine", "top1_agreement", "psnr"}`` (+ ``"sampler"`` for FeatInv), rounded, and for
+        tiny-world images the independent graders' ``judge_agreement``, ``shape_accuracy`` and ``position_error``
+        (with ``graded_by``): the first two are graded by the inverted classifier itself.
 
     Example:
         >>> inverter_card_metrics(wb.load_inverter("tinyworld-cnn/stages.3"), cnn, num_images=16)["top1_agreement"]
@@ -44,7 +46,28 @@ def inverter_card_metrics(inverter: nn.Module, classifier: nn.Module, *, num_ima
            "psnr": round(M.psnr(x, rec).mean().item(), 2)}
     if isinstance(inverter, FeatInv):
         out["sampler"] = sampler_description(**invert_kwargs)
+    out.update(_judged_card_metrics(x, rec, num_images, seed))
     return out
+
+
+def _judged_card_metrics(x: torch.Tensor, rec: torch.Tensor, num_images: int, seed: int) -> dict[str, Any]:
+    """The judges' part of a card: ``judge_agreement`` (mean over the shipped judges of top-1 agreement with the
+    original) and the factor reader's ``shape_accuracy`` and position error ``position_error`` (x and y, in spreads);
+    nothing for images other than the tiny world's 32 px. ``graded_by`` says which numbers come from whom."""
+    from .judges import factor_columns, judge_columns, shipped_graders
+    from .tinyworld import TinyWorld
+
+    if tuple(x.shape[-2:]) != (32, 32):
+        return {}
+    judges, reader = shipped_graders(x.device)
+    agree = judge_columns(judges, x, rec)
+    factors = factor_columns(reader, rec, TinyWorld("test", size=num_images, seed=seed).factors)
+    mean_agree = torch.stack([v for k, v in agree.items() if k.startswith("judge_agree[")]).nanmean()
+    return {"judge_agreement": round(float(mean_agree), 4),
+            "shape_accuracy": round(float(factors["factor[shape]"].nanmean()), 4),
+            "position_error": round(float((factors["factor[x]"] + factors["factor[y]"]).nanmean() / 2), 4),
+            "graded_by": "feature_cosine, top1_agreement: the inverted classifier itself; judge_agreement: "
+                         "the shipped judges; shape_accuracy, position_error (spreads): the factor reader"}
 
 
 @torch.no_grad()

@@ -17,6 +17,16 @@ reconstructions; the summary counts them (``nonfinite``) and averages the rest (
 Set-level numbers live in ``table.attrs``: ``frechet_distance`` (reconstructions vs originals, in the
 reference's pooled feature space unless an ``extractor`` is given) and ``seconds_per_image``.
 
+**Judges** (:mod:`workbench.judges`). ``feature_cosine``, ``top1`` and ``top5`` are *own-model* metrics: graded by
+the very classifier that was inverted, and, for a method that follows its gradients (feature guidance, optimisation:
+``attrs["uses_model_gradients"]``), by the model it optimised against. The harness therefore also grades every
+reconstruction by models that took no part in making it: per judge ``judge_agree[<judge>]`` (the judge gives the
+reconstruction the class it gives the original) and ``judge_cosine[<judge>]`` (its spatial maps of the two); per
+factor ``factor[<factor>]`` (the factor reader's accuracy on class-like factors, its error in units of the factor's
+spread otherwise, against the original's true factors; tiny-world datasets only); and ``attrs["kid"]`` (with
+``kid_low``/``kid_high``), the kernel inception distance of the reconstructions against a separate set of 2,000 real
+images in the ResNet judge's features. :func:`summary` gives every column a bootstrap 95 % interval over images.
+
 Example:
     >>> inv = wb.load_inverter("tinyworld-cnn/stages.3")
     >>> table = wb.evaluate(inv, cnn, "stages.3", wb.TinyWorld("test", size=512), num_images=64)
@@ -33,11 +43,45 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .errors import ArgumentValueError, BadInputError, InverterMismatchError
+
 #: The independent classifier used for the cross-model cosine and the Fréchet distance of each tiny-world model.
 REFERENCE_CLASSIFIERS = {"tinyworld-cnn": "tinyworld-vit", "tinyworld-vit": "tinyworld-cnn"}
 
-#: Per-row metrics, in table order (``summary`` averages them over finite rows).
+#: Per-row metrics, in table order (``summary`` averages them over finite rows); judge and factor columns
+#: (``judge_agree[...]``, ``judge_cosine[...]``, ``factor[...]``) follow them.
 METRICS = ("feature_cosine", "cross_cosine", "top1", "top5", "psnr", "ssim")
+
+#: The own-model metrics: graded by the inverted classifier itself, so not a judgement of a method that used its
+#: gradients.
+OWN_METRICS = ("feature_cosine", "top1", "top5")
+
+#: Bootstrap resamples (over images) behind every 95 % interval of :func:`summary`.
+BOOTSTRAP_ROUNDS = 1000
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """The per-row metric columns of an evaluation table, in order: :data:`METRICS`, then the judges' and the
+    factor reader's."""
+    judged = [c for c in table.columns if c.startswith(("judge_agree[", "judge_cosine[", "factor["))]
+    return [m for m in METRICS if m in table] + judged
+
+
+def bootstrap_interval(table: pd.DataFrame, column: str, *, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
+                       ) -> tuple[float, float]:
+    """A bootstrap 95 % interval of ``column``'s mean, resampling images (all samples of an image together) and
+    skipping NaN (non-finite reconstructions; rotation of circles and rings)."""
+    import numpy as np
+
+    groups = table.groupby("image")[column] if "image" in table else None
+    sums = (groups.sum(min_count=1).fillna(0) if groups is not None else table[column].fillna(0)).to_numpy(float)
+    counts = (groups.count() if groups is not None else table[column].notna().astype(int)).to_numpy(float)
+    if counts.sum() == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(sums), size=(rounds, len(sums)))
+    means = sums[pick].sum(1) / np.maximum(counts[pick].sum(1), 1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 class EvalTable(pd.DataFrame):
@@ -56,24 +100,34 @@ class EvalTable(pd.DataFrame):
         return summary(self)
 
 
-def summary(table: pd.DataFrame) -> pd.Series:
-    """Aggregate an evaluation table: the mean of each metric over *finite* reconstructions, plus
-    ``frechet_distance``, ``seconds_per_image``, ``n_images``, ``num_samples`` and ``nonfinite`` (the count of
-    non-finite reconstructions, which are never averaged in).
+def summary(table: pd.DataFrame, *, intervals: bool = True) -> pd.Series:
+    """Aggregate an evaluation table: the mean of each metric over *finite* reconstructions (NaN-skipping), each
+    with a bootstrap 95 % interval over images (``<metric>_lo``, ``<metric>_hi``), plus ``frechet_distance``,
+    ``kid`` (with its interval), ``uses_model_gradients``, ``seconds_per_image``, ``n_images``, ``num_samples`` and
+    ``nonfinite`` (the count of non-finite reconstructions, which are never averaged in).
+
+    Args:
+        table: an :class:`EvalTable`.
+        intervals: add the ``_lo`` / ``_hi`` bootstrap bounds.
 
     Returns:
         ``pandas.Series`` named after the inverter.
 
     Example:
-        >>> summary(table)["top1"]
+        >>> summary(table)[["judge_agree[tinyworld-judge-resnet]", "judge_agree[tinyworld-judge-resnet]_lo"]]
     """
     finite = table["finite"].astype(bool)
-    out: dict[str, Any] = {m: float(table.loc[finite, m].mean()) if finite.any() else float("nan")
-                           for m in METRICS if m in table}
+    out: dict[str, Any] = {}
+    for m in metric_columns(table):
+        out[m] = float(table.loc[finite, m].mean()) if finite.any() else float("nan")
+        if intervals:
+            out[f"{m}_lo"], out[f"{m}_hi"] = bootstrap_interval(table[finite], m)
     if "feature_distance" in table:
         out["feature_distance"] = float(table["feature_distance"].median())
     a = table.attrs
-    out.update(frechet_distance=a.get("frechet_distance", float("nan")),
+    out.update(frechet_distance=a.get("frechet_distance", float("nan")), kid=a.get("kid", float("nan")),
+               kid_lo=a.get("kid_low", float("nan")), kid_hi=a.get("kid_high", float("nan")),
+               uses_model_gradients=a.get("uses_model_gradients", None),
                seconds_per_image=a.get("seconds_per_image", float("nan")),
                n_images=a.get("n_images", table["image"].nunique() if "image" in table else len(table)),
                num_samples=a.get("num_samples", 1), nonfinite=int((~finite).sum()))
@@ -118,14 +172,14 @@ def select_images(dataset, num_images: int, seed: int = 0) -> tuple[torch.Tensor
     """
     size = len(dataset)
     if not 1 <= num_images <= size:
-        raise ValueError(f"num_images={num_images} images were asked for, but the dataset has {size}; pass "
+        raise ArgumentValueError(f"num_images={num_images} images were asked for, but the dataset has {size}; pass "
                          f"1 <= num_images <= {size} or a larger dataset (e.g. wb.TinyWorld('test', size={max(num_images, 1)}))")
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
     idx = torch.arange(size) if num_images == size else order[:num_images]
     idx = idx.sort().values
     if isinstance(dataset, torch.Tensor):
         if dataset.ndim != 4 or dataset.shape[1] != 3:
-            raise ValueError(f"a tensor dataset is Tensor[N, 3, H, W] in [0, 1], got {tuple(dataset.shape)}")
+            raise BadInputError(f"a tensor dataset is Tensor[N, 3, H, W] in [0, 1], got {tuple(dataset.shape)}")
         return dataset[idx].float(), None, idx
     labels = dataset.labels(idx) if hasattr(dataset, "labels") else None
     return dataset.images(idx).float(), labels, idx
@@ -143,7 +197,7 @@ def reference_classifier(classifier: nn.Module, reference: nn.Module | str | Non
         return reference
     name = getattr(classifier, "name", None)
     if name not in REFERENCE_CLASSIFIERS:
-        raise ValueError(f"no default reference classifier for {name!r}: pass reference= a second, independent "
+        raise ArgumentValueError(f"no default reference classifier for {name!r}: pass reference= a second, independent "
                          f"classifier (e.g. reference='resnet50' for a ViT) for the cross-model cosine and the "
                          f"Fréchet distance; defaults exist for {sorted(REFERENCE_CLASSIFIERS)}")
     return load_classifier(REFERENCE_CLASSIFIERS[name], device=dev)
@@ -152,7 +206,10 @@ def reference_classifier(classifier: nn.Module, reference: nn.Module | str | Non
 @torch.no_grad()
 def evaluate_reconstructions(classifier: nn.Module, layer: str, originals: torch.Tensor, reconstructions: torch.Tensor,
                              *, reference: nn.Module | str | None = None, extractor: nn.Module | None = None,
-                             labels: torch.Tensor | None = None, indices: torch.Tensor | None = None) -> EvalTable:
+                             labels: torch.Tensor | None = None, indices: torch.Tensor | None = None,
+                             judges: Mapping[str, nn.Module] | str | None = "default",
+                             reader: nn.Module | str | None = "default",
+                             factors: Mapping[str, torch.Tensor] | None = None) -> EvalTable:
     """Measure given reconstructions (no inverting): the metric part of :func:`evaluate`.
 
     Args:
@@ -165,6 +222,11 @@ def evaluate_reconstructions(classifier: nn.Module, layer: str, originals: torch
             with another input size resizes the images itself (see :class:`~workbench.metrics.PooledFeatures`).
         labels: ``Tensor[B]`` true labels (adds a ``label`` column).
         indices: ``Tensor[B]`` dataset indices (the ``image`` column; default ``0..B-1``).
+        judges: name -> judge, ``"default"`` (every shipped judge, :func:`~workbench.judges.load_judges`) or
+            ``None`` (no judge columns, no KID). Judges grade 32 px tiny-world images only.
+        reader: the factor reader, ``"default"`` (the shipped one) or ``None``; used when ``factors`` is given.
+        factors: the originals' true factors (``Tensor[B]`` per name, as ``TinyWorld.factors``), for the
+            ``factor[...]`` columns.
 
     Returns:
         :class:`EvalTable` with ``B * S`` rows.
@@ -179,9 +241,9 @@ def evaluate_reconstructions(classifier: nn.Module, layer: str, originals: torch
 
     if reconstructions.ndim == 4:
         reconstructions = reconstructions[:, None]
-    if reconstructions.ndim != 5 or reconstructions.shape[0] != originals.shape[0] \
-            or reconstructions.shape[2:] != originals.shape[1:]:
-        raise ValueError(f"reconstructions {tuple(reconstructions.shape)} do not match originals "
+    if (reconstructions.ndim != 5 or reconstructions.shape[0] != originals.shape[0]
+            or reconstructions.shape[2:] != originals.shape[1:]):
+        raise BadInputError(f"reconstructions {tuple(reconstructions.shape)} do not match originals "
                          f"{tuple(originals.shape)}: expected [B, S, 3, H, W] with B and [3, H, W] as the originals'")
     reference = reference_classifier(classifier, reference)
     B, S = reconstructions.shape[:2]
@@ -202,7 +264,11 @@ def evaluate_reconstructions(classifier: nn.Module, layer: str, originals: torch
         cols[key] = value.numpy()
     cols["psnr"] = M.psnr(orig, rec).numpy()
     cols["ssim"] = M.ssim(orig, rec).numpy()
+    cols.update(_judged_columns(judges, reader, factors, orig, rec, S))
     table = EvalTable(cols)
+    table.attrs.update(_kid_attrs(judges, rec[finite]))
+    if reader is not None and factors is not None and any(c.startswith("factor[") for c in table.columns):
+        table.attrs["factor_bounds"] = factor_bounds(reader, originals.float(), factors)
     ext = M.pooled_extractor(reference) if extractor is None else extractor
     table.attrs.update(classifier=getattr(classifier, "name", "?"), layer=layer,
                        reference=getattr(reference, "name", "?"), n_images=B, num_samples=S,
@@ -211,9 +277,102 @@ def evaluate_reconstructions(classifier: nn.Module, layer: str, originals: torch
     return table
 
 
+def _judged_columns(judges, reader, factors, orig: torch.Tensor, rec: torch.Tensor, S: int) -> dict[str, Any]:
+    """The judge and factor-reader columns of :func:`evaluate_reconstructions` (``orig`` and ``rec`` are
+    ``[B * S, 3, H, W]``, each original repeated ``S`` times)."""
+    from .judges import factor_columns, judge_columns, shipped_graders
+
+    dev = orig.device
+    cols: dict[str, Any] = {}
+    if tuple(orig.shape[-2:]) != (32, 32):  # the shipped judges and reader read the tiny world's 32 px only
+        judges, reader = (None if isinstance(g, str) else g for g in (judges, reader))
+    if judges is not None:
+        judges = shipped_graders(dev)[0] if isinstance(judges, str) else judges
+        cols.update({k: v.numpy() for k, v in judge_columns(judges, orig, rec).items()})
+    if reader is not None and factors is not None:
+        reader = shipped_graders(dev)[1] if isinstance(reader, str) else reader
+        truth = {k: torch.as_tensor(v).cpu().repeat_interleave(S) for k, v in factors.items()}
+        cols.update({k: v.numpy() for k, v in factor_columns(reader, rec, truth).items()})
+    return cols
+
+
+def factor_bounds(reader: nn.Module | str, originals: torch.Tensor, factors: Mapping[str, torch.Tensor],
+                  ) -> dict[str, dict[str, float]]:
+    """The two ends of factor recovery on these originals (``Tensor[B, 3, 32, 32]``, with their true factors):
+    ``ceiling``, the reader's score on the originals themselves, and ``chance``, its score when each image is
+    answered by another real image (the originals rolled by one). An inversion at the ceiling keeps a factor as
+    well as the image itself; at chance it keeps nothing of it (see :func:`~workbench.judges.factor_kept`)."""
+    from .judges import factor_columns, shipped_graders
+
+    reader = shipped_graders(originals.device)[1] if isinstance(reader, str) else reader
+    ceiling = factor_columns(reader, originals, factors)
+    chance = factor_columns(reader, originals.roll(1, dims=0), factors)
+    return {"ceiling": {k[7:-1]: float(v.nanmean()) for k, v in ceiling.items()},
+            "chance": {k[7:-1]: float(v.nanmean()) for k, v in chance.items()}}
+
+
+def _kid_attrs(judges, rec: torch.Tensor) -> dict[str, float]:
+    """``kid``, ``kid_low``, ``kid_high``: the reconstructions against the separate real set, in the KID judge's
+    pooled features (nothing without judges or without that judge)."""
+    from .judges import KID_JUDGE, kid, pooled_judge_features, shipped_graders
+
+    if judges is None or (isinstance(judges, str) and tuple(rec.shape[-2:]) != (32, 32)):
+        return {}
+    judges = shipped_graders(rec.device)[0] if isinstance(judges, str) else judges
+    if KID_JUDGE not in judges or rec.shape[-2:] != (32, 32):
+        return {}
+    real = _real_features(judges[KID_JUDGE])
+    value, low, high = kid(real, pooled_judge_features(judges[KID_JUDGE], rec))
+    return {"kid": value, "kid_low": low, "kid_high": high}
+
+
+_REAL_FEATURES: dict[int, torch.Tensor] = {}
+
+
+def _real_features(judge: nn.Module) -> torch.Tensor:
+    """The KID judge's features of the separate real set, computed once per judge object."""
+    from .judges import pooled_judge_features, real_reference_set
+
+    key = id(judge)
+    if key not in _REAL_FEATURES:
+        _REAL_FEATURES.clear()
+        _REAL_FEATURES[key] = pooled_judge_features(judge, real_reference_set())
+    return _REAL_FEATURES[key]
+
+
+def uses_model_gradients(inverter: nn.Module, invert_kwargs: Mapping[str, Any] | None = None) -> bool:
+    """Whether a method follows the graded (inverted) model's gradients when it inverts: the optimisation
+    baseline always, FeatInv when feature guidance is on (``feature_guidance_scale > 0``, explicitly or by
+    default); the decoder, retrieval and unguided FeatInv never. Own-model metrics of such a method are graded by
+    the model it optimised against."""
+    from .inverters import featinv
+
+    kind = getattr(inverter, "kind", "")
+    if kind == "optimization":
+        return True
+    if kind == "featinv":
+        scale = (invert_kwargs or {}).get("feature_guidance_scale")
+        scale = featinv.DEFAULT_FEATURE_GUIDANCE_SCALE if scale is None else scale
+        return float(scale) > 0
+    return False
+
+
+def method_name(inverter: nn.Module, invert_kwargs: Mapping[str, Any] | None = None) -> str:
+    """The method's name in tables: the paper's method, unguided FeatInv, is ``"FeatInv"``; with feature guidance it
+    is ``"FeatInv + feature guidance (uses the model's gradients)"``; the others by kind."""
+    kind = getattr(inverter, "kind", type(inverter).__name__)
+    if kind == "featinv":
+        name = "FeatInv" + (" (pooled)" if getattr(inverter, "pooling", "none") != "none" else "")
+        return name + (" + feature guidance (uses the model's gradients)"
+                       if uses_model_gradients(inverter, invert_kwargs) else "")
+    return {"optimization": "optimisation (uses the model's gradients)", "decoder": "decoder",
+            "retrieval": "nearest training image"}.get(kind, kind)
+
+
 def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = None, dataset=None, num_images: int = 256,
              seed: int = 0, num_samples: int = 1, *, reference: nn.Module | str | None = None,
              extractor: nn.Module | None = None, progress: bool = True, return_reconstructions: bool = False,
+             judges: Mapping[str, nn.Module] | str | None = "default", reader: nn.Module | str | None = "default",
              **invert_kwargs):
     """Invert ``num_images`` images with ``inverter`` and measure every reconstruction.
 
@@ -236,6 +395,8 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
         progress: show the inverter's progress bar.
         return_reconstructions: also return ``(originals [N, 3, H, W], reconstructions [N, S, 3, H, W])``, with
             ``N = num_images``.
+        judges, reader: the independent judges and the factor reader (:func:`evaluate_reconstructions`); the
+            factor columns need a :class:`~workbench.TinyWorld` dataset, whose true factors they compare with.
         **invert_kwargs: passed to ``inverter.invert`` (FeatInv's ``num_inference_steps=``, the optimisation
             baseline's ``num_optimizer_steps=``).
 
@@ -260,14 +421,14 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
         check_images(dataset, "dataset")
     layer = inverter.layer if layer is None else layer
     if layer != inverter.layer:
-        raise ValueError(f"the inverter inverts {inverter.layer!r}, not {layer!r}; pass layer={inverter.layer!r} "
+        raise InverterMismatchError(f"the inverter inverts {inverter.layer!r}, not {layer!r}; pass layer={inverter.layer!r} "
                          f"or the inverter of {layer!r}")
     name, inv_name = getattr(classifier, "name", None), getattr(inverter, "classifier_name", None)
     if name and inv_name and name not in ("custom",) and name != inv_name:
-        raise ValueError(f"the inverter was built for {inv_name!r}, but the classifier is {name!r}; pass "
+        raise InverterMismatchError(f"the inverter was built for {inv_name!r}, but the classifier is {name!r}; pass "
                          f"wb.load_classifier({inv_name!r})")
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        raise ArgumentValueError(f"num_samples must be >= 1, got {num_samples}")
     dataset = TinyWorld("test", size=max(num_images, 2000), seed=0) if dataset is None else dataset
     images, labels, idx = select_images(dataset, num_images, seed)              # 1.
     feats = extract_features(classifier, images, layer)                         # 2.
@@ -277,13 +438,16 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
     t0 = time.perf_counter()
     recon = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=progress, **kwargs)  # 3.
     seconds = (time.perf_counter() - t0) / num_images
+    factors = ({k: v[idx] for k, v in dataset.factors.items()} if hasattr(dataset, "factors") else None)
     table = evaluate_reconstructions(classifier, layer, images, recon, reference=reference, extractor=extractor,
-                                     labels=labels, indices=idx)               # 4.
+                                     labels=labels, indices=idx, judges=judges, reader=reader,
+                                     factors=factors)                           # 4.
     distance = feature_distance(inverter, feats)
     if distance is not None:
         table["feature_distance"] = distance.repeat_interleave(num_samples).numpy()
     table.attrs.update(inverter=inverter_label(inverter), seconds_per_image=seconds, seed=seed,
-                       invert_kwargs=dict(invert_kwargs))
+                       invert_kwargs=dict(invert_kwargs), method=method_name(inverter, invert_kwargs),
+                       uses_model_gradients=uses_model_gradients(inverter, invert_kwargs))
     return (table, images, recon) if return_reconstructions else table
 
 
@@ -336,7 +500,7 @@ def compare_inverters(inverters: Mapping[str, nn.Module], classifiers: Mapping[s
 
     invert_kwargs = dict(invert_kwargs or {})
     if len(dataset) < 2 * num_images:
-        raise ValueError(f"compare_inverters needs 2 * num_images = {2 * num_images} images (num_images for the "
+        raise ArgumentValueError(f"compare_inverters needs 2 * num_images = {2 * num_images} images (num_images for the "
                          f"inverters, as many again for the real-image floor), but the dataset has {len(dataset)}; "
                          "lower num_images or pass a larger dataset")
     tables, recons, rows, originals = {}, {}, [], None

@@ -56,8 +56,13 @@ def load_judges(names: Sequence[str] | None = None, *, device: str | torch.devic
 
 
 def judge_layer(judge: nn.Module) -> str:
-    """The spatial map a judge compares an inversion with its original at (``zoo.JUDGE_CLASSIFIERS``)."""
-    return JUDGE_CLASSIFIERS[judge.name]["judge_layer"]
+    """The spatial map a judge compares an inversion with its original at: a judge's ``judge_layer``
+    (``zoo.JUDGE_CLASSIFIERS``), or the last inverted layer of a shipped classifier used as a judge (e.g.
+    ``tinyworld-vit`` grading the CNN's inversions, as the old cross-model reference did)."""
+    from .zoo import TINY_CLASSIFIERS
+
+    spec = TINY_CLASSIFIERS[judge.name]
+    return spec.get("judge_layer", spec["layers"]["last"])
 
 
 @torch.no_grad()
@@ -141,8 +146,8 @@ def kid(real_features: Tensor, fake_features: Tensor, *, num_subsets: int = 200,
     """Kernel inception distance (torchmetrics' polynomial-kernel MMD, unbiased) over random subsets, with the
     spread of the subsets as its 95 % interval.
 
-    As torchmetrics' ``KernelInceptionDistance`` does, each of ``num_subsets`` rounds draws half of the fake features
-    and ``subset_size`` real ones, without replacement (resampling with replacement would bias the unbiased MMD
+    As torchmetrics' ``KernelInceptionDistance`` does, each of ``num_subsets`` rounds draws as many real as fake
+    features (half the fake ones, at most ``subset_size``), without replacement (resampling with replacement would bias the unbiased MMD
     upward through repeated pairs); the estimate is the mean over rounds, the interval the 2.5 and 97.5 percentiles.
 
     Args:
@@ -156,10 +161,10 @@ def kid(real_features: Tensor, fake_features: Tensor, *, num_subsets: int = 200,
     if len(fake_features) < 4:
         return float("nan"), float("nan"), float("nan")
     g = torch.Generator().manual_seed(seed)
-    m, half = min(subset_size, len(real_features)), len(fake_features) // 2
+    m = min(subset_size, len(real_features), len(fake_features) // 2)  # torchmetrics' MMD wants equal sizes
     vals = []
     for _ in range(num_subsets):
-        f = fake_features[torch.randperm(len(fake_features), generator=g)[:half]].double()
+        f = fake_features[torch.randperm(len(fake_features), generator=g)[:m]].double()
         r = real_features[torch.randperm(len(real_features), generator=g)[:m]].double()
         vals.append(float(poly_mmd(r, f)))
     v = torch.tensor(vals)
@@ -253,3 +258,44 @@ def judge_readings(images: Tensor, *, judges: Mapping[str, nn.Module] | str | No
                 value = value[torch.arange(len(value)), read["shape"]]
             out[f"read_{name}"] = value.cpu()
     return out
+
+
+#: The factors :func:`judged_view` shows, in order (all are in the summaries).
+VIEW_FACTORS = ("shape", "background", "distractor", "hue", "size", "x", "y", "rotation")
+
+
+def judged_view(table: "pd.DataFrame", *, intervals: bool = False) -> "pd.DataFrame":
+    """A comparison or summary table (rows with the judges' summary columns) as a person reads it.
+
+    Columns: ``uses model gradients``; ``own cosine`` and ``own top-1`` (graded by the inverted model itself);
+    ``judge agreement`` (the mean over the shipped judges of top-1 agreement with the original) and ``judge cosine``;
+    one
+    ``agree <judge>`` per judge; the factor reader's ``shape``, ``background`` and ``distractor`` accuracy and the
+    other factors' errors in spreads; ``KID``. With ``intervals``, each judge/factor cell is ``"v [lo, hi]"``.
+
+    Example:
+        >>> judged_view(comp.table).round(3)
+    """
+    import pandas as pd
+
+    def cell(row, key):
+        v = row.get(key, float("nan"))
+        if intervals and f"{key}_lo" in row:
+            return f"{v:.3f} [{row[f'{key}_lo']:.3f}, {row[f'{key}_hi']:.3f}]"
+        return v
+
+    rows = {}
+    for name, row in table.iterrows():
+        agree = [k for k in row.index if k.startswith("judge_agree[") and not k.endswith(("_lo", "_hi"))]
+        shipped = [k for k in agree if k[12:-1] in JUDGE_CLASSIFIERS]  # the mean is over the shipped judges
+        cos = [k for k in row.index if k.startswith("judge_cosine[") and not k.endswith(("_lo", "_hi"))
+               and k[13:-1] in JUDGE_CLASSIFIERS]
+        out = {"uses model gradients": row.get("uses_model_gradients"),
+               "own cosine": row.get("feature_cosine"), "own top-1": row.get("top1"),
+               "judge agreement": float(sum(row[k] for k in shipped) / len(shipped)) if shipped else float("nan"),
+               "judge cosine": float(sum(row[k] for k in cos) / len(cos)) if cos else float("nan")}
+        out.update({f"agree {k[12:-1].replace('tinyworld-judge-', '')}": cell(row, k) for k in agree})
+        out.update({f: cell(row, f"factor[{f}]") for f in VIEW_FACTORS})
+        out["KID"] = cell(row, "kid")
+        rows[name] = out
+    return pd.DataFrame.from_dict(rows, orient="index")
