@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_result
-from ..errors import AnalysisError
+from ..errors import AnalysisError, NonFiniteResultError
 from ..interventions import check_alpha, check_direction, check_mask, shift_features
 from . import map_logits
 from .concepts import Concept
@@ -48,12 +48,19 @@ def steer(features: Tensor, concept: Concept, alpha: float, mask: Tensor | None 
     Raises:
         AnalysisError: maps from another layer or with another channel count than the concept's.
         InterventionError: a mask of the wrong layout or spatial size, or a NaN or infinite ``alpha``.
+        NonFiniteResultError: an ``alpha`` so large that finite maps come out infinite (``alpha=1e38``).
 
     Example:
         >>> steer(feats, star, 2.0, mask=left_half, layer="stages.3")
     """
     concept.check(features, layer=layer)
-    return shift_features(features, concept.direction, check_alpha(alpha) * concept.scale, mask)
+    alpha = check_alpha(alpha)
+    try:
+        return shift_features(features, concept.direction, alpha * concept.scale, mask)
+    except NonFiniteResultError:
+        raise NonFiniteResultError(f"steer(alpha={alpha:g}) moved finite maps to infinity: a step of alpha times "
+                                   f"the concept's scale {concept.scale:g} overflows {features.dtype}; use an alpha "
+                                   "of a few units") from None
 
 
 def steering_sweep(features: Tensor, concept: Concept, alphas: Sequence[float], mask: Tensor | None = None, *,

@@ -16,6 +16,7 @@ import atexit
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,13 @@ def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise ArgumentValueError(f"{flag} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ArgumentValueError(f"{flag} {path}: cannot write in {existing}; pick a folder you can write to")
+    try:        # a file made and removed: os.access says yes to root on a read-only mount
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".workbench-write-check-")
+    except OSError as err:
+        raise ArgumentValueError(f"{flag} {path}: cannot write in {existing} ({err.strerror or type(err).__name__}); "
+                                 "pick a folder you can write to") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_output_folders(config: Any) -> None:
@@ -97,7 +103,8 @@ def claim_out(out: str | os.PathLike) -> Path:
             if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
                 raise ConcurrentUseError(
                     f"--out {out}: another run (pid {pid}, started {holder.get('started')}: {holder.get('command')}) "
-                    f"is writing there; wait for it to end, or pass another --out") from None
+                    f"is writing there; wait for it to end, or pass another --out (if no run is, delete {lock})"
+                ) from None
             lock.unlink(missing_ok=True)    # ours already, or its process died: take it over
             continue
         with os.fdopen(fd, "w") as f:
