@@ -244,3 +244,15 @@ def test_half_precision_inverts_end_to_end_on_the_cpu(shipped, features):
     assert seen and set(seen) == {torch.float32}
     assert guided.isfinite().all() and not torch.equal(guided, out)
     assert next(half.__dict__["_float32_vae"][1].parameters()).dtype == torch.float32
+
+
+def test_a_study_builds_the_sampler_it_records_from_loose_settings():
+    from types import SimpleNamespace
+
+    from workbench.inverters.sampler import Sampler, study_sampler
+
+    sampling, deterministic = SimpleNamespace(uses_sampler=True), SimpleNamespace(uses_sampler=False)
+    sampler, rest = study_sampler(sampling, None, {"num_inference_steps": 8, "batch_size": 16})
+    assert sampler == Sampler(num_inference_steps=8) and rest == {"batch_size": 16}
+    assert study_sampler(sampling, Sampler(guidance_scale=2.0), {})[0].guidance_scale == 2.0
+    assert study_sampler(deterministic, None, {"num_optimizer_steps": 3}) == (None, {"num_optimizer_steps": 3})

@@ -29,6 +29,8 @@ from torch import nn
 
 from .checks import check_images, check_seed, seeded_generator
 from .errors import ArgumentValueError
+from .inverters.interface import Inverter
+from .inverters.sampler import Sampler
 
 #: name -> the three severities' parameter (mild, medium, strong) for 32 px images.
 CORRUPTIONS: dict[str, tuple] = {
@@ -234,17 +236,20 @@ class RobustnessResult:
         tables: condition key -> its per-image :class:`~workbench.evaluation.EvalTable`.
         inputs: condition key -> ``Tensor[N, 3, H, W]`` the classifier saw.
         reconstructions: condition key -> ``Tensor[N, S, 3, H, W]``.
+        sampler: the :class:`~workbench.inverters.sampler.Sampler` the inverter drew with (None for a kind that does
+            not sample).
     """
 
     summary: pd.DataFrame
     tables: dict[str, pd.DataFrame]
     inputs: dict[str, torch.Tensor]
     reconstructions: dict[str, torch.Tensor]
+    sampler: Sampler | None = None
 
 
-def robustness_study(inverter: nn.Module, classifier: nn.Module, conditions: Sequence[Condition], *,
+def robustness_study(inverter: Inverter, classifier: nn.Module, conditions: Sequence[Condition], *,
                      clean: torch.Tensor | None = None, num_samples: int = 1, seed: int = 0,
-                     reference: nn.Module | str | None = None, progress: bool = True,
+                     reference: nn.Module | str | None = None, progress: bool = True, sampler: Sampler | None = None,
                      **invert_kwargs: Any) -> RobustnessResult:
     """Invert every condition's images and measure the reconstructions against those images.
 
@@ -257,7 +262,10 @@ def robustness_study(inverter: nn.Module, classifier: nn.Module, conditions: Seq
         seed: seeds the inverter.
         reference: the independent classifier (see :func:`workbench.evaluation.evaluate`).
         progress: a progress bar over conditions.
-        **invert_kwargs: passed to ``inverter.invert`` (FeatInv's ``num_inference_steps=``).
+        sampler: FeatInv's :class:`~workbench.inverters.sampler.Sampler` (default ``wb.Sampler()``), recorded in
+            the result.
+        **invert_kwargs: passed to ``inverter.invert`` (the optimisation baseline's ``num_optimizer_steps=``;
+            FeatInv's loose sampler settings, ``num_inference_steps=``, build the sampler).
 
     Returns:
         :class:`RobustnessResult`.
@@ -270,6 +278,7 @@ def robustness_study(inverter: nn.Module, classifier: nn.Module, conditions: Seq
 
     from .evaluation import evaluate_reconstructions, inverter_label, reference_classifier
     from .hooks import extract_features
+    from .inverters.sampler import study_sampler
 
     conditions = list(conditions)
     if clean is not None:
@@ -278,10 +287,12 @@ def robustness_study(inverter: nn.Module, classifier: nn.Module, conditions: Seq
         raise ArgumentValueError("no conditions to study; build them with corruptions(), adversarial() or "
                                  "out_of_distribution()")
     reference = reference_classifier(classifier, reference)
+    sampler, invert_kwargs = study_sampler(inverter, sampler, invert_kwargs)
     rows, tables, inputs, recons = [], {}, {}, {}
     for cond in tqdm(conditions, desc="conditions", disable=not progress):
         feats = extract_features(classifier, cond.images, inverter.layer)
-        rec = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=False, **invert_kwargs)
+        rec = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=False, sampler=sampler,
+                              **invert_kwargs)
         table = evaluate_reconstructions(classifier, inverter.layer, cond.images, rec, reference=reference,
                                          labels=cond.info.get("label"))
         S = rec.shape[1]
@@ -300,4 +311,4 @@ def robustness_study(inverter: nn.Module, classifier: nn.Module, conditions: Seq
         rows.append(row)
         tables[cond.key], inputs[cond.key], recons[cond.key] = table, cond.images, rec
     summary = pd.DataFrame(rows, index=[c.key for c in conditions])
-    return RobustnessResult(summary, tables, inputs, recons)
+    return RobustnessResult(summary, tables, inputs, recons, sampler)

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_seed, checked_int
+from .inverters.interface import Inverter
+from .inverters.sampler import Sampler
 from .errors import AnalysisError, ArgumentValueError, InterventionError
 
 
@@ -105,7 +107,7 @@ def _probability_table(columns: Mapping[str, Tensor], class_names: Sequence[str]
             f"{head}</tr>{rows}</table>")
 
 
-def _check_explorer_inputs(classifier: nn.Module, inverters: Mapping[str, nn.Module], images: Tensor) -> None:
+def _check_explorer_inputs(classifier: nn.Module, inverters: Mapping[str, Inverter], images: Tensor) -> None:
     """Refuse, before any widget is built, what would fail only when Invert is pressed: no inverter, an inverter filed
     under another layer or made for another classifier, images that are not a float batch in [0, 1]."""
     from .checks import check_images
@@ -145,9 +147,11 @@ class Explorer:
             concept's class; they enable the steering methods that need them (:data:`STEER_METHODS`).
         class_names: names by class index (default: the tiny world's).
         num_samples: inversions per run.
-        num_inference_steps: denoising steps (default: the inverter's).
+        num_inference_steps: denoising steps (default: the sampler's).
         seed: sampling seed.
         top_k: classes listed in each probability table.
+        sampler: the :class:`~workbench.inverters.sampler.Sampler` FeatInv draws with (default ``wb.Sampler()``;
+            ``num_inference_steps``, when given, replaces its steps); kept as :attr:`sampler`.
 
     Attributes:
         widget: the ``ipywidgets.VBox`` to display.
@@ -155,11 +159,11 @@ class Explorer:
             "image_probs"}`` (``image_probs``: ``Tensor[S, K]``, the classifier on each inversion).
     """
 
-    def __init__(self, classifier: nn.Module, inverters: Mapping[str, nn.Module], images: Tensor, *,
+    def __init__(self, classifier: nn.Module, inverters: Mapping[str, Inverter], images: Tensor, *,
                  labels: Tensor | None = None, concepts: Mapping[str, object] | Sequence[object] | None = None,
                  class_names: Sequence[str] | None = None, num_samples: int = 2,
                  num_inference_steps: int | None = None, seed: int = 0, top_k: int = 3,
-                 real_maps: Mapping[object, Tensor] | None = None):
+                 real_maps: Mapping[object, Tensor] | None = None, sampler: Sampler | None = None):
         import ipywidgets as w
 
         from .tinyworld import CLASSES
@@ -177,7 +181,8 @@ class Explorer:
         self.concepts = dict(concepts or {})
         self.real_maps = dict(real_maps or {})
         self.class_names = list(class_names or CLASSES)
-        self.num_inference_steps, self.seed, self.top_k = num_inference_steps, seed, top_k
+        self.sampler = Sampler.build(sampler, num_inference_steps=num_inference_steps)
+        self.num_inference_steps, self.seed, self.top_k = self.sampler.num_inference_steps, seed, top_k
         self.result: dict = {}
         self._channel_means: dict[str, Tensor] = {}
 
@@ -328,8 +333,8 @@ class Explorer:
         try:
             outs = []
             for s in range(n):   # one sample at a time, so the bar moves
-                outs.append(inverter.invert(edited, num_samples=1, num_inference_steps=self.num_inference_steps,
-                                            seed=self.seed + s, progress=False))
+                outs.append(inverter.invert(edited, num_samples=1, sampler=self.sampler, seed=self.seed + s,
+                                            progress=False))
                 self.progress.value = s + 1
         finally:
             self.run.disabled = False
@@ -375,6 +380,8 @@ class AtomBrowser:
         alphas: the steering strengths shown, in units of the atom's typical firing.
         n_top: top-activating images shown.
         num_inference_steps, seed: passed to the inverter.
+        sampler: the :class:`~workbench.inverters.sampler.Sampler` FeatInv draws with (default ``wb.Sampler()``;
+            ``num_inference_steps``, when given, replaces its steps).
 
     Attributes:
         widget: the ``ipywidgets.VBox`` to display.
@@ -384,9 +391,9 @@ class AtomBrowser:
         >>> AtomBrowser(cnn, wb.load_inverter("tinyworld-cnn/stages.3"), sae, x_test, scores=scores)
     """
 
-    def __init__(self, classifier: nn.Module, inverter: nn.Module, dictionary, images: Tensor, *, scores=None,
+    def __init__(self, classifier: nn.Module, inverter: Inverter, dictionary, images: Tensor, *, scores=None,
                  alphas: Sequence[float] = (0.0, 1.0, 2.0, 4.0), n_top: int = 5,
-                 num_inference_steps: int | None = None, seed: int = 0):
+                 num_inference_steps: int | None = None, seed: int = 0, sampler: Sampler | None = None):
         import ipywidgets as w
 
         from .hooks import extract_features
@@ -396,7 +403,8 @@ class AtomBrowser:
                                 f"{inverter.layer!r}; load the inverter of {dictionary.layer!r}")
         self.classifier, self.inverter, self.dictionary, self.images = classifier, inverter, dictionary, images
         self.alphas, self.n_top = [float(a) for a in alphas], n_top
-        self.num_inference_steps, self.seed = num_inference_steps, seed
+        self.sampler = Sampler.build(sampler, num_inference_steps=num_inference_steps)
+        self.num_inference_steps, self.seed = self.sampler.num_inference_steps, seed
         self.features = extract_features(classifier, images, dictionary.layer).float().cpu()
         self.result: dict = {}
         narrow = w.Layout(width="360px")
@@ -460,7 +468,7 @@ class AtomBrowser:
             outs = []
             for k, alpha in enumerate(self.alphas):        # one alpha at a time from the same noise; the bar moves
                 outs.append(self.inverter.invert(edit(features, alpha), num_samples=1, seed=self.seed,
-                                                 num_inference_steps=self.num_inference_steps, progress=False)[0, 0])
+                                                 sampler=self.sampler, progress=False)[0, 0])
                 self.progress.value = k + 1
         finally:
             self.run.disabled = False

@@ -112,3 +112,23 @@ class Sampler:
         guided = f", feature guidance {self.feature_guidance_scale:g}{where}" if self.feature_guidance_scale else ""
         return (f"{self.scheduler} {self.num_inference_steps} steps, guidance {self.guidance_scale} "
                 f"({self.guidance_mode}){guided}")
+
+
+def study_sampler(inverter: Any, sampler: Sampler | None = None,
+                  options: dict[str, Any] | None = None) -> tuple[Sampler | None, dict[str, Any]]:
+    """The sampler a study (``wb.evaluate``, the analysis studies, the robustness study, the explorer) hands to
+    ``inverter.invert(..., sampler=...)`` and records in what it returns, and the options left for ``invert``.
+
+    For a kind that samples (``inverter.uses_sampler``, FeatInv): ``sampler`` (default ``Sampler()``) with the loose
+    settings among ``options`` put in (:meth:`Sampler.build`). For the others (the decoder, the optimisation
+    baseline): ``sampler`` as given, which they ignore, and ``options`` untouched.
+
+    Example:
+        >>> sampler, rest = study_sampler(inv, None, {"num_inference_steps": 8, "batch_size": 16})
+        >>> sampler.num_inference_steps, rest                       # (8, {'batch_size': 16})
+    """
+    options = dict(options or {})
+    if not getattr(inverter, "uses_sampler", False):
+        return sampler, options
+    settings = {k: options.pop(k) for k in Sampler.fields() if k in options}
+    return Sampler.build(sampler, **settings), options
