@@ -38,7 +38,7 @@ def test_invariance_maps_have_a_colour_bar_and_the_demo_is_one_grid():
     images, samples = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 3, 8, 8)
     fig = wb.plot.inversion_figure(images, samples)
     bars = [child for ax in fig.axes for child in ax.child_axes]
-    assert len(bars) == 2 and bars[0].get_ylabel() == "std over samples"   # one per row, labelled
+    assert len(bars) == 2 and bars[0].get_title() == "std"                  # one per row, labelled
     fig = demo_figure(images, {("tinyworld-cnn", "stages.3"): samples, ("tinyworld-vit", "blocks.5"): samples})
     assert len(fig.axes) == 2 * (1 + 2 * (3 + 1))                      # rows = images; one block per layer
 

@@ -104,7 +104,8 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
     # under labels touched: the labels took the height the images needed); row labels take width instead, which
     # leaves the rows their gap
     labels_h = 0.3 if col_labels is not None and row_labels is None else 0.0
-    fig, axes = _subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + labels_h), squeeze=False)
+    bar_w = 0.4 if mono else 0.0          # the colour bars' width, added so that the panels keep theirs
+    fig, axes = _subplots(n_rows, n_cols, figsize=(cell * n_cols + bar_w, cell * n_rows + labels_h), squeeze=False)
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -135,12 +136,15 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor, *, row_lab
 
 
 def _colorbar(fig, ax, shown, label: str | None) -> None:
-    """A thin colour bar right of ``ax``, in an inset (so ``fig.axes`` keeps one axes per panel)."""
+    """A thin colour bar right of ``ax``, in an inset (so ``fig.axes`` keeps one axes per panel), with its two ends
+    as ticks and the first word of ``label`` above it (the column label says the rest)."""
     cax = ax.inset_axes([1.04, 0.0, 0.07, 1.0])
     bar = fig.colorbar(shown, cax=cax)
+    low, high = shown.get_clim()
+    bar.set_ticks([low, high], labels=[f"{low:.2g}", f"{high:.2g}"])   # two ticks: the panels keep their width
     bar.ax.tick_params(labelsize=6, length=2, pad=1)
     if label:
-        bar.set_label(label, fontsize=6, labelpad=2)
+        bar.ax.set_title(label.split()[0], fontsize=6, pad=2)
 
 
 def inversion_figure(originals: torch.Tensor, samples: torch.Tensor, *, row_labels: Sequence[str] | None = None,
@@ -160,10 +164,10 @@ def inversion_figure(originals: torch.Tensor, samples: torch.Tensor, *, row_labe
     for b in range(originals.shape[0]):
         row = [originals[b], *samples[b]]
         if invariance is not None:
-            row.append(invariance[b] / invariance.max().clamp_min(1e-8))
+            row.append(invariance[b])
         rows.append(row)
     cols = ["original"] + [f"sample {s + 1}" for s in range(samples.shape[1])] + (
-        ["invariance"] if invariance is not None else [])
+        ["invariance (std)"] if invariance is not None else [])
     return image_grid(rows, row_labels=row_labels, col_labels=cols, title=title, colorbar_label="std over samples")
 
 
