@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..checks import checked_int
 from ..errors import AnalysisError
 from ..interventions import ablate_features, check_mode
+from ..inverters.sampler import Sampler, study_sampler
 from . import check_channels, invert_edited, map_logits, score_inversions
 
 RANKINGS = ("mean_activation", "selectivity", "logit_drop")
@@ -219,7 +220,8 @@ def ablation_table(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
 @torch.no_grad()
 def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer: str, order: Sequence[int],
                    counts: Sequence[int], *, mode: str = "zero", means: Tensor | None = None, inverter=None,
-                   num_samples: int = 1, num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
+                   num_samples: int = 1, num_inference_steps: int | None = None, seed: int = 0, progress: bool = True,
+                   sampler: Sampler | None = None):
     """Ablate the first ``n`` channels of ``order`` for each ``n`` in ``counts``; optionally invert each edit.
 
     Args:
@@ -228,6 +230,9 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
         counts: how many of them to ablate, e.g. ``[0, 4, 16, 64, 192]``.
         inverter: a FeatInv for ``layer``; if given, each edited map is inverted and scored.
         num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
+        sampler: FeatInv's :class:`~workbench.inverters.sampler.Sampler` (default ``wb.Sampler()``;
+            ``num_inference_steps``, when given, replaces its steps), passed to ``inverter.invert`` and recorded in
+            the table's ``attrs["sampler"]``.
 
     Returns:
         ``(table, samples)``: the :func:`ablation_table` columns plus ``n`` and, with an inverter,
@@ -260,7 +265,7 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
         acc, cos, dist = [], [], []
         for n in counts:
             edited = ablate_features(feats, order[:int(n)], mode=mode, means=means)
-            out, distance = invert_edited(inverter, feats, edited, num_samples=num_samples, seed=seed,
+            out, distance = invert_edited(inverter, feats, edited, num_samples=num_samples, seed=seed, sampler=sampler,
                                           num_inference_steps=num_inference_steps, progress=progress)
             scores = score_inversions(classifier, layer, edited, out)
             samples[int(n)] = out
@@ -270,4 +275,5 @@ def ablation_sweep(classifier: nn.Module, images: Tensor, labels: Tensor, layer:
         table["inversion_accuracy"], table["inversion_cosine"] = acc, cos
         if dist[0] is not None:
             table["feature_distance"] = dist
+        table.attrs["sampler"] = study_sampler(inverter, sampler, {"num_inference_steps": num_inference_steps})[0]
     return table, samples

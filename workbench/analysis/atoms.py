@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
+from ..inverters.sampler import Sampler
 from ..globalstate import import_keeping_environ
 from . import factor_kind, factor_radians
 from .dictionary import Dictionary, _reference_logits, reconstruction_quality
@@ -346,7 +347,7 @@ def _agreement(values: np.ndarray, factor: str, target) -> np.ndarray:
 def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, dictionary: Dictionary, atom: int,
                         alphas: Sequence[float], *, scores, readout, factor: str | None = None,
                         where: str | tuple[int, int] = "everywhere", control: bool = True, num_samples: int = 2,
-                        seed: int = 0, progress: bool = True):
+                        seed: int = 0, progress: bool = True, sampler: Sampler | None = None):
     """Draw an atom: steer maps along it, invert them with FeatInv, and measure whether its factor changes.
 
     The atom becomes a :class:`~workbench.analysis.concepts.Concept` (:meth:`Dictionary.concept`) and goes
@@ -373,6 +374,9 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
             grid cell ``(row, col)``.
         control: also steer along a random direction (seeded by ``seed``) and report it.
         num_samples, seed, progress: passed to the inverter.
+        sampler: FeatInv's :class:`~workbench.inverters.sampler.Sampler` (default ``wb.Sampler()``), passed to
+            :func:`~workbench.analysis.steering_studies.steering_study`, which records it in the table's
+            ``attrs["sampler"]``.
 
     Returns:
         ``(table, samples, summary)``: :func:`~workbench.analysis.steering_studies.steering_study`'s table plus
@@ -409,7 +413,8 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
         where = _cell_mask(where, inverter.feature_shape[-2:])
     target = scores.attrs["targets"][factor][atom]
     target_class = CLASSES.index(target) if factor == "shape" and target in CLASSES else None
-    kwargs = dict(readout=readout, target_class=target_class, num_samples=num_samples, seed=seed, progress=progress)
+    kwargs = dict(readout=readout, target_class=target_class, num_samples=num_samples, seed=seed, progress=progress,
+                  sampler=sampler)
     table, samples = steering_study(classifier, inverter, images, direction_edit(concept, where=where), alphas,
                                     **kwargs)
     summary = {"atom": int(atom), "factor": factor, "points_at": target, "score": float(scores.loc[atom, factor]),

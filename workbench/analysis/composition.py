@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..checks import check_allocation, checked_int, seeded_generator
 from ..errors import AnalysisError
+from ..inverters.sampler import Sampler, study_sampler
 from ..globalstate import import_keeping_environ
 from ..tinyworld import FACTOR_PERIODS
 from . import check_mask, class_probabilities, downsample_mask, factor_kind, factor_radians, invert_edited
@@ -127,7 +128,8 @@ def region_probabilities(classifier: nn.Module, images: Tensor, mask: Tensor) ->
 @torch.no_grad()
 def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Tensor, mask: Tensor, *,
                  classes_a: Tensor | None = None, classes_b: Tensor | None = None, num_samples: int = 1,
-                 num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
+                 num_inference_steps: int | None = None, seed: int = 0, progress: bool = True,
+                 sampler: Sampler | None = None):
     """Splice A's map inside ``mask`` with B's outside, invert, and ask whether each region keeps its object.
 
     Args:
@@ -138,6 +140,9 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
         mask: ``Tensor[H, W]`` pixel mask (1 = A's region); it is area-downsampled to the map.
         classes_a, classes_b: ``Tensor[B]`` true classes (default: the classifier's predictions on the originals).
         num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
+        sampler: FeatInv's :class:`~workbench.inverters.sampler.Sampler` (default ``wb.Sampler()``;
+            ``num_inference_steps``, when given, replaces its steps), passed to ``inverter.invert`` and recorded in
+            the table's ``attrs["sampler"]``.
 
     Returns:
         ``(table, samples)``: one row per (pair, sample) with ``class_a``, ``class_b``, ``pred_a`` / ``pred_b``
@@ -158,7 +163,7 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
     fb = extract_features(classifier, images_b, inverter.layer).float().cpu()
     spliced = splice(fa, fb, downsample_mask(mask, fa.shape[-2:]))
     out, distance = invert_edited(inverter, torch.cat([fa, fb]), spliced, num_samples=num_samples, seed=seed,
-                                  num_inference_steps=num_inference_steps, progress=progress)
+                                  sampler=sampler, num_inference_steps=num_inference_steps, progress=progress)
     b, s = out.shape[:2]
     ca = class_probabilities(classifier, images_a).argmax(1) if classes_a is None else torch.as_tensor(classes_a)
     cb = class_probabilities(classifier, images_b).argmax(1) if classes_b is None else torch.as_tensor(classes_b)
@@ -175,6 +180,7 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
     table["original_keeps_a"], table["original_keeps_b"] = rep(ref_a), rep(ref_b)
     if distance is not None:
         table["feature_distance"] = rep(distance)
+    table.attrs["sampler"] = study_sampler(inverter, sampler, {"num_inference_steps": num_inference_steps})[0]
     return table, out
 
 
@@ -236,7 +242,8 @@ def arithmetic(features_a: Tensor, features_b: Tensor, features_c: Tensor) -> Te
 @torch.no_grad()
 def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes: Sequence[int] | None = None,
                    endpoints: tuple[Tensor, Tensor] | None = None, num_samples: int = 1,
-                   num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
+                   num_inference_steps: int | None = None, seed: int = 0, progress: bool = True,
+                   sampler: Sampler | None = None):
     """Invert every step of a sequence of maps and score the class probabilities along it.
 
     The sweep is controlled: each step is inverted from the same noise (one ``inverter.invert`` call per step with
@@ -250,6 +257,9 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
         endpoints: ``(classes_start, classes_end)``, each ``Tensor[B]``: per-item classes whose probabilities go in
             columns ``p_start`` and ``p_end`` (e.g. the classes of A and B along an interpolation).
         num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
+        sampler: FeatInv's :class:`~workbench.inverters.sampler.Sampler` (default ``wb.Sampler()``;
+            ``num_inference_steps``, when given, replaces its steps), passed to ``inverter.invert`` and recorded in
+            the table's ``attrs["sampler"]``.
 
     Returns:
         ``(table, samples)``: one row per (item, step, sample) with ``item``, ``step``, ``t`` (in [0, 1]),
@@ -265,7 +275,8 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
     b, t = sequence.shape[:2]
     # one call per step with the same seed: every step of an item starts from the same noise (controlled sweep)
     out = torch.stack([inverter.invert(sequence[:, i], num_samples=num_samples, num_inference_steps=num_inference_steps,
-                                       seed=seed, progress=progress) for i in range(t)], 1)    # [B, T, S, 3, H, W]
+                                       sampler=sampler, seed=seed, progress=progress)
+                       for i in range(t)], 1)                                                  # [B, T, S, 3, H, W]
     s = out.shape[2]
     probs = class_probabilities(classifier, out.reshape(b * t * s, *out.shape[3:]))
     grid = torch.stack(torch.meshgrid(torch.arange(b), torch.arange(t), torch.arange(s), indexing="ij"), -1).reshape(-1, 3)
@@ -281,6 +292,7 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
             if len(cls) != b:
                 raise AnalysisError(f"endpoints hold {len(cls)} classes for {b} sequences")
             table[col] = probs.gather(1, cls[item][:, None])[:, 0].numpy()
+    table.attrs["sampler"] = study_sampler(inverter, sampler, {"num_inference_steps": num_inference_steps})[0]
     return table, out
 
 

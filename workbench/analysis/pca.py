@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..checks import checked_int, seeded_generator
 from ..errors import AnalysisError
+from ..inverters.sampler import Sampler, study_sampler
 from ..globalstate import import_keeping_environ
 from . import invert_edited, map_logits, score_inversions
 
@@ -273,7 +274,8 @@ def fit_layer_pca(classifier: nn.Module, images: Tensor, layer: str, *, n_compon
 
 @torch.no_grad()
 def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images: Tensor, ks: Sequence[int], *,
-                        num_samples: int = 1, num_inference_steps: int | None = None, seed: int = 0, progress: bool = True):
+                        num_samples: int = 1, num_inference_steps: int | None = None, seed: int = 0, progress: bool = True,
+                        sampler: Sampler | None = None):
     """Rebuild each image's map from its top-k components for every ``k``, and invert it.
 
     Args:
@@ -283,6 +285,9 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
         images: ``Tensor[B, 3, H, W]`` in [0, 1].
         ks: numbers of components to keep, e.g. ``[1, 2, 4, 8, 16, C]``.
         num_samples, num_inference_steps, seed, progress: passed to ``inverter.invert``.
+        sampler: FeatInv's :class:`~workbench.inverters.sampler.Sampler` (default ``wb.Sampler()``;
+            ``num_inference_steps``, when given, replaces its steps), passed to ``inverter.invert`` and recorded in
+            the table's ``attrs["sampler"]``.
 
     Returns:
         ``(table, samples)``: a DataFrame with one row per ``k``: ``k``, ``variance`` (cumulative explained
@@ -310,7 +315,7 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
         trunc = pca.reconstruct(full, k)
         cos = torch.nn.functional.cosine_similarity(trunc.flatten(1), full.flatten(1), dim=1)
         logits = map_logits(classifier, images, inverter.layer, trunc)
-        out, distance = invert_edited(inverter, full, trunc, num_samples=num_samples, seed=seed,
+        out, distance = invert_edited(inverter, full, trunc, num_samples=num_samples, seed=seed, sampler=sampler,
                                       num_inference_steps=num_inference_steps, progress=progress)
         scores = score_inversions(classifier, inverter.layer, full, out, reference_logits=base_logits)
         samples[int(k)] = out
@@ -319,4 +324,6 @@ def component_inversion(classifier: nn.Module, inverter, pca: FeaturePCA, images
                      "inversion_agreement": float(scores.agrees.mean()),
                      "inversion_cosine": float(scores.feature_cosine.mean()),
                      **({} if distance is None else {"feature_distance": float(distance.mean())})})
-    return pd.DataFrame(rows), samples
+    table = pd.DataFrame(rows)
+    table.attrs["sampler"] = study_sampler(inverter, sampler, {"num_inference_steps": num_inference_steps})[0]
+    return table, samples

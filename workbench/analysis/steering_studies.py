@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AnalysisError
+from ..inverters.sampler import Sampler, study_sampler
 from . import class_probabilities, invert_edited, map_logits
 from .concepts import Concept, concept_readout, mean_difference
 from .steering import (Edit, MapPrior, direction_edit, fit_map_prior, manifold_edit, prototype, retrieval_edit,
@@ -74,7 +75,7 @@ def standard_edits(classifier: nn.Module, images: Tensor, features: Tensor, labe
 def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit | Concept, alphas: Sequence[float], *,
                    mask: Tensor | None = None, target_class: int | None = None, readout=None, num_samples: int = 1,
                    num_inference_steps: int | None = None, seed: int = 0, batch_size: int = 64,
-                   progress: bool = True):
+                   progress: bool = True, sampler: Sampler | None = None):
     """Edit each image's map for every ``alpha``, invert it with the noise shared across alphas, and read it out.
 
     The sweep is controlled: each ``alpha`` is one ``inverter.invert`` call with the same ``seed``, whose noise
@@ -93,6 +94,9 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit |
         readout: a :class:`~workbench.analysis.composition.FactorReadout`; its factor values on each
             inversion go in columns ``readout_<factor>``.
         num_samples, num_inference_steps, seed, batch_size, progress: passed to ``inverter.invert``.
+        sampler: FeatInv's :class:`~workbench.inverters.sampler.Sampler` (default ``wb.Sampler()``;
+            ``num_inference_steps``, when given, replaces its steps), passed to ``inverter.invert`` and recorded in
+            the table's ``attrs["sampler"]``.
 
     Returns:
         ``(table, samples)``: one row per (image, alpha, sample) with ``image``, ``alpha``, ``sample``,
@@ -125,7 +129,7 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit |
     for a in alphas:
         edited = edit(f, a)
         out, distance = invert_edited(inverter, f, edited, num_samples=num_samples, seed=seed, batch_size=batch_size,
-                                      num_inference_steps=num_inference_steps, progress=progress)
+                                      sampler=sampler, num_inference_steps=num_inference_steps, progress=progress)
         outs.append(out)
         distances.append(distance)
         map_probs.append(map_logits(classifier, images, inverter.layer, edited).softmax(-1))
@@ -134,6 +138,7 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit |
                            readout)
     if distances[0] is not None:       # [B, A], one per edited map, repeated over its samples
         table["feature_distance"] = torch.stack(distances, 1).reshape(-1).repeat_interleave(num_samples).numpy()
+    table.attrs["sampler"] = study_sampler(inverter, sampler, {"num_inference_steps": num_inference_steps})[0]
     return table, samples
 
 

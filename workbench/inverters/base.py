@@ -168,7 +168,9 @@ class InverterBase(nn.Module, ConfigMixin, PushToHubMixin):
         num_samples = checked_int(num_samples, "num_samples", minimum=1)
         batch_size = checked_int(batch_size, "batch_size", minimum=1)
         generator = _generator(seed, generator)
-        settings = {k: options.pop(k) for k in Sampler.fields() if k in options} if self.uses_sampler else {}
+        settings = {k: options.pop(k) for k in Sampler.fields() if k in options}
+        if not self.uses_sampler:  # an unset sampler setting (None, a study's default) asks nothing of this kind
+            options |= {k: v for k, v in settings.items() if v is not None}
         sampler = Sampler.build(sampler, **settings) if self.uses_sampler else sampler
         unknown = sorted(set(options) - set(self.invert_options))
         if unknown:

@@ -220,7 +220,8 @@ class FeatInv(InverterBase):
 
         num_inference_steps, guidance_scale = sampler.num_inference_steps, sampler.guidance_scale
         guidance_mode, scheduler = sampler.guidance_mode, sampler.scheduler
-        feature_guidance_scale, feature_guidance_steps = sampler.feature_guidance_scale, sampler.feature_guidance_steps
+        feature_guidance_scale = sampler.feature_guidance_scale
+        feature_guidance_steps = sampler.feature_guidance_steps
         device = self.base.prompt_embeds.device
         if feature_guidance_scale > 0:
             classifier = self._guidance_classifier(device) if classifier is None else self._checked_classifier(classifier)
