@@ -38,12 +38,13 @@ import torch
 from torch import nn
 
 from ..errors import OffDistributionWarning
+from .interface import Inverter
 
 #: batch-median :func:`feature_distance` above which :func:`warn_if_off_distribution` warns.
 OFF_DISTRIBUTION_THRESHOLD = 1.5
 
 
-def _statistics(inverter: nn.Module) -> nn.Module | None:
+def _statistics(inverter: Inverter) -> nn.Module | None:
     """The submodule holding the inverter's ``feature_mean`` and ``feature_std`` buffers (None if it has none, or if
     they were never fitted: still the zeros and ones they start as, e.g. an untrained inverter)."""
     for module in inverter.modules():
@@ -54,7 +55,7 @@ def _statistics(inverter: nn.Module) -> nn.Module | None:
 
 
 @torch.no_grad()
-def feature_distance(inverter: nn.Module, features: torch.Tensor) -> torch.Tensor | None:
+def feature_distance(inverter: Inverter, features: torch.Tensor) -> torch.Tensor | None:
     """The distance of each map ``[B, C, h, w]`` from the inverter's training maps -> ``Tensor[B]`` on the CPU.
 
     ``sqrt(mean_{c,y,x} (z[c,y,x] - mean_{y,x} z[c])^2)`` with ``z = (features - feature_mean) / feature_std``; about
@@ -79,7 +80,7 @@ def _caller_stacklevel() -> int:
     return level - 1                            # relative to warn_if_off_distribution, which calls warnings.warn
 
 
-def warn_if_off_distribution(inverter: nn.Module, features: torch.Tensor, *,
+def warn_if_off_distribution(inverter: Inverter, features: torch.Tensor, *,
                              threshold: float = OFF_DISTRIBUTION_THRESHOLD) -> torch.Tensor | None:
     """Warn (:class:`~workbench.errors.OffDistributionWarning`) when the batch median of :func:`feature_distance`
     exceeds ``threshold``, naming the inverter, the distance and the likely causes; returns the distances

@@ -66,7 +66,7 @@ class Inverter(Protocol):
 MAX_FEATURE_SCALE = 1e12
 
 
-def _feature_statistics(inverter: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _feature_statistics(inverter: Inverter) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(feature_mean, feature_std)`` ``[C]`` each, from the inverter or one of its submodules; None without them."""
     modules = inverter.modules() if isinstance(inverter, nn.Module) else [inverter]
     for module in modules:
@@ -174,7 +174,7 @@ def _to_json(name: str, value: Any) -> Any:
                     f"under a name (interface._RECORDED_AS) or leave it out of the constructor")
 
 
-def inverter_config(inverter: nn.Module) -> dict[str, Any]:
+def inverter_config(inverter: Inverter) -> dict[str, Any]:
     """The JSON config of an inverter: ``{"class": ..., <constructor arguments>..., <derived values>...}``.
 
     The constructor arguments come from ``inverter.init_arguments`` (:func:`register_to_config`); the objects
@@ -211,7 +211,7 @@ def init_kwargs(cls: type, config: Mapping[str, Any], **objects: Any) -> dict[st
 
 
 # ---------------------------------------------------------------------- files
-def write_pretrained(inverter: nn.Module, path: str | Path, weights: Mapping[str, nn.Module], *, fp16: bool = True,
+def write_pretrained(inverter: Inverter, path: str | Path, weights: Mapping[str, nn.Module], *, fp16: bool = True,
                     card: dict[str, Any] | None = None) -> None:
     """Write ``config.json`` (``inverter.config``), each of ``weights`` (file name -> module) as safetensors,
     and ``card.json`` when a card is given, into the folder ``path``."""
