@@ -48,6 +48,8 @@ CANDIDATES = {
     "DDIM 8, feature guidance 0.025 x 2": {"num_inference_steps": 8, "feature_guidance_scale": 0.025,
                                            "feature_guidance_steps": 2},
 }
+#: Since 2026-12-07 feature guidance never acts at the final step (issue 26): the guided candidates measured before
+#: that acted at the last 2 steps; rerun them with ``--candidates`` to measure the current sampler.
 UNGUIDED = {"feature_guidance_scale": 0.0}
 GUIDED = {"feature_guidance_scale": 0.025, "feature_guidance_steps": 2}
 METHODS = ["FeatInv", "FeatInv + feature guidance", "FeatInv (pooled)", "decoder", "decoder (pixel loss only)",
@@ -148,7 +150,7 @@ def print_rows(rows: list[dict]) -> None:
                      and not k.endswith(("_lo", "_hi"))})
     for r in rows:
         s = r["summary"]
-        print(f"\n## {r['spec']} | {r['method_name']} | {r['split']} n={r['n']} | uses model gradients: "
+        print(f"\n## {r['spec']} | {r['method']} ({r['method_name']}) | {r['split']} n={r['n']} | uses model gradients: "
               f"{s.get('uses_model_gradients')}")
         print(f"  own (graded model): cosine {fmt(s, 'feature_cosine')}  top-1 {fmt(s, 'top1')}")
         for j in judges:

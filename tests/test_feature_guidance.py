@@ -82,6 +82,26 @@ def test_guidance_acts_only_at_the_last_steps(cnn_case):
     assert torch.equal(every, inv.invert(feats[:2], feature_guidance_steps=10, **kw))
 
 
+def test_guidance_never_acts_at_the_final_step(cnn_case, monkeypatch):
+    """No gradient-made change is the last thing done to an image (issue 26): the guided timesteps are the k before
+    the final one, and with as many guided steps as steps, all but the final one."""
+    inv, clf, _, feats = cnn_case
+    seen = []
+    original = type(inv)._feature_guide
+
+    def spy(self, classifier, target, scheduler, scale, timesteps):
+        seen.append((scheduler.timesteps.tolist(), timesteps.tolist()))
+        return original(self, classifier, target, scheduler, scale, timesteps)
+
+    monkeypatch.setattr(type(inv), "_feature_guide", spy)
+    for k in (1, 2, 10):
+        inv.invert(feats[:1], num_inference_steps=3, seed=0, progress=False, feature_guidance_scale=0.1,
+                   feature_guidance_steps=k, classifier=clf)
+    (all_t, one), (_, two), (_, many) = seen
+    assert one == all_t[-2:-1] and two == all_t[:2] and many == all_t[:-1]
+    assert all(all_t[-1] not in guided for _, guided in seen)
+
+
 def test_gradient_guide_skips_other_timesteps():
     from diffusers import DDIMScheduler
 
@@ -133,14 +153,15 @@ def test_denoise_applies_the_guide_at_every_step():
 
 
 def test_sampler_description_names_feature_guidance_only_when_on():
-    assert sampler_description() == "ddim 5 steps, guidance 3.0 (features), feature guidance 0.025 at the last 2 steps"
+    assert sampler_description().startswith("ddim 5 steps, guidance 3.0 (features)")
     assert sampler_description(num_inference_steps=8, guidance_scale=3.0, scheduler="ddim",
                                feature_guidance_scale=0) == "ddim 8 steps, guidance 3.0 (features)"
     assert sampler_description(num_inference_steps=8, guidance_scale=3.0, scheduler="ddim", feature_guidance_scale=0.1,
-                               feature_guidance_steps=8) == "ddim 8 steps, guidance 3.0 (features), feature guidance 0.1"
+                               feature_guidance_steps=8) == (
+        "ddim 8 steps, guidance 3.0 (features), feature guidance 0.1 at every step but the last")
     assert sampler_description(num_inference_steps=8, guidance_scale=3.0, scheduler="ddim", feature_guidance_scale=0.05,
                                feature_guidance_steps=2) == (
-        "ddim 8 steps, guidance 3.0 (features), feature guidance 0.05 at the last 2 steps")
+        "ddim 8 steps, guidance 3.0 (features), feature guidance 0.05 at the 2 steps before the last")
 
 
 def test_pooled_inverter_is_guided_by_spatial_means_only():

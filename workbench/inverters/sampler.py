@@ -42,9 +42,13 @@ class Sampler:
             (both branches see the features; the official code's behaviour).
         feature_guidance_scale: the RMS step of the predicted clean latents per denoising step along the gradient of
             one minus the classifier's feature cosine to the target map; 0 turns feature guidance off.
-        feature_guidance_steps: feature guidance acts at the last that many denoising steps only (the late ones,
-            where the predicted clean image is sharp enough for the classifier); ``num_inference_steps`` or more:
-            every step.
+        feature_guidance_steps: feature guidance acts at that many of the late denoising steps (where the predicted
+            clean image is sharp enough for the classifier), *never at the final one*: the last step always denoises
+            without guidance; ``num_inference_steps - 1`` or more: every step but the last (so a one-step sampler is
+            never guided, and says so in :meth:`describe`).
+
+    Feature guidance follows the inverted classifier's gradients, so it changes what the lens shows in ways that
+    model reads most easily: grade it with the independent judges (:mod:`workbench.judges`), never by that model.
     """
 
     num_inference_steps: int = 5
@@ -107,8 +111,12 @@ class Sampler:
         """How a metric's samples were drawn, for cards: e.g. ``"dpm++ 20 steps, guidance 2.0 (features)"``, and
         with feature guidance ``"ddim 8 steps, guidance 3.0 (features), feature guidance 0.05 at the last 2
         steps"``."""
-        every_step = self.feature_guidance_steps >= self.num_inference_steps
-        where = "" if every_step else f" at the last {self.feature_guidance_steps} steps"
+        if self.feature_guidance_scale and self.num_inference_steps < 2:
+            return (f"{self.scheduler} 1 step, guidance {self.guidance_scale} ({self.guidance_mode}), no feature "
+                    "guidance (it never acts at the final step)")
+        every_step = self.feature_guidance_steps >= self.num_inference_steps - 1
+        where = (" at every step but the last" if every_step
+                 else f" at the {self.feature_guidance_steps} steps before the last")
         guided = f", feature guidance {self.feature_guidance_scale:g}{where}" if self.feature_guidance_scale else ""
         return (f"{self.scheduler} {self.num_inference_steps} steps, guidance {self.guidance_scale} "
                 f"({self.guidance_mode}){guided}")
