@@ -19,6 +19,7 @@ import dataclasses
 import math
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,10 +50,10 @@ def start_run(config):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from .outputs import check_output_folders, claim_out
+    from .outputs import check_output_folders, claim_out, release_out
 
     check_output_folders(config)    # --out, --ship, --cache-dir: writable, before any work
-    claim_out(config.out)           # one run per --out: a second is refused, naming the first's pid
+    lock = claim_out(config.out)    # one run per --out: a second is refused, naming the first's pid
     # on a machine without a GPU, 'auto' is the CPU: accelerate then runs the processes of `accelerate launch
     # --multi_gpu --num_processes N` on it, with gloo (without cpu=True it would make each a lone process)
     cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
@@ -64,6 +65,7 @@ def start_run(config):
     device_type = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
     config = dataclasses.replace(config, mixed_precision=resolve_mixed_precision(config.mixed_precision, device_type))
     acc = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    weakref.finalize(acc, release_out, lock)    # the run is over when its accelerator goes
     torch.manual_seed(config.seed)
     return config, acc
 

@@ -3,12 +3,13 @@
 
 Two ``train-inverter`` runs on one ``--out`` used to train side by side and collide at the end, in
 ``checkpoint.tmp``. The first now writes ``<out>/run.lock`` with its pid and command line; a second process is
-refused at start with :class:`~workbench.errors.ConcurrentUseError`, naming the first. A lock whose process has
-died is taken over, and a process may claim again a folder it holds (a notebook that trains twice into one folder).
+refused at start with :class:`~workbench.errors.ConcurrentUseError`, naming the first. The lock goes when the run
+ends (its accelerator is freed) or its process exits; a lock whose process has died is taken over, and a process
+may claim again a folder it holds (a notebook that trains twice into one folder).
 
 Example:
     >>> check_output_folders(config)      # --out, --ship and --cache-dir, before anything loads
-    >>> claim_out(config.out)             # <out>/run.lock, removed when the process ends
+    >>> lock = claim_out(config.out)      # <out>/run.lock, until release_out(lock) or the process ends
 """
 from __future__ import annotations
 
@@ -80,8 +81,9 @@ def _alive(pid: int) -> bool:
 
 
 def claim_out(out: str | os.PathLike) -> Path:
-    """Write ``<out>/run.lock`` naming this process (pid, start time, command line), removed when it exits; returns
-    its path. Under ``accelerate launch`` only the main process (``RANK`` 0) claims it.
+    """Write ``<out>/run.lock`` naming this process (pid, start time, command line), removed by
+    :func:`release_out` when the run ends or the process exits; returns its path. Under ``accelerate launch`` only
+    the main process (``RANK`` 0) claims it.
 
     Raises:
         ConcurrentUseError: another living process holds ``out``; the message names its pid and command.
@@ -109,11 +111,12 @@ def claim_out(out: str | os.PathLike) -> Path:
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
-        atexit.register(_release, lock, os.getpid())
+        atexit.register(release_out, lock)
         return lock
     raise ConcurrentUseError(f"--out {out}: could not claim {lock}; another run keeps taking it")
 
 
-def _release(lock: Path, pid: int) -> None:
-    if (_holder(lock) or {}).get("pid") == pid:
-        lock.unlink(missing_ok=True)
+def release_out(lock: Path) -> None:
+    """Remove a lock of :func:`claim_out` if this process holds it (at the end of a run, or when the process ends)."""
+    if (_holder(lock) or {}).get("pid") == os.getpid():
+        Path(lock).unlink(missing_ok=True)
