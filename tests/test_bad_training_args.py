@@ -185,3 +185,86 @@ def test_a_failed_run_leaves_no_cache_files(tmp_path):
                                      "--steps", "1", "--batch-size", "4", "--train-images", "16", "--device", "cpu",
                                      "--no-progress", "--eval-images", "0", "--mixed-precision", "no"]))
     assert len(list((out / "cache").glob("*.safetensors"))) == 2  # a run that succeeds keeps them for --resume
+
+
+# ------------------------------------------------------------------ output folders and --out's lock (issue 31)
+def _a_file(tmp: Path) -> str:
+    (tmp / "notes.txt").write_text("a file")
+    return str(tmp / "notes.txt")
+
+
+#: (flag, its value from the test's folder, what the message says): refused at start_run, before anything loads
+OUTPUT_FOLDERS = [
+    ("--out", lambda tmp: _a_file(tmp), "is a file, not a folder"),
+    ("--out", lambda tmp: _a_file(tmp) + "/run", "notes.txt is a file, not a folder"),
+    ("--out", lambda tmp: "/sys/wb-run", "cannot write in /sys"),
+    ("--ship", lambda tmp: "/sys/wb-ship", "--ship /sys/wb-ship: cannot write in /sys"),
+    ("--ship", lambda tmp: _a_file(tmp), "is a file, not a folder"),
+]
+OUTPUT_ROWS = [(cmd, *row) for cmd in COMMANDS for row in OUTPUT_FOLDERS] + [
+    ("train-inverter", "--cache-dir", lambda tmp: "/sys/wb-cache", "--cache-dir /sys/wb-cache: cannot write in /sys"),
+    ("train-inverter", "--cache-dir", lambda tmp: _a_file(tmp), "is a file, not a folder"),
+]
+
+
+def _no_loading(monkeypatch) -> None:
+    import workbench.models
+
+    for name in ("load_classifier", "load_shipped_classifier"):
+        monkeypatch.setattr(workbench.models, name, lambda *a, **k: pytest.fail("a model was loaded"))
+
+
+@pytest.mark.parametrize("command,flag,value,message", OUTPUT_ROWS,
+                         ids=[f"{r[0]} {r[1]} {r[3]}" for r in OUTPUT_ROWS])
+def test_every_output_folder_is_checked_before_any_work(command, flag, value, message, tmp_path, monkeypatch):
+    _no_loading(monkeypatch)
+    module, required = COMMANDS[command]
+    argv = [a if a != "o" else str(tmp_path / "run") for a in required]
+    if flag == "--out":
+        argv[argv.index("--out") + 1] = value(tmp_path)
+    else:
+        argv += [flag, value(tmp_path)]
+    with pytest.raises(ArgumentValueError, match=message.replace("*", r"\*")):
+        module.main(module.parse_args(argv + ["--device", "cpu"]))
+    assert not (tmp_path / "run").exists()
+
+
+def _lock_held_by(out: Path, pid: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.lock").write_text(json.dumps({"pid": pid, "started": "today", "command": "workbench train-inverter"}))
+
+
+def test_a_second_run_on_one_out_is_refused_naming_the_first(tmp_path, monkeypatch):
+    from workbench.errors import ConcurrentUseError
+
+    _no_loading(monkeypatch)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        _lock_held_by(tmp_path / "run", other.pid)
+        config = featinv.parse_args(["--classifier", "tinyworld-cnn", "--layer", "stages.3", "--out",
+                                     str(tmp_path / "run"), "--device", "cpu"])
+        with pytest.raises(ConcurrentUseError, match=rf"another run \(pid {other.pid}, started today: workbench "
+                                                      "train-inverter\\) is writing there"):
+            featinv.main(config)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path):
+    from workbench.training.outputs import claim_out
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _lock_held_by(tmp_path, int(dead.stdout))
+    lock = claim_out(tmp_path)
+    assert json.loads(lock.read_text())["pid"] == __import__("os").getpid()
+    assert claim_out(tmp_path) == lock                      # the same process may claim its folder again
+
+
+def test_train_inverter_refuses_a_prompt_the_base_would_ignore(tmp_path):
+    config = featinv.parse_args(["--classifier", "tinyworld-cnn", "--layer", "stages.3", "--out",
+                                 str(tmp_path / "run"), "--device", "cpu", "--prompt", "a cat"])
+    with pytest.raises(ArgumentValueError, match=r"prompt='a cat': the base in .*tinyworld-base has no "
+                                                 r"text_encoder/.*drop --prompt"):
+        featinv.main(config)
+    assert not list((tmp_path / "run").glob("inverter*"))
