@@ -23,6 +23,8 @@ Example:
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_allocation, check_images, check_result
 from ..diffusion import Guide, Predictor, denoise, diffusion_loss, gradient_guide
 from ..errors import InverterMismatchError, UnknownModelError, WeightsUnavailableError
 from .base import InverterBase, register_inverter
@@ -228,6 +231,8 @@ class FeatInv(InverterBase):
         B, S = features.shape[0], num_samples
         # 1. all noise up front on the CPU, so results do not depend on batch_size or device
         g = generator
+        check_allocation((B * S, 3 + self.base.latent_shape[0], self.image_size, self.image_size), torch.float32,
+                         "cpu", f"invert({B} maps, num_samples={S})")
         noise = torch.randn((B * S, *self.base.latent_shape), generator=g)
         maps = features.detach().float()
         out = torch.empty(B * S, 3, self.image_size, self.image_size)
@@ -237,7 +242,7 @@ class FeatInv(InverterBase):
         no_inference = feature_guidance_scale > 0
         with tqdm(total=len(chunks) * num_inference_steps, desc="FeatInv", disable=not progress) as bar, \
                 (nullcontext() if no_inference else torch.inference_mode()), \
-                _embedded_condition(self.controlnet) as embed:
+                _embedded_condition(self.controlnet) as embed:  # one thread at a time: see _embedded_condition
             for s in chunks:
                 e = min(s + batch_size, B * S)
                 # 2. the denoiser, conditioned on this chunk's maps (embedded once, not at every step)
@@ -250,9 +255,10 @@ class FeatInv(InverterBase):
                     classifier, maps[torch.arange(s, e) // S].to(device), sched, feature_guidance_scale,
                     sched.timesteps[-feature_guidance_steps:])
                 z = denoise(predict, z, sched, guidance_scale=guidance_scale, guide=guide,
-                            callback=lambda *_: bar.update(1))
+                            callback=lambda *_: bar.update(1), generator=g)
                 # 5. decode into the output
-                out[s:e] = self.base.decode(z).float().cpu()
+                out[s:e] = check_result(self.base.decode(z).float().cpu(), "FeatInv.invert", _overflow_cause(
+                    guidance_scale, feature_guidance_scale))
         return out.view(B, S, 3, self.image_size, self.image_size)
 
     def _guidance_classifier(self, device: torch.device) -> nn.Module:
@@ -412,15 +418,30 @@ def controlnet_state(path: Path) -> dict[str, torch.Tensor]:
 
 @contextmanager
 def _embedded_condition(controlnet: nn.Module):
+def _overflow_cause(guidance_scale: float, feature_guidance_scale: float) -> str:
+    """Which scale made :meth:`FeatInv.invert`'s images NaN, for :func:`~workbench.checks.check_result`."""
+    scales = f"guidance_scale={guidance_scale:g}" + (
+        f" or feature_guidance_scale={feature_guidance_scale:g}" if feature_guidance_scale > 0 else "")
+    return f"{scales}, so large that the guided prediction overflows; leave it out (None) for the default"
+
+
     """Within the block, the ControlNet takes its condition already embedded: it yields the
     :class:`FeatureConditioning` (call it once per batch) and puts an identity in its place, so that the
-    denoising loop does not re-embed the same maps at every step. The module is restored in ``finally``."""
-    embedding = controlnet.controlnet_cond_embedding
-    controlnet.controlnet_cond_embedding = nn.Identity()
-    try:
-        yield embedding
-    finally:
-        controlnet.controlnet_cond_embedding = embedding
+    denoising loop does not re-embed the same maps at every step. The module is restored in ``finally``.
+
+    The swap is held under one lock per ControlNet (:data:`_SWAP_LOCKS`): a second thread inverting with the same
+    inverter waits for the first instead of finding the identity in place of the embedding."""
+    with _SWAP_LOCKS.setdefault(controlnet, threading.Lock()):
+        embedding = controlnet.controlnet_cond_embedding
+        controlnet.controlnet_cond_embedding = nn.Identity()
+        try:
+            yield embedding
+        finally:
+            controlnet.controlnet_cond_embedding = embedding
+
+
+#: ControlNet -> the lock that :func:`_embedded_condition` holds while its embedding is swapped out.
+_SWAP_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
 
 
 def invariance_map(samples: torch.Tensor) -> torch.Tensor:
@@ -436,6 +457,7 @@ def invariance_map(samples: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"invariance_map needs samples shaped [B, S, 3, H, W] with S >= 2, got {tuple(samples.shape)}")
     return samples.float().std(1).mean(1, keepdim=True)
 
+    check_images(samples.flatten(0, 1), "samples")      # floats in [0, 1]: 0..255 would give a spread 255 times too big
 
 def sampler_description(**settings: Any) -> str:
     """:meth:`Sampler.describe <workbench.inverters.sampler.Sampler.describe>` of the sampler that ``settings``

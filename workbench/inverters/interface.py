@@ -278,6 +278,28 @@ def load_weights(module: nn.Module, file: Path, *, state: Mapping[str, torch.Ten
     if missing or unexpected:
         raise InverterMismatchError(f"{file} does not match its config.json "
                                     f"(missing {missing[:3]}, unexpected {unexpected[:3]}); {_RESTORE}")
+    check_config_against_card(file.parent)
+
+
+#: Config keys that weights alone cannot tell apart (a FeatInv's weights fit any map size), checked against the
+#: config recorded in card.json when the weights were trained.
+RECORDED_KEYS = ("classifier_name", "layer", "feature_shape", "pooling")
+
+
+def check_config_against_card(path: Path) -> None:
+    """Refuse a ``config.json`` edited after training: where ``card.json`` recorded the config the weights were
+    trained with, each of :data:`RECORDED_KEYS` must agree (an edited ``feature_shape`` would load, and the later
+    error would blame the caller's maps)."""
+    if not (path / "card.json").is_file() or not (path / "config.json").is_file():
+        return
+    config, recorded = read_card("config", path), training_card(path).get("config")
+    if not isinstance(config, dict) or not isinstance(recorded, dict):
+        return
+    for key in RECORDED_KEYS:
+        if key in config and key in recorded and config[key] != recorded[key]:
+            raise WeightsUnavailableError(f"{path / 'config.json'} says {key}={config[key]!r}, but the weights in "
+                                          f"{path} were trained with {key}={recorded[key]!r} ({path / 'card.json'}); "
+                                          f"{_RESTORE}")
 
 
 def training_card(path: str | Path) -> dict[str, Any]:
