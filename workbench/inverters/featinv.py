@@ -229,10 +229,10 @@ class FeatInv(InverterBase):
         if feature_guidance_scale > 0:
             classifier = self._guidance_classifier(device) if classifier is None else self._checked_classifier(classifier)
         B, S = features.shape[0], num_samples
-        # 1. all noise up front on the CPU, so results do not depend on batch_size or device
-        g = generator
         check_allocation((B * S, 3 + self.base.latent_shape[0], self.image_size, self.image_size), torch.float32,
                          "cpu", f"invert({B} maps, num_samples={S})")
+        # 1. all noise up front on the CPU, so results do not depend on batch_size or device
+        g = generator
         noise = torch.randn((B * S, *self.base.latent_shape), generator=g)
         maps = features.detach().float()
         out = torch.empty(B * S, 3, self.image_size, self.image_size)
@@ -416,8 +416,6 @@ def controlnet_state(path: Path) -> dict[str, torch.Tensor]:
     return body | {f"controlnet_cond_embedding.{k}": v for k, v in embedding.items()}
 
 
-@contextmanager
-def _embedded_condition(controlnet: nn.Module):
 def _overflow_cause(guidance_scale: float, feature_guidance_scale: float) -> str:
     """Which scale made :meth:`FeatInv.invert`'s images NaN, for :func:`~workbench.checks.check_result`."""
     scales = f"guidance_scale={guidance_scale:g}" + (
@@ -425,6 +423,8 @@ def _overflow_cause(guidance_scale: float, feature_guidance_scale: float) -> str
     return f"{scales}, so large that the guided prediction overflows; leave it out (None) for the default"
 
 
+@contextmanager
+def _embedded_condition(controlnet: nn.Module):
     """Within the block, the ControlNet takes its condition already embedded: it yields the
     :class:`FeatureConditioning` (call it once per batch) and puts an identity in its place, so that the
     denoising loop does not re-embed the same maps at every step. The module is restored in ``finally``.
@@ -455,9 +455,9 @@ def invariance_map(samples: torch.Tensor) -> torch.Tensor:
     """
     if samples.ndim != 5 or samples.shape[1] < 2:
         raise ValueError(f"invariance_map needs samples shaped [B, S, 3, H, W] with S >= 2, got {tuple(samples.shape)}")
+    check_images(samples.flatten(0, 1), "samples")      # floats in [0, 1]: 0..255 would give a spread 255 times too big
     return samples.float().std(1).mean(1, keepdim=True)
 
-    check_images(samples.flatten(0, 1), "samples")      # floats in [0, 1]: 0..255 would give a spread 255 times too big
 
 def sampler_description(**settings: Any) -> str:
     """:meth:`Sampler.describe <workbench.inverters.sampler.Sampler.describe>` of the sampler that ``settings``
