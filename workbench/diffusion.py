@@ -595,14 +595,14 @@ class DiffusionBase(nn.Module):
         if not (path / "unet").is_dir():
             raise WeightsUnavailableError(f"{path} has no unet/ folder; a base folder needs unet/, scheduler/ "
                                           f"(and vae/ for a latent base), as diffusers writes them.")
-        for part in ("unet", "vae"):                # every weight file's dtype, before diffusers casts it silently
-            for file in sorted((path / part).glob("*.safetensors")):
         saved_embeds = (path / "prompt_embeds.safetensors").is_file() and prompt == DEFAULT_PROMPT
         if prompt != DEFAULT_PROMPT and not (path / "text_encoder").is_dir():
             raise ArgumentValueError(f"prompt={prompt!r}: the base in {path} has no text_encoder/ to embed it (its "
                                      "prompt is fixed in prompt_embeds.safetensors), so the prompt would be ignored; "
                                      "leave prompt out (train-inverter: drop --prompt), or use a base folder with "
                                      "text_encoder/ and tokenizer/")
+        for part in ("unet", "vae"):                # every weight file's dtype, before diffusers casts it silently
+            for file in sorted((path / part).glob("*.safetensors")):
                 check_weight_file(file)
         try:
             unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype)

@@ -148,11 +148,11 @@ def pgd(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ep
     """
     import foolbox as fb
 
+    check_images(images, "images")
     dev = next(classifier.parameters()).device
     fmodel = fb.PyTorchModel(classifier, bounds=(0, 1), device=dev)
     attack = fb.attacks.LinfPGD(steps=steps, abs_stepsize=eps / 4, random_start=True)
     criterion = (fb.criteria.Misclassification(labels.to(dev)) if targets is None
-    check_images(images, "images")
                  else fb.criteria.TargetedMisclassification(targets.to(dev)))
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(check_seed(seed))
