@@ -396,24 +396,6 @@ def preprocess(model: nn.Module):
     return T.Compose([ToFloatRGB(), *resize, Clamp01()])
 
 
-def read_image(path: PathLike):
-    """Read an image file as a PIL image, EXIF rotation applied; the file half of :func:`load_image`, which needs no
-    model (the command line reads the file before it loads one).
-
-    Raises:
-        ImageReadError: the file is not an image, is a folder, or is too large for Pillow to open safely (its
-            decompression-bomb limit). FileNotFoundError: there is no such file.
-
-    Example:
-        >>> x = wb.preprocess(clf)(read_image("cat.png"))[None]
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if path.is_dir():
-        raise ImageReadError(f"{str(path)!r} is a folder, not an image file; name one of the images in it")
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file at {str(path)!r}")
 #: An image of more pixels than this is shrunk as it is decoded (JPEG's ``draft``, then Pillow's ``reduce`` by an
 #: integer factor), before it becomes a float tensor: a 10000x10000 photo for a 32 px classifier would otherwise
 #: take about 5 GB on its way to 32x32. 4096x4096 keeps every classifier's input size far below it.
