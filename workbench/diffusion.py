@@ -578,6 +578,8 @@ class DiffusionBase(nn.Module):
         Raises:
             WeightsUnavailableError: the hub cannot be reached or a file is missing. The message names the
                 local-folder alternative.
+            ArgumentValueError: a ``prompt`` other than the default for a base without a text encoder (its saved
+                embedding would be used instead, and the prompt silently ignored).
         """
         from diffusers import AutoencoderKL, UNet2DConditionModel
 

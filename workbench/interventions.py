@@ -228,6 +228,7 @@ def shift_features(features: Tensor, direction: Tensor, alpha: float, mask: Tens
     Raises:
         InterventionError: a direction that is not ``Tensor[C]`` or not finite, a NaN or infinite ``alpha``, or a
             mask that does not fit the map.
+        NonFiniteResultError: finite maps moved to infinity (``alpha=1e38``).
 
     Example:
         >>> left = torch.zeros(4, 4); left[:, :2] = 1
