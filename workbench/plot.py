@@ -154,7 +154,8 @@ def inversion_figure(originals: torch.Tensor, samples: torch.Tensor, *, row_labe
     Args:
         originals: ``Tensor[B, 3, H, W]``.
         samples: ``Tensor[B, S, 3, H, W]`` from an inverter.
-        invariance: ``Tensor[B, 1, H, W]`` (default: computed from ``samples`` when ``S >= 2``).
+        invariance: ``Tensor[B, 1, H, W]`` (default: computed from ``samples`` when ``S >= 2``), drawn on one
+            scale for all rows, with a colour bar: the pixels' standard deviation over the samples.
     """
     from .inverters.featinv import invariance_map
 

@@ -8,6 +8,7 @@ Output paths (``--out``, ``evaluate --json``) and ``--device`` are checked befor
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from pathlib import Path
