@@ -373,10 +373,7 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
             :func:`~workbench.analysis.steering.object_mask`: where an object atom fires naturally), or at one
             grid cell ``(row, col)``.
         control: also steer along a random direction (seeded by ``seed``) and report it.
-        num_samples, seed, progress: passed to the inverter.
-        sampler: FeatInv's :class:`~workbench.inverters.sampler.Sampler` (default ``wb.Sampler()``), passed to
-            :func:`~workbench.analysis.steering_studies.steering_study`, which records it in the table's
-            ``attrs["sampler"]``.
+        num_samples, seed, progress, sampler: passed to the inverter (``sampler``: a :class:`~workbench.Sampler`).
 
     Returns:
         ``(table, samples, summary)``: :func:`~workbench.analysis.steering_studies.steering_study`'s table plus
@@ -415,8 +412,7 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
     target_class = CLASSES.index(target) if factor == "shape" and target in CLASSES else None
     kwargs = dict(readout=readout, target_class=target_class, num_samples=num_samples, seed=seed, progress=progress,
                   sampler=sampler)
-    table, samples = steering_study(classifier, inverter, images, direction_edit(concept, where=where), alphas,
-                                    **kwargs)
+    table, samples = steering_study(classifier, inverter, images, direction_edit(concept, where=where), alphas, **kwargs)
     summary = {"atom": int(atom), "factor": factor, "points_at": target, "score": float(scores.loc[atom, factor]),
                **_steering_effect(table, factor, target)}
     if control:
