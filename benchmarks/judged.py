@@ -188,7 +188,7 @@ def layer_table(rows: list[dict], figure: str) -> None:
                                {k: r["factor_bounds"] for k, r in names.items()})
     print("\nhow much of each factor survives inversion (0: no better than another real image, 1: as the image "
           "itself):")
-    print(table.round(2).to_markdown())
+    print(table.round(2).to_string())
     fig = table_heatmap(table, title="how much of each factor survives inversion (1: as the image itself)")
     Path(figure).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=120, bbox_inches="tight")
