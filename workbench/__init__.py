@@ -26,6 +26,9 @@ _EXPORTS = {
     "presets": "presets",
     # evaluation
     "evaluate": "evaluation", "OptimizationInverter": "inverters.optimization",
+    "RetrievalInverter": "inverters.retrieval",
+    # judges that no method touches
+    "load_judges": "judges", "load_factor_reader": "factor_reader",
     "DecoderInverter": "inverters.decoder",
     "data_dir": "paths", "fast_mode": "paths",
     # interactive
@@ -33,7 +36,8 @@ _EXPORTS = {
 }
 
 _SUBMODULES = {"tinyworld", "hooks", "models", "zoo", "weights", "diffusion", "inverters", "training", "plot", "metrics",
-               "analysis", "evaluation", "presets", "paths", "errors", "cli", "robustness", "widgets", "interventions"}
+               "analysis", "evaluation", "presets", "paths", "errors", "cli", "robustness", "widgets", "interventions",
+               "judges", "factor_reader", "claims"}
 
 __all__ = sorted(_EXPORTS)
 

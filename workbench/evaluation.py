@@ -34,7 +34,6 @@ Example:
 """
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -351,8 +350,12 @@ def uses_model_gradients(inverter: nn.Module, invert_kwargs: Mapping[str, Any] |
     if kind == "optimization":
         return True
     if kind == "featinv":
-        scale = (invert_kwargs or {}).get("feature_guidance_scale")
-        scale = featinv.DEFAULT_FEATURE_GUIDANCE_SCALE if scale is None else scale
+        kwargs = dict(invert_kwargs or {})
+        sampler = kwargs.get("sampler")
+        scale = kwargs.get("feature_guidance_scale")
+        if scale is None:
+            scale = (sampler.feature_guidance_scale if sampler is not None
+                     else featinv.DEFAULT_FEATURE_GUIDANCE_SCALE)
         return float(scale) > 0
     return False
 
@@ -373,7 +376,7 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
              seed: int = 0, num_samples: int = 1, *, reference: nn.Module | str | None = None,
              extractor: nn.Module | None = None, progress: bool = True, return_reconstructions: bool = False,
              judges: Mapping[str, nn.Module] | str | None = "default", reader: nn.Module | str | None = "default",
-             **invert_kwargs):
+             sampler=None, **invert_kwargs):
     """Invert ``num_images`` images with ``inverter`` and measure every reconstruction.
 
     Steps: 1. pick a seeded subset of ``num_images`` images; 2. capture ``classifier`` at ``layer``; 3. invert (timed);
@@ -397,6 +400,8 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
             ``N = num_images``.
         judges, reader: the independent judges and the factor reader (:func:`evaluate_reconstructions`); the
             factor columns need a :class:`~workbench.TinyWorld` dataset, whose true factors they compare with.
+        sampler: a :class:`~workbench.inverters.sampler.Sampler` for a sampling kind (FeatInv; default
+            ``Sampler()``), its loose settings in ``invert_kwargs`` put in; recorded in ``table.attrs["sampler"]``.
         **invert_kwargs: passed to ``inverter.invert`` (FeatInv's ``num_inference_steps=``, the optimisation
             baseline's ``num_optimizer_steps=``).
 
@@ -415,6 +420,7 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
     from .checks import check_images
     from .hooks import extract_features
     from .inverters.feature_distance import feature_distance
+    from .inverters.sampler import study_sampler
     from .tinyworld import TinyWorld
 
     if isinstance(dataset, torch.Tensor):  # uint8 or 0..255 floats would be measured as if in [0, 1]
@@ -432,11 +438,10 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
     dataset = TinyWorld("test", size=max(num_images, 2000), seed=0) if dataset is None else dataset
     images, labels, idx = select_images(dataset, num_images, seed)              # 1.
     feats = extract_features(classifier, images, layer)                         # 2.
-    kwargs = dict(invert_kwargs)
-    if "classifier" in inspect.signature(inverter.invert).parameters:  # FeatInv's feature guidance runs this one
-        kwargs.setdefault("classifier", classifier)
+    sampler, options = study_sampler(inverter, sampler, invert_kwargs)  # a sampling kind's settings, in one value
     t0 = time.perf_counter()
-    recon = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=progress, **kwargs)  # 3.
+    recon = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=progress, sampler=sampler,
+                            classifier=classifier, **options)  # 3. (feature guidance runs this classifier)
     seconds = (time.perf_counter() - t0) / num_images
     factors = ({k: v[idx] for k, v in dataset.factors.items()} if hasattr(dataset, "factors") else None)
     table = evaluate_reconstructions(classifier, layer, images, recon, reference=reference, extractor=extractor,
@@ -446,8 +451,9 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
     if distance is not None:
         table["feature_distance"] = distance.repeat_interleave(num_samples).numpy()
     table.attrs.update(inverter=inverter_label(inverter), seconds_per_image=seconds, seed=seed,
-                       invert_kwargs=dict(invert_kwargs), method=method_name(inverter, invert_kwargs),
-                       uses_model_gradients=uses_model_gradients(inverter, invert_kwargs))
+                       invert_kwargs=dict(invert_kwargs), sampler=sampler,
+                       method=method_name(inverter, {"sampler": sampler, **options}),
+                       uses_model_gradients=uses_model_gradients(inverter, {"sampler": sampler, **options}))
     return (table, images, recon) if return_reconstructions else table
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from .checks import check_device
 from .errors import ArgumentValueError, ImageReadError, UnknownModelError, WeightsUnavailableError
 from .weights import card_path, load_state, read_card, save_state, weights_path, write_card
-from .zoo import SHIPPED_CLASSIFIERS, TINY_INPUT_SIZE, TINY_MEAN, TINY_STD, build_network
+from .zoo import TINY_CLASSIFIERS, TINY_INPUT_SIZE, TINY_MEAN, TINY_STD, build_network
 
 PathLike = Union[str, Path]
 
@@ -115,7 +115,7 @@ class Classifier(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 def _shipped_names() -> set[str]:
-    return set(SHIPPED_CLASSIFIERS)
+    return set(TINY_CLASSIFIERS)
 
 
 def _remedies(name: str, reason: str) -> str:
@@ -482,12 +482,12 @@ def create_classifier(name: str, **overrides: Any) -> Classifier:
     """A freshly initialised tiny-world classifier (random weights), wrapped with its normalisation.
 
     Args:
-        name: a key of :data:`SHIPPED_CLASSIFIERS`.
+        name: a key of :data:`~workbench.zoo.TINY_CLASSIFIERS` (the inverted classifiers and the judges).
         **overrides: architecture arguments to change (tests use smaller widths).
     """
-    if name not in SHIPPED_CLASSIFIERS:
-        raise UnknownModelError(f"unknown tiny-world classifier {name!r}; shipped: {sorted(SHIPPED_CLASSIFIERS)}")
-    spec = SHIPPED_CLASSIFIERS[name]
+    if name not in TINY_CLASSIFIERS:
+        raise UnknownModelError(f"unknown tiny-world classifier {name!r}; shipped: {sorted(TINY_CLASSIFIERS)}")
+    spec = TINY_CLASSIFIERS[name]
     net = build_network(spec["architecture"], {**spec["arch_args"], **overrides})
     return Classifier(net, TINY_MEAN, TINY_STD, TINY_INPUT_SIZE, name=name)
 
@@ -499,6 +499,10 @@ def load_shipped_classifier(name: str, *, device: str | torch.device = "cpu", ro
     match its weights is refused with a message naming both files.
     """
     card = read_card(name, root)
+    problem = normalisation_problem(card.get("mean", TINY_MEAN), card.get("std", TINY_STD))
+    if problem is not None:
+        raise WeightsUnavailableError(f"the card {card_path(name, root)} has {problem}. Restore it with "
+                                      "`git checkout data/` or retrain with `make weights`.")
     net = build_network(card["architecture"], card["arch_args"])
     wpath = weights_path(name, root)
     state = load_state(wpath)
@@ -514,15 +518,11 @@ def load_shipped_classifier(name: str, *, device: str | torch.device = "cpu", ro
 
 
 def save_random_weights(root: str | Path, *, seed: int = 0) -> None:
-    """Write randomly initialised tiny-world classifiers with cards to ``root`` (for testing code paths
-    before trained weights exist; point ``WORKBENCH_DATA`` at ``root``). The same ``seed`` writes the same
-    weights; the caller's global RNG state is left as it was."""
-    problem = normalisation_problem(card.get("mean", TINY_MEAN), card.get("std", TINY_STD))
-    if problem is not None:
-        raise WeightsUnavailableError(f"the card {card_path(name, root)} has {problem}. Restore it with "
-                                      "`git checkout data/` or retrain with `make weights`.")
+    """Write randomly initialised tiny-world classifiers (the judges too) and the factor reader, with cards, to
+    ``root`` (for testing code paths before trained weights exist; point ``WORKBENCH_DATA`` at ``root``). The same
+    ``seed`` writes the same weights; the caller's global RNG state is left as it was."""
     root = Path(root)
-    for name, spec in SHIPPED_CLASSIFIERS.items():
+    for name, spec in TINY_CLASSIFIERS.items():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             clf = create_classifier(name)
@@ -530,6 +530,13 @@ def save_random_weights(root: str | Path, *, seed: int = 0) -> None:
         write_card(name, {"name": name, "architecture": spec["architecture"], "arch_args": spec["arch_args"],
                           "mean": TINY_MEAN, "std": TINY_STD, "input_size": TINY_INPUT_SIZE,
                           "note": "random weights, for tests only"}, root)
+    from .factor_reader import READER_NAME, FactorReader
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reader = FactorReader()
+    save_state(reader.model, weights_path(READER_NAME, root))
+    write_card(READER_NAME, {"name": READER_NAME, "arch": reader.arch, "note": "random weights, for tests only"}, root)
 
 
 def classifier_view(images: torch.Tensor, classifier: nn.Module) -> torch.Tensor:

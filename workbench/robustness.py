@@ -8,7 +8,10 @@ features of the *condition's* images, and every metric compares the reconstructi
   at 3 severities, all from kornia (ImageNet-C style, sized for 32 px images).
 * :func:`adversarial`: untargeted and targeted L∞ PGD (foolbox's ``LinfPGD``). The study records whether the
   reconstruction shows the *adversarial* class (``shows_adversarial``: the classifier's prediction on the
-  reconstruction equals its prediction on the adversarial input) or the clean one (``shows_clean``).
+  reconstruction equals its prediction on the adversarial input) or the clean one (``shows_clean``). Those are the
+  attacked classifier's own readings; ``judge_shows_adversarial`` and ``judge_shows_clean`` are the independent
+  judges' (:mod:`workbench.judges`), which took no part in the attack or the inversion. Every condition's table
+  also carries the judges' and factor reader's columns of :func:`~workbench.evaluation.evaluate_reconstructions`.
 * :func:`out_of_distribution`: natural photographs from ``skimage.data`` resized to 32 px, and tiny-world
   images with held-out (shape, background) pairs (``TinyWorld(..., ood=True)``).
 
@@ -247,6 +250,25 @@ class RobustnessResult:
     sampler: Sampler | None = None
 
 
+def _adversarial_columns(table: pd.DataFrame, rec: torch.Tensor) -> None:
+    """Which class an adversarial condition's reconstruction shows. Read by the attacked classifier itself:
+    ``shows_adversarial`` (its prediction on the reconstruction is its prediction on the adversarial input) and
+    ``shows_clean``; read by the independent judges' consensus (:func:`~workbench.judges.judge_readings`, tiny-world
+    images only), which never saw the attack: ``judge_shows_adversarial`` (they read the reconstruction as the class
+    the attacked classifier was fooled into) and ``judge_shows_clean``."""
+    from .judges import judge_readings
+
+    fin = table["finite"].astype(bool)
+    table["shows_adversarial"] = (table["pred_reconstruction"] == table["pred_original"]).astype(float).where(fin)
+    table["shows_clean"] = (table["pred_reconstruction"] == table["clean_pred"]).astype(float).where(fin)
+    flat = rec.reshape(-1, *rec.shape[2:]).float()
+    graded = judge_readings(torch.nan_to_num(flat), reader=None)
+    if "judge_predicted" in graded:
+        judged = pd.Series(graded["judge_predicted"].numpy(), index=table.index)
+        table["judge_shows_adversarial"] = (judged == table["pred_original"]).astype(float).where(fin)
+        table["judge_shows_clean"] = (judged == table["clean_pred"]).astype(float).where(fin)
+
+
 def robustness_study(inverter: Inverter, classifier: nn.Module, conditions: Sequence[Condition], *,
                      clean: torch.Tensor | None = None, num_samples: int = 1, seed: int = 0,
                      reference: nn.Module | str | None = None, progress: bool = True, sampler: Sampler | None = None,
@@ -300,12 +322,11 @@ def robustness_study(inverter: Inverter, classifier: nn.Module, conditions: Sequ
             if key != "label":
                 table[key] = value.repeat_interleave(S).numpy()
         if "clean_pred" in table:
-            fin = table["finite"].astype(bool)
-            table["shows_adversarial"] = (table["pred_reconstruction"] == table["pred_original"]).astype(float).where(fin)
-            table["shows_clean"] = (table["pred_reconstruction"] == table["clean_pred"]).astype(float).where(fin)
+            _adversarial_columns(table, rec)
         table.attrs["inverter"] = inverter_label(inverter)
         row = {"family": cond.family, "name": cond.name, "severity": cond.severity, **table.summary().to_dict()}
-        for extra in ("shows_adversarial", "shows_clean", "attack_success"):
+        for extra in ("shows_adversarial", "shows_clean", "judge_shows_adversarial", "judge_shows_clean",
+                      "attack_success"):
             if extra in table:
                 row[extra] = float(table[extra].astype(float).mean())
         rows.append(row)

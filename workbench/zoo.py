@@ -18,7 +18,7 @@ inversions with them and with the factor reader (:mod:`workbench.factor_reader`)
 |---------------------------|--------------------------------------------------|-----------------------|
 | tinyworld-judge-resnet    | timm ResNet (basic blocks, output stride 8)      | ``layer4`` (4x4)      |
 | tinyworld-judge-resnet-deep | timm ResNet, deep stem, twice the depth, other widths | ``layer4`` (4x4)  |
-| tinyworld-judge-vit       | timm VisionTransformer, no class token, avg pool | ``blocks.3`` (8x8)    |
+| tinyworld-judge-vit       | timm VisionTransformer, patch 8, no class token, avg pool | ``blocks.3`` (4x4) |
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ JUDGE_CLASSIFIERS: dict[str, dict[str, Any]] = {
     },
     "tinyworld-judge-vit": {
         "architecture": "vit",
-        "arch_args": {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4,
+        "arch_args": {"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 4,
                       "num_classes": 8, "class_token": False, "global_pool": "avg"},
         "layers": {"last": "blocks.3", "mid": "blocks.1"}, "judge_layer": "blocks.3", "seed": 13,
     },

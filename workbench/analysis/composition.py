@@ -146,7 +146,9 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
 
     Returns:
         ``(table, samples)``: one row per (pair, sample) with ``class_a``, ``class_b``, ``pred_a`` / ``pred_b``
-        (region classes of the reconstruction), ``keeps_a`` / ``keeps_b`` and, as a reference,
+        (region classes of the reconstruction, read by the inverted classifier), ``keeps_a`` / ``keeps_b``, the same
+        read by the independent judges' consensus (``judge_pred_a`` / ``judge_pred_b``, ``judge_keeps_a`` /
+        ``judge_keeps_b``; tiny-world images only, :mod:`workbench.judges`) and, as a reference,
         ``original_keeps_a`` / ``original_keeps_b`` (the region classifier on the unspliced originals) and
         ``feature_distance`` (the spliced map's distance from the inverter's training maps,
         :func:`~workbench.analysis.invert_edited`; absent without feature statistics); ``samples`` is
@@ -178,10 +180,28 @@ def splice_study(classifier: nn.Module, inverter, images_a: Tensor, images_b: Te
     table["keeps_a"] = table.pred_a == table.class_a
     table["keeps_b"] = table.pred_b == table.class_b
     table["original_keeps_a"], table["original_keeps_b"] = rep(ref_a), rep(ref_b)
+    judged = _judge_regions(flat, mask)
+    if judged is not None:  # the independent judges' region classes (the region classifier above is the inverted one)
+        table["judge_pred_a"], table["judge_pred_b"] = judged[0].numpy(), judged[1].numpy()
+        table["judge_keeps_a"] = table.judge_pred_a == table.class_a
+        table["judge_keeps_b"] = table.judge_pred_b == table.class_b
     if distance is not None:
         table["feature_distance"] = rep(distance)
     table.attrs["sampler"] = study_sampler(inverter, sampler, {"num_inference_steps": num_inference_steps})[0]
     return table, out
+
+
+def _judge_regions(flat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The shipped judges' consensus class inside ``mask`` and outside it, for tiny-world images ``[N, 3, 32, 32]``
+    (None for images of another size)."""
+    from ..judges import shipped_graders
+
+    if tuple(flat.shape[-2:]) != (32, 32):
+        return None
+    judges = shipped_graders(flat.device)[0]
+    inside = torch.stack([region_probabilities(j, flat, mask) for j in judges.values()]).mean(0).argmax(1)
+    outside = torch.stack([region_probabilities(j, flat, 1 - mask) for j in judges.values()]).mean(0).argmax(1)
+    return inside, outside
 
 
 # ------------------------------------------------------------------------------------------ sequences
@@ -263,7 +283,9 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
 
     Returns:
         ``(table, samples)``: one row per (item, step, sample) with ``item``, ``step``, ``t`` (in [0, 1]),
-        ``sample``, ``predicted``, ``p_<k>`` (and ``p_start``, ``p_end``); ``samples`` is ``Tensor[B, T, S, 3, H, W]``.
+        ``sample``, ``predicted``, ``p_<k>`` (and ``p_start``, ``p_end``), the inverted classifier's readings, and
+        the independent judges' consensus ``judge_predicted`` (and ``judge_p_start``, ``judge_p_end``; tiny-world
+        images only); ``samples`` is ``Tensor[B, T, S, 3, H, W]``.
 
     Example:
         >>> table, samples = sequence_study(cnn, inv, interpolate(fa, fb, 5), classes=[3, 0])
@@ -285,6 +307,11 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
                           "predicted": probs.argmax(1).numpy()})
     for k in (range(probs.shape[1]) if classes is None else classes):
         table[f"p_{int(k)}"] = probs[:, int(k)].numpy()
+    from ..judges import judge_readings
+
+    judged = judge_readings(out.reshape(b * t * s, *out.shape[3:]), reader=None).get("judge_probs")
+    if judged is not None:
+        table["judge_predicted"] = judged.argmax(1).numpy()
     if endpoints is not None:
         item = torch.as_tensor(grid[:, 0])
         for col, cls in zip(("p_start", "p_end"), endpoints):
@@ -292,6 +319,8 @@ def sequence_study(classifier: nn.Module, inverter, sequence: Tensor, *, classes
             if len(cls) != b:
                 raise AnalysisError(f"endpoints hold {len(cls)} classes for {b} sequences")
             table[col] = probs.gather(1, cls[item][:, None])[:, 0].numpy()
+            if judged is not None:
+                table[f"judge_{col}"] = judged.gather(1, cls[item][:, None])[:, 0].numpy()
     table.attrs["sampler"] = study_sampler(inverter, sampler, {"num_inference_steps": num_inference_steps})[0]
     return table, out
 

@@ -75,7 +75,7 @@ def standard_edits(classifier: nn.Module, images: Tensor, features: Tensor, labe
 def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit | Concept, alphas: Sequence[float], *,
                    mask: Tensor | None = None, target_class: int | None = None, readout=None, num_samples: int = 1,
                    num_inference_steps: int | None = None, seed: int = 0, batch_size: int = 64,
-                   progress: bool = True, sampler: Sampler | None = None):
+                   progress: bool = True, judges="default", reader="default", sampler: Sampler | None = None):
     """Edit each image's map for every ``alpha``, invert it with the noise shared across alphas, and read it out.
 
     The sweep is controlled: each ``alpha`` is one ``inverter.invert`` call with the same ``seed``, whose noise
@@ -97,6 +97,13 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit |
         sampler: FeatInv's :class:`~workbench.inverters.sampler.Sampler` (default ``wb.Sampler()``;
             ``num_inference_steps``, when given, replaces its steps), passed to ``inverter.invert`` and recorded in
             the table's ``attrs["sampler"]``.
+        judges, reader: the independent graders (:func:`~workbench.judges.judge_readings`): ``"default"`` (the
+            shipped judges and factor reader, for tiny-world images), a mapping / module, or ``None``. They, not
+            the edited classifier, give ``judge_predicted``, ``judge_p_target`` (their mean probability of the
+            target class) and ``read_<factor>`` (the factor reader's reading of each inversion).
+
+    ``predicted``, ``p_target`` and ``concept`` are the *edited classifier's* own readings of the inversions: the
+    model whose map was edited, so not a judgement of whether the image changed; report ``judge_p_target``.
 
     Returns:
         ``(table, samples)``: one row per (image, alpha, sample) with ``image``, ``alpha``, ``sample``,
@@ -136,6 +143,7 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit |
     samples = torch.stack(outs, 1)                                             # [B, A, S, 3, H, W]
     table = _steering_rows(classifier, samples, alphas, torch.stack(map_probs, 1), edit.concept, target_class,
                            readout)
+    _add_judge_columns(table, samples.reshape(-1, *samples.shape[3:]), target_class, judges, reader)
     if distances[0] is not None:       # [B, A], one per edited map, repeated over its samples
         table["feature_distance"] = torch.stack(distances, 1).reshape(-1).repeat_interleave(num_samples).numpy()
     table.attrs["sampler"] = study_sampler(inverter, sampler, {"num_inference_steps": num_inference_steps})[0]
@@ -165,6 +173,21 @@ def _steering_rows(classifier: nn.Module, samples: Tensor, alphas: Sequence[floa
             if np.ndim(values) == 1:
                 table[f"readout_{factor}"] = values
     return table
+
+
+def _add_judge_columns(table, flat: Tensor, target_class: int | None, judges, reader) -> None:
+    """Put the independent graders' readings of the inversions ``flat`` ``[N, 3, H, W]`` (one per table row) into
+    ``table``: ``judge_predicted``, ``judge_p_target`` (with a target class) and ``read_<factor>``."""
+    from ..judges import judge_readings
+
+    graded = judge_readings(flat, judges=judges, reader=reader)
+    if "judge_predicted" in graded:
+        table["judge_predicted"] = graded["judge_predicted"].numpy()
+        if target_class is not None:
+            table["judge_p_target"] = graded["judge_probs"][:, int(target_class)].numpy()
+    for key, value in graded.items():
+        if key.startswith("read_"):
+            table[key] = value.numpy()
 
 
 def _drift(before: np.ndarray, after: np.ndarray, factor: str, scale: float) -> float:
@@ -229,7 +252,9 @@ def steering_table(studies: Mapping[str, "pd.DataFrame"], *, factors: Sequence[s
         factor_scale: each numeric factor's dataset standard deviation; drift is in these units.
 
     Returns:
-        pandas.DataFrame indexed by ``(method, alpha)`` with ``p_target`` (the classifier on the inverted images),
+        pandas.DataFrame indexed by ``(method, alpha)`` with ``judge_p_target`` and ``judge_hit_rate`` (the
+        independent judges' consensus on the inverted images, when the tables carry it: the reading that counts),
+        ``p_target`` (the edited classifier itself on the inverted images),
         ``p_target_map`` (on the edited map), ``off_manifold_gap`` (``p_target_map - p_target``: how much of the
         edit the classifier's head sees but the inverter, trained on real maps, does not draw), ``hit_rate``
         (share of inversions with p(target) above 0.5, so the target is surely the top class) and ``drift_<factor>``: the mean change of the readout
@@ -255,6 +280,9 @@ def steering_table(studies: Mapping[str, "pd.DataFrame"], *, factors: Sequence[s
                    "p_target_map": float(group.p_target_map.mean())}
             row["off_manifold_gap"] = row["p_target_map"] - row["p_target"]
             row["hit_rate"] = float((group.p_target > 0.5).mean())
+            if "judge_p_target" in group:  # the independent judges' reading: the one that counts
+                row["judge_p_target"] = float(group.judge_p_target.mean())
+                row["judge_hit_rate"] = float((group.judge_p_target > 0.5).mean())
             for factor in factors:
                 col = f"readout_{factor}"
                 if col not in table:
@@ -268,7 +296,8 @@ def steering_table(studies: Mapping[str, "pd.DataFrame"], *, factors: Sequence[s
 def steering_goal(table, *, threshold: float = 0.5, preserve: Sequence[str] = ("x", "y", "size"),
                   tolerance: float = 1.0):
     """Per method, the best alpha of a :func:`steering_table` that keeps ``preserve`` put, and whether it reaches
-    the goal: mean ``p_target`` of the inverted images above ``threshold`` with every ``drift_<factor>`` of
+    the goal: mean ``judge_p_target`` (the independent judges' reading; ``p_target``, the edited classifier's own,
+    only for tables without judges) of the inverted images above ``threshold`` with every ``drift_<factor>`` of
     ``preserve`` at most ``tolerance`` (dataset standard deviations, if the table was made with them).
 
     Returns:
@@ -285,15 +314,18 @@ def steering_goal(table, *, threshold: float = 0.5, preserve: Sequence[str] = ("
     missing = [c for c in cols if c not in table]
     if missing:
         raise AnalysisError(f"the table lacks {missing}; make it with steering_table(..., factors={list(preserve)})")
+    key = "judge_p_target" if "judge_p_target" in table else "p_target"
     rows = {}
     for method, group in table.groupby(level="method"):
         group = group.droplevel("method")
         drift = group[cols].max(1)
         ok = group[drift <= tolerance]
-        best = ok.p_target.idxmax()
+        best = ok[key].idxmax()
         rows[method] = {"alpha": best, "p_target": ok.p_target[best], "p_target_map": ok.p_target_map[best],
                         "off_manifold_gap": ok.off_manifold_gap[best], "max_drift": float(drift[best]),
-                        "reached": bool(ok.p_target[best] > threshold)}
-    out = pd.DataFrame.from_dict(rows, orient="index").sort_values("p_target", ascending=False)
+                        "reached": bool(ok[key][best] > threshold)}
+        if key == "judge_p_target":
+            rows[method]["judge_p_target"] = ok.judge_p_target[best]
+    out = pd.DataFrame.from_dict(rows, orient="index").sort_values(key, ascending=False)
     out.index.name = "method"
     return out

@@ -25,11 +25,12 @@ COMMANDS = {
     "train-inverter": ("workbench.training.featinv", "train a FeatInv inverter for a classifier's layer"),
     "train-decoder": ("workbench.training.decoder", "train the deterministic decoder baseline for a layer"),
     "convert-official": ("workbench.cli.convert_official", "turn an official FeatInv .ckpt into an inverter folder"),
+    "train-factor-reader": ("workbench.training.factor_reader", "train the judge that reads every tiny-world factor"),
 }
 
 #: commands whose --out is a folder (a run folder, or the demo's outputs), checked before any slow work
 _FOLDER_OUT = {"demo", "train-classifier", "train-vae", "train-base", "train-inverter", "train-decoder",
-               "convert-official"}
+               "train-factor-reader", "convert-official"}
 #: commands that write a file named by another flag than --out: command -> that argument
 _FILE_FLAGS = {"evaluate": "json"}
 

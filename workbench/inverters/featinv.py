@@ -211,7 +211,9 @@ class FeatInv(InverterBase):
         3. a fresh scheduler (``sampler.scheduler``); 4. the denoising loop with classifier-free guidance and, if
         ``sampler.feature_guidance_scale > 0``, feature guidance; 5. decoding.
 
-        With feature guidance, each of the last ``sampler.feature_guidance_steps`` denoising steps also decodes the
+        With feature guidance, each of the ``sampler.feature_guidance_steps`` denoising steps *before the final one*
+        (the final step always denoises the guided estimate without guidance, so that no gradient-made change is the
+        last thing done to an image, which only the guiding classifier might read) also decodes the
         predicted clean latents, runs ``classifier`` (default: the shipped or timm model named
         ``self.classifier_name``) to ``self.layer`` and moves those latents down the gradient of one minus the
         feature cosine to the target map (:func:`~workbench.diffusion.gradient_guide`), in float32 whatever the
@@ -253,7 +255,7 @@ class FeatInv(InverterBase):
                 # 4. the denoising loop, with classifier-free guidance and, if asked, feature guidance
                 guide = None if feature_guidance_scale == 0 else self._feature_guide(
                     classifier, maps[torch.arange(s, e) // S].to(device), sched, feature_guidance_scale,
-                    sched.timesteps[-feature_guidance_steps:])
+                    sched.timesteps[:-1][-feature_guidance_steps:])  # never the final step
                 z = denoise(predict, z, sched, guidance_scale=guidance_scale, guide=guide,
                             callback=lambda *_: bar.update(1), generator=g)
                 # 5. decode into the output
