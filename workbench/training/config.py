@@ -87,6 +87,8 @@ class RunConfig:
                                      "out")
         check_int_field(self, "seed", low=0, high=2 ** 64 - 1)  # what torch.Generator.manual_seed tells apart
         images = getattr(self, "train_images", None)  # the tiny world's training set (an image folder has its own)
+        if images is not None:
+            check_int_field(self, "train_images", low=1)
         if images is not None and getattr(self, "data", "tinyworld") == "tinyworld" and self.batch_size > images:
             raise ArgumentValueError(f"--batch-size {self.batch_size}: more than the {images} images of "
                                      f"--train-images; lower it or raise --train-images")

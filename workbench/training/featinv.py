@@ -88,6 +88,9 @@ class FeatInvConfig(RunConfig):
     def check(self) -> None:
         super().check()
         check_snr_gamma(self)
+        if self.train_images is None and self.data == "tinyworld" and self.batch_size > DEFAULT_TRAIN_IMAGES:
+            raise ArgumentValueError(f"--batch-size {self.batch_size}: more than the {DEFAULT_TRAIN_IMAGES} images of "
+                                     "--train-images at most; lower it or raise --train-images")
         for name in ("classifier_size", "train_images"):
             if getattr(self, name) is not None:
                 check_int_field(self, name, low=1)
