@@ -19,8 +19,7 @@ Training, per classifier, ``--batch-size`` images per step (timed in interleaved
 Both designs encode the images with the VAE in the step (real-scale data is not cached). Peak GPU
 memory of a design is its resident state (weights, gradients, optimiser) plus the step's peak.
 
-Sampling: images per second of DDIM-50 against FeatInv's default sampler (``DEFAULT_SCHEDULER``,
-``DEFAULT_NUM_INFERENCE_STEPS``, ``DEFAULT_GUIDANCE_SCALE``), with our runtime settings (bf16 autocast on CUDA).
+Sampling: images per second of DDIM-50 against FeatInv's default sampler (``wb.Sampler()``), with our runtime settings (bf16 autocast on CUDA).
 
 Writes ``--out`` (JSON) and ``--table`` (markdown rows for benchmarks/RESULTS.md), with the device name.
 
@@ -218,15 +217,11 @@ def time_designs(designs: list[Design], args, device) -> dict:
 def time_sampling(inv, feats, clf, args, device) -> dict:
     """Sampling images per second: the official sampler (DDIM 50, guidance 1.75, both branches feature-conditioned,
     no feature guidance) against ours (FeatInv's defaults, feature guidance through ``clf`` included)."""
-    from workbench.inverters import featinv as fi
+    from workbench.inverters.sampler import Sampler
 
     settings = {"sample_ddim50": dict(scheduler="ddim", num_inference_steps=50, guidance_scale=1.75,
                                       guidance_mode="prompt", feature_guidance_scale=0.0),
-                "sample_default": dict(scheduler=fi.DEFAULT_SCHEDULER,
-                                       num_inference_steps=fi.DEFAULT_NUM_INFERENCE_STEPS,
-                                       guidance_scale=fi.DEFAULT_GUIDANCE_SCALE,
-                                       feature_guidance_scale=fi.DEFAULT_FEATURE_GUIDANCE_SCALE,
-                                       feature_guidance_steps=fi.DEFAULT_FEATURE_GUIDANCE_STEPS)}
+                "sample_default": Sampler().to_dict()}
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     times = {k: [] for k in settings}
     with ctx:
