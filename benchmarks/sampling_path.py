@@ -66,15 +66,15 @@ def slow_invert(inv: FeatInv, features: torch.Tensor, *, num_samples: int, num_i
 
 def main(args: argparse.Namespace) -> float:
     import workbench as wb
-    from workbench.inverters import featinv as fi
 
     torch.set_num_threads(args.threads)
     inv = wb.load_inverter(args.inverter)
     clf = wb.load_classifier(inv.classifier_name)
     feats = wb.metrics.extract_features(clf, wb.TinyWorld("test", size=args.n, seed=0).images(), inv.layer)
-    kw = dict(num_samples=args.samples, num_inference_steps=args.steps or fi.DEFAULT_NUM_INFERENCE_STEPS,
-              guidance_scale=fi.DEFAULT_GUIDANCE_SCALE, scheduler=fi.DEFAULT_SCHEDULER, seed=0,
-              guidance_mode=fi.DEFAULT_GUIDANCE_MODE)
+    default = wb.Sampler()
+    kw = dict(num_samples=args.samples, num_inference_steps=args.steps or default.num_inference_steps,
+              guidance_scale=default.guidance_scale, scheduler=default.scheduler, seed=0,
+              guidance_mode=default.guidance_mode)
     paths = {"slow": lambda: slow_invert(inv, feats, **kw), "library": lambda: inv.invert(feats, progress=False, **kw)}
     times: dict[str, list[float]] = {k: [] for k in paths}
     outs = {}
