@@ -372,6 +372,19 @@ def method_name(inverter: nn.Module, invert_kwargs: Mapping[str, Any] | None = N
             "retrieval": "nearest training image"}.get(kind, kind)
 
 
+def _check_pairing(inverter: nn.Module, classifier: nn.Module, layer: str, num_samples: int) -> None:
+    """:func:`evaluate`'s refusals: a layer or classifier the inverter was not built for, fewer than one sample."""
+    if layer != inverter.layer:
+        raise InverterMismatchError(f"the inverter inverts {inverter.layer!r}, not {layer!r}; pass "
+                                    f"layer={inverter.layer!r} or the inverter of {layer!r}")
+    name, inv_name = getattr(classifier, "name", None), getattr(inverter, "classifier_name", None)
+    if name and inv_name and name not in ("custom",) and name != inv_name:
+        raise InverterMismatchError(f"the inverter was built for {inv_name!r}, but the classifier is {name!r}; pass "
+                                    f"wb.load_classifier({inv_name!r})")
+    if num_samples < 1:
+        raise ArgumentValueError(f"num_samples must be >= 1, got {num_samples}")
+
+
 def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = None, dataset=None, num_images: int = 256,
              seed: int = 0, num_samples: int = 1, *, reference: nn.Module | str | None = None,
              extractor: nn.Module | None = None, progress: bool = True, return_reconstructions: bool = False,
@@ -426,15 +439,7 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
     if isinstance(dataset, torch.Tensor):  # uint8 or 0..255 floats would be measured as if in [0, 1]
         check_images(dataset, "dataset")
     layer = inverter.layer if layer is None else layer
-    if layer != inverter.layer:
-        raise InverterMismatchError(f"the inverter inverts {inverter.layer!r}, not {layer!r}; pass layer={inverter.layer!r} "
-                         f"or the inverter of {layer!r}")
-    name, inv_name = getattr(classifier, "name", None), getattr(inverter, "classifier_name", None)
-    if name and inv_name and name not in ("custom",) and name != inv_name:
-        raise InverterMismatchError(f"the inverter was built for {inv_name!r}, but the classifier is {name!r}; pass "
-                         f"wb.load_classifier({inv_name!r})")
-    if num_samples < 1:
-        raise ArgumentValueError(f"num_samples must be >= 1, got {num_samples}")
+    _check_pairing(inverter, classifier, layer, num_samples)
     dataset = TinyWorld("test", size=max(num_images, 2000), seed=0) if dataset is None else dataset
     images, labels, idx = select_images(dataset, num_images, seed)              # 1.
     feats = extract_features(classifier, images, layer)                         # 2.
