@@ -433,6 +433,7 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
     from .checks import check_images
     from .hooks import extract_features
     from .inverters.feature_distance import feature_distance
+    from .inverters.base import InverterBase
     from .inverters.sampler import study_sampler
     from .tinyworld import TinyWorld
 
@@ -445,8 +446,11 @@ def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = Non
     feats = extract_features(classifier, images, layer)                         # 2.
     sampler, options = study_sampler(inverter, sampler, invert_kwargs)  # a sampling kind's settings, in one value
     t0 = time.perf_counter()
-    recon = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=progress, sampler=sampler,
-                            classifier=classifier, **options)  # 3. (feature guidance runs this classifier)
+    # 3. the family's inverters take the sampler and the classifier (feature guidance runs it); an inverter of one's
+    # own that only has the shared call gets its options
+    family = isinstance(inverter, InverterBase)
+    recon = inverter.invert(feats, num_samples=num_samples, seed=seed, progress=progress, **options,
+                            **(dict(sampler=sampler, classifier=classifier) if family else {}))
     seconds = (time.perf_counter() - t0) / num_images
     factors = ({k: v[idx] for k, v in dataset.factors.items()} if hasattr(dataset, "factors") else None)
     table = evaluate_reconstructions(classifier, layer, images, recon, reference=reference, extractor=extractor,
