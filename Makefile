@@ -22,7 +22,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest tests
-	WORKBENCH_FAST=1 $(VENV)/bin/pytest --nbmake notebooks
+	WORKBENCH_FAST=1 $(VENV)/bin/pytest --nbmake --nbmake-timeout=900 notebooks
 
 demo: $(STAMP)
 	$(VENV)/bin/workbench demo
