@@ -89,6 +89,8 @@ BAD_INPUTS = {
                                   "--device", "cpu"], "no-such-model"),
     "train-decoder": (lambda d: ["--classifier", "no-such-model", "--layer", "stages.3", "--out", str(d / "run"),
                                  "--device", "cpu"], "no-such-model"),
+    "train-factor-reader": (lambda d: ["--out", a_file(d), "--device", "cpu"], "notes.txt"),
+    "convert-official": (lambda d: [str(d / "no-such.ckpt"), "--out", str(d / "converted")], "no-such.ckpt"),
 }
 
 

@@ -547,7 +547,8 @@ def test_card_evaluator_reproduces_a_shipped_card():
     card = json.loads((data_dir() / "inverters" / name / "card.json").read_text())["metrics"]
     m = inverter_card_metrics(wb.load_inverter(name), wb.load_classifier("tinyworld-cnn"),
                               num_images=card["test_images"])
-    assert m == card
+    assert {k: m[k] for k in card} == card  # the card predates the judges' entries, which are added beside
+    assert 0 <= m["judge_agreement"] <= 1 and 0 <= m["shape_accuracy"] <= 1 and "graded_by" in m
 
 
 # ---------------------------------------------------------------- the official recipe, as a preset

@@ -177,7 +177,7 @@ class FeatInv(InverterBase):
         """One denoiser evaluation: latents ``[B, C, h, w]``, timesteps, maps ``[B, C_f, h_f, w_f]``,
         prompt embeddings ``[B, L, D]`` -> the base's prediction ``[B, C, h, w]`` (noise, or ``v`` for a
         v-prediction base)."""
-        dtype = self.controlnet.dtype  # a half-precision inverter denoises float32 latents in its own dtype
+        dtype = next(self.controlnet.parameters()).dtype  # half precision: float32 latents in its own dtype
         x, embeds = z.to(dtype), embeds.to(dtype)
         down, mid = self.controlnet(x, t, encoder_hidden_states=embeds, controlnet_cond=features.to(dtype),
                                     conditioning_scale=conditioning_scale, return_dict=False)
@@ -313,7 +313,7 @@ class FeatInv(InverterBase):
         (``"prompt"``)."""
         device = self.base.prompt_embeds.device
         first, last = rows.start // S, (rows.stop - 1) // S
-        dtype = self.controlnet.dtype
+        dtype = next(self.controlnet.parameters()).dtype
         cond = embed(maps[first:last + 1].to(device, dtype)).repeat_interleave(S, 0)[
             rows.start - first * S:rows.stop - first * S]
         emb = self.base.embeds(len(rows))
