@@ -57,9 +57,15 @@ def _judged_card_metrics(x: torch.Tensor, rec: torch.Tensor, num_images: int, se
     from .judges import factor_columns, judge_columns, shipped_graders
     from .tinyworld import TinyWorld
 
+    from .errors import WeightsUnavailableError
+
     if tuple(x.shape[-2:]) != (32, 32):
         return {}
-    judges, reader = shipped_graders(x.device)
+    try:
+        judges, reader = shipped_graders(x.device)
+    except WeightsUnavailableError:  # a data folder made by `make weights` alone holds no judges yet
+        return {"graded_by": "feature_cosine, top1_agreement: the inverted classifier itself (no judges in this "
+                             "data folder)"}
     agree = judge_columns(judges, x, rec)
     factors = factor_columns(reader, rec, TinyWorld("test", size=num_images, seed=seed).factors)
     mean_agree = torch.stack([v for k, v in agree.items() if k.startswith("judge_agree[")]).nanmean()
