@@ -98,8 +98,6 @@ def demo_figure(images: torch.Tensor, results: dict):
 def main(args) -> int:
     import matplotlib.pyplot as plt
 
-    from ..plot import inversion_figure
-
     from ..checks import check_image_count, check_seed, checked_int
 
     if args.num_images < 1 or args.num_samples < 2:  # before any loading; run() checks the same
@@ -107,10 +105,10 @@ def main(args) -> int:
                          "1 image and 2 samples (for the invariance map)")
     if args.num_inference_steps is not None:
         checked_int(args.num_inference_steps, "--num-inference-steps", minimum=1)
+    check_seed(args.seed, "--seed")
     # the images, and num_samples inversions of each at every demo layer, are all held for the figure
     check_image_count(args.num_images, "--num-images", copies=1 + len(DEMO_LAYERS) * checked_int(
         args.num_samples, "--num-samples", minimum=1))
-    check_seed(args.seed, "--seed")
     t0 = time.perf_counter()
     images, results, table = run(num_images=args.num_images, num_samples=args.num_samples,
                                  num_inference_steps=args.num_inference_steps, seed=args.seed, device=args.device,
