@@ -61,11 +61,11 @@ def checked_int(value: Any, name: str, *, minimum: int | None = None, maximum: i
     except TypeError:
         hint = ""
         if isinstance(value, float) and math.isfinite(value):
-            hint = f" (write {int(value)} or {int(value) + 1} yourself: nothing is rounded silently)" \
-                if value != int(value) else f" (write {int(value)})"
+            hint = (f" (write {int(value)} or {int(value) + 1} yourself: nothing is rounded silently)"
+                    if value != int(value) else f" (write {int(value)})")
         elif isinstance(value, str):
-            hint = f" (a string; write {value.strip()} without quotes)" if value.strip().lstrip("-").isdigit() \
-                else " (a string)"
+            hint = (f" (a string; write {value.strip()} without quotes)" if value.strip().lstrip("-").isdigit()
+                    else " (a string)")
         raise ArgumentTypeError(f"{name}={value!r} is not an int{hint}") from None
     if minimum is not None and out < minimum:
         raise ArgumentValueError(f"{name}={out}: must be >= {minimum}")

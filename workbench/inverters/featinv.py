@@ -98,8 +98,8 @@ class FeatureConditioning(nn.Module):
         x = normalize_features(self, features)
         if self.pooling == "mean":
             x = x.mean((2, 3), keepdim=True)
-        x = F.interpolate(x, size=self.latent_size, mode="bilinear", align_corners=False) \
-            if self.pooling == "none" else x.expand(-1, -1, *self.latent_size)
+        x = (F.interpolate(x, size=self.latent_size, mode="bilinear", align_corners=False)
+             if self.pooling == "none" else x.expand(-1, -1, *self.latent_size))
         return self.zero_out(self.encoder(x))
 
 
@@ -142,8 +142,8 @@ class FeatInv(InverterBase):
             raise ValueError(f"feature_shape must be (C, h, w), got {tuple(feature_shape)}")
         if classifier_input_size is not None and len(classifier_input_size) != 3:
             raise ValueError(f"classifier_input_size must be (3, H, W), got {tuple(classifier_input_size)}")
-        self.classifier_input_size = None if classifier_input_size is None else \
-            tuple(int(s) for s in classifier_input_size)
+        self.classifier_input_size = (None if classifier_input_size is None
+                                      else tuple(int(s) for s in classifier_input_size))
         self.prompt = prompt
         self.classifier_name = classifier_name
         self.layer = layer
@@ -242,9 +242,9 @@ class FeatInv(InverterBase):
         # feature guidance takes gradients inside the loop, which inference mode would forbid (and
         # inference_mode(False) would turn gradients on for the whole loop): it runs under no_grad alone
         no_inference = feature_guidance_scale > 0
-        with tqdm(total=len(chunks) * num_inference_steps, desc="FeatInv", disable=not progress) as bar, \
-                (nullcontext() if no_inference else torch.inference_mode()), \
-                _embedded_condition(self.controlnet) as embed:  # one thread at a time: see _embedded_condition
+        with (tqdm(total=len(chunks) * num_inference_steps, desc="FeatInv", disable=not progress) as bar,
+              nullcontext() if no_inference else torch.inference_mode(),
+              _embedded_condition(self.controlnet) as embed):  # one thread at a time: see _embedded_condition
             for s in chunks:
                 e = min(s + batch_size, B * S)
                 # 2. the denoiser, conditioned on this chunk's maps (embedded once, not at every step)

@@ -155,8 +155,8 @@ class OptimizationInverter(InverterBase):
 
         check_features(self, features)
         check_seed(seed)
-        n = self.num_optimizer_steps if num_optimizer_steps is None else \
-            checked_int(num_optimizer_steps, "num_optimizer_steps", minimum=1)
+        n = (self.num_optimizer_steps if num_optimizer_steps is None
+             else checked_int(num_optimizer_steps, "num_optimizer_steps", minimum=1))
         losses: list[float] = []
         dev = next(self.classifier.parameters()).device
         with tqdm(total=n, desc="optimisation", disable=not progress) as bar:
