@@ -2,6 +2,10 @@
 
 The hashes below were computed with the code before the family got its base class, its ``Sampler`` and its
 diffusers-readable folders (commit 58542f3), under one torch thread: the refactor must not move a single bit.
+A bit-exact hash also depends on the CPU's instruction set (another machine's kernels sum in another order), so
+the images themselves are pinned too, in ``tests/data/pinned_inversions.safetensors`` (written on 2026-12-08 by
+the code that gave these hashes on CI): on a machine where the hash differs, every pixel must still lie within
+1e-4 of the pinned image (an 8-bit grey level is 0.004; any change of the computation moves pixels far more).
 """
 from __future__ import annotations
 
@@ -24,10 +28,23 @@ REFERENCE = {
     ("featinv", 0.025): "51293e59b929a8ef105525791999ae397913dc4634823bb297bce123740efbcc",
     ("decoder", None): "1a3dcad43bd6b0c10d2e7147ea9424b1cf457e0c6dd40fd0a6ea13afa2ff7f4b",
 }
+#: the same images, ``[2, 3, 32, 32]`` each, under the keys ``featinv_0.0``, ``featinv_0.025`` and ``decoder``
+PINNED = Path(__file__).parent / "data" / "pinned_inversions.safetensors"
 
 
 def _sha(images: torch.Tensor) -> str:
     return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _check_pinned(out: torch.Tensor, key: tuple, name: str) -> None:
+    """The images ``out [2, 1, 3, 32, 32]`` hash to ``REFERENCE[key]``, or (on a CPU whose kernels round
+    otherwise) lie within 1e-4 of the pinned images ``name``."""
+    from safetensors.torch import load_file
+
+    if _sha(out) == REFERENCE[key]:
+        return
+    pinned = load_file(PINNED)[name]
+    assert (out[:, 0] - pinned).abs().max().item() < 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +60,12 @@ def test_shipped_featinv_gives_the_same_images_bit_for_bit(features, feature_gui
     out = inv.invert(features, num_samples=1, seed=0, num_inference_steps=2,
                      feature_guidance_scale=feature_guidance_scale, progress=False)
     assert out.shape == (2, 1, 3, 32, 32) and out.dtype == torch.float32
-    assert _sha(out) == REFERENCE[("featinv", feature_guidance_scale)]
+    _check_pinned(out, ("featinv", feature_guidance_scale), f"featinv_{feature_guidance_scale}")
 
 
 def test_shipped_decoder_gives_the_same_images_bit_for_bit(features):
     out = wb.load_inverter("tinyworld-cnn/stages.3-decoder").invert(features, progress=False)
-    assert _sha(out) == REFERENCE[("decoder", None)]
+    _check_pinned(out, ("decoder", None), "decoder")
 
 
 # ---------------------------------------------------------------- one base class, one registry
@@ -145,7 +162,7 @@ def test_a_sampler_and_its_loose_settings_give_the_same_images(shipped, features
     loose = shipped.invert(features, num_inference_steps=2, feature_guidance_scale=0.0, seed=0, progress=False)
     sampler = Sampler(num_inference_steps=2, feature_guidance_scale=0.0)
     assert torch.equal(shipped.invert(features, sampler=sampler, seed=0, progress=False), loose)
-    assert _sha(loose) == REFERENCE[("featinv", 0.0)]
+    _check_pinned(loose, ("featinv", 0.0), "featinv_0.0")
 
 
 def test_a_generator_gives_the_images_of_its_seed(shipped, features):
@@ -198,7 +215,7 @@ def test_a_resaved_shipped_inverter_gives_the_same_images(shipped, features, tmp
     assert not (tmp_path / "inv" / "controlnet.safetensors").exists()
     again = wb.load_inverter(tmp_path / "inv", base=shipped.base)
     out = again.invert(features, num_inference_steps=2, feature_guidance_scale=0.0, seed=0, progress=False)
-    assert _sha(out) == REFERENCE[("featinv", 0.0)]
+    _check_pinned(out, ("featinv", 0.0), "featinv_0.0")
 
 
 def test_the_base_folder_loads_with_diffusers_classes():

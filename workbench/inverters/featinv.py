@@ -35,7 +35,7 @@ from torch import nn
 
 from ..checks import check_allocation, check_images, check_result
 from ..diffusion import Guide, Predictor, denoise, diffusion_loss, gradient_guide
-from ..errors import InverterMismatchError, UnknownModelError, WeightsUnavailableError
+from ..errors import ArgumentValueError, InverterMismatchError, UnknownModelError, WeightsUnavailableError
 from .base import InverterBase, register_inverter
 from .interface import (
     describe, load_weights, normalize_features, register_feature_statistics, register_to_config,
@@ -224,9 +224,7 @@ class FeatInv(InverterBase):
         from tqdm.auto import tqdm
 
         num_inference_steps, guidance_scale = sampler.num_inference_steps, sampler.guidance_scale
-        guidance_mode, scheduler = sampler.guidance_mode, sampler.scheduler
         feature_guidance_scale = sampler.feature_guidance_scale
-        feature_guidance_steps = sampler.feature_guidance_steps
         device = self.base.prompt_embeds.device
         if feature_guidance_scale > 0:
             classifier = self._guidance_classifier(device) if classifier is None else self._checked_classifier(classifier)
@@ -247,21 +245,51 @@ class FeatInv(InverterBase):
               _embedded_condition(self.controlnet) as embed):  # one thread at a time: see _embedded_condition
             for s in chunks:
                 e = min(s + batch_size, B * S)
-                # 2. the denoiser, conditioned on this chunk's maps (embedded once, not at every step)
-                predict = self._predictor(embed, maps, range(s, e), S, guidance_scale != 1.0, guidance_mode)
-                # 3. a fresh scheduler and this chunk's share of the noise
-                sched = self.base.make_scheduler(scheduler, num_inference_steps)
-                z = noise[s:e].to(device) * sched.init_noise_sigma
-                # 4. the denoising loop, with classifier-free guidance and, if asked, feature guidance
-                guide = None if feature_guidance_scale == 0 else self._feature_guide(
-                    classifier, maps[torch.arange(s, e) // S].to(device), sched, feature_guidance_scale,
-                    sched.timesteps[:-1][-feature_guidance_steps:])  # never the final step
-                z = denoise(predict, z, sched, guidance_scale=guidance_scale, guide=guide,
-                            callback=lambda *_: bar.update(1), generator=g)
+                z = self._chunk_latents(embed, maps, noise, range(s, e), S, sampler, classifier, g, bar)
                 # 5. decode into the output
                 out[s:e] = check_result(self.base.decode(z).float().cpu(), "FeatInv.invert", _overflow_cause(
                     guidance_scale, feature_guidance_scale))
         return out.view(B, S, 3, self.image_size, self.image_size)
+
+    def _chunk_latents(self, embed: Callable[[torch.Tensor], torch.Tensor], maps: torch.Tensor, noise: torch.Tensor,
+                       rows: range, S: int, sampler: Sampler, classifier: nn.Module | None,
+                       generator: torch.Generator, bar=None) -> torch.Tensor:
+        """Steps 2 to 4 of :meth:`_sample` for the output rows ``rows`` (row ``i``: sample ``i % S`` of map
+        ``i // S``; ``noise[i]`` its starting noise): the clean latents ``[len(rows), C, h, w]`` it decodes."""
+        device = self.base.prompt_embeds.device
+        s, e = rows.start, rows.stop
+        # 2. the denoiser, conditioned on this chunk's maps (embedded once, not at every step)
+        predict = self._predictor(embed, maps, rows, S, sampler.guidance_scale != 1.0, sampler.guidance_mode)
+        # 3. a fresh scheduler and this chunk's share of the noise
+        sched = self.base.make_scheduler(sampler.scheduler, sampler.num_inference_steps)
+        z = noise[s:e].to(device) * sched.init_noise_sigma
+        # 4. the denoising loop, with classifier-free guidance and, if asked, feature guidance
+        guide = None if sampler.feature_guidance_scale == 0 else self._feature_guide(
+            classifier, maps[torch.arange(s, e) // S].to(device), sched, sampler.feature_guidance_scale,
+            sched.timesteps[:-1][-sampler.feature_guidance_steps:])  # never the final step
+        return denoise(predict, z, sched, guidance_scale=sampler.guidance_scale, guide=guide,
+                       callback=(lambda *_: bar.update(1)) if bar is not None else None, generator=generator)
+
+    def sample_latents(self, features: torch.Tensor, noise: torch.Tensor, *, sampler: Sampler | None = None,
+                       classifier: nn.Module | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The clean latents that :meth:`invert` would decode, from given starting noise (a distillation's
+        targets, :mod:`workbench.training.distill`): maps ``[B, C, h, w]`` and noise ``[B, *latent_shape]``, one
+        sample per map -> latents ``[B, *latent_shape]``, float32 on the CPU. The maps are not checked here: pass
+        checked ones. ``classifier`` serves feature guidance (default: loaded by name); ``generator``, a
+        stochastic scheduler's draws (DDIM draws none)."""
+        sampler = Sampler.build(sampler)
+        if noise.shape != (features.shape[0], *self.base.latent_shape):
+            raise ArgumentValueError(f"noise {tuple(noise.shape)} must be [B, *latent_shape] = "
+                             f"[{features.shape[0]}, {', '.join(map(str, self.base.latent_shape))}]")
+        device = self.base.prompt_embeds.device
+        if sampler.feature_guidance_scale > 0:
+            classifier = self._guidance_classifier(device) if classifier is None else self._checked_classifier(classifier)
+        generator = torch.Generator("cpu").manual_seed(0) if generator is None else generator
+        maps = features.detach().float()
+        with (nullcontext() if sampler.feature_guidance_scale > 0 else torch.inference_mode(),
+              _embedded_condition(self.controlnet) as embed):
+            z = self._chunk_latents(embed, maps, noise.float(), range(0, len(maps)), 1, sampler, classifier, generator)
+        return z.float().cpu()
 
     def _guidance_classifier(self, device: torch.device) -> nn.Module:
         """:meth:`_cached_classifier`, for feature guidance, with an error that says how to do without it."""
