@@ -155,3 +155,48 @@ def test_no_test_imports_another_test_file():
             importing += [f"{path.name} imports {n}" for n in names if n.split(".")[-1].startswith("test_")]
     assert not importing, importing
 
+
+
+def _bare_value_errors(path: Path) -> list[str]:
+    """``Class.function`` (or ``function``, or ``<module>``) of every ``raise ValueError`` in ``path``, one per raise."""
+    found = []
+
+    def visit(node: ast.AST, scope: list[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(child, scope + [child.name])
+                continue
+            if isinstance(child, ast.Raise) and child.exc is not None:
+                exc = child.exc.func if isinstance(child.exc, ast.Call) else child.exc
+                if isinstance(exc, ast.Name) and exc.id == "ValueError":
+                    found.append(".".join(scope) or "<module>")
+            visit(child, scope)
+
+    visit(ast.parse(path.read_text()), [])
+    return found
+
+
+def test_the_value_error_finder_names_the_raising_function(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("class A:\n    def f(self):\n        if 1:\n            raise ValueError('x')\n"
+                    "def g():\n    raise ValueError\ndef h():\n    raise errors.ArgumentValueError('y')\n")
+    assert _bare_value_errors(path) == ["A.f", "g"]
+
+
+#: bare ValueErrors in a file another session is editing now (issue 27); take each off once it raises a class of
+#: errors.py instead
+VALUE_ERRORS_FOR_NOW = {"inverters/featinv.py": ["FeatureConditioning.__init__", "FeatInv.__init__",
+                                                 "FeatInv.__init__", "invariance_map"]}
+
+
+def test_no_bare_value_error_outside_errors():
+    """Every refusal raises a class of :mod:`workbench.errors` (all of them ValueError's subclasses where it fits),
+    so that a caller can catch the workbench's own refusals apart from Python's."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = str(path.relative_to(PACKAGE))
+        if name != "errors.py" and (raises := _bare_value_errors(path)):
+            found[name] = raises
+    assert found == VALUE_ERRORS_FOR_NOW, (
+        f"bare `raise ValueError` found: {found}; raise a class of workbench/errors.py (ArgumentValueError, "
+        f"InverterMismatchError, AnalysisError, BadInputError, ...) with a message that names the value and the fix")

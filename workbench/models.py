@@ -282,8 +282,10 @@ def _load_classifier(name: str, *, pretrained: bool, checkpoint_path: PathLike |
     shipped = _shipped_names()
     if name in shipped:
         if checkpoint_path is not None or model_kwargs or not pretrained:
-            raise ValueError(f"{name!r} is a shipped model and always loads its shipped weights; "
-                             "checkpoint_path, pretrained=False and model kwargs do not apply")
+            raise ArgumentValueError(
+                f"{name!r} is a shipped model and always loads its shipped weights, so checkpoint_path="
+                f"{checkpoint_path!r}, pretrained={pretrained!r} and model kwargs {sorted(model_kwargs)} do not apply; "
+                f"call load_classifier({name!r}) alone, or name a timm model to load other weights")
         return load_shipped_classifier(name, device=device)
     if not timm.is_model(name):
         candidates = sorted(shipped) + timm.list_models()

@@ -35,13 +35,14 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.utils import PushToHubMixin
 from torch import nn
 
+from ..errors import ArgumentValueError
 from .interface import check_features, init_kwargs, load_weights, read_config, training_card, write_pretrained
 from .sampler import Sampler
 
 #: kind -> class, filled by :func:`register_inverter` when each inverter's module is imported
 _REGISTRY: dict[str, type["InverterBase"]] = {}
 #: the modules that hold the registered kinds, imported on first lookup
-_KIND_MODULES = ("featinv", "decoder", "optimization")
+_KIND_MODULES = ("featinv", "distilled", "decoder", "optimization")
 
 
 def register_inverter(kind: str):
@@ -57,7 +58,8 @@ def register_inverter(kind: str):
             raise TypeError(f"@register_inverter({kind!r}) decorates InverterBase subclasses, not {cls!r}")
         known = _REGISTRY.get(kind)
         if known is not None and known.__qualname__ != cls.__qualname__:
-            raise ValueError(f"the inverter kind {kind!r} is taken by {known.__qualname__}; pick another kind")
+            raise ArgumentValueError(f"the inverter kind {kind!r} is taken by {known.__qualname__}; pass another "
+                                     f"kind to @register_inverter for {cls.__qualname__}")
         cls.kind = kind
         _REGISTRY[kind] = cls
         return cls

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..errors import ArgumentValueError, InverterMismatchError
 from .base import InverterBase, register_inverter
 from .interface import (
     describe, normalize_features, register_feature_statistics, register_to_config, set_feature_statistics)
@@ -66,12 +67,15 @@ class DecoderInverter(InverterBase):
                  hidden_channels: int = 128, min_channels: int = 16):
         super().__init__()
         if len(feature_shape) != 3:
-            raise ValueError(f"feature_shape must be (C, h, w), got {tuple(feature_shape)}")
+            raise ArgumentValueError(f"feature_shape must be three numbers (C, h, w), got {tuple(feature_shape)}; "
+                                     "pass the shape of one map without its batch axis, e.g. (64, 8, 8)")
         c, h, w = (int(s) for s in feature_shape)
         ups = math.log2(image_size / h) if h > 0 else -1
         if h != w or ups < 0 or not float(ups).is_integer():
-            raise ValueError(f"DecoderInverter needs a square map whose side divides image_size={image_size} by a "
-                             f"power of 2; got feature_shape={tuple(feature_shape)}")
+            raise InverterMismatchError(
+                f"DecoderInverter needs a square map whose side divides image_size={image_size} by a power of 2; "
+                f"got feature_shape={tuple(feature_shape)}; pick a layer whose map is square with a side of "
+                f"image_size / 2**k, or another image_size")
         self.classifier_name, self.layer = classifier_name, layer
         self.feature_shape, self.image_size = (c, h, w), int(image_size)
         self.hidden_channels, self.min_channels = int(hidden_channels), int(min_channels)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..checks import check_seed, checked_float, checked_int
+from ..errors import ArgumentValueError
 from .base import InverterBase, register_inverter
 from .interface import check_features, describe, register_to_config
 
@@ -81,9 +82,10 @@ class OptimizationInverter(InverterBase):
                             ("beta", beta)):
             checked_float(value, name)
         if num_optimizer_steps < 1 or lr <= 0 or tv_weight < 0 or norm_weight < 0 or jitter < 0:
-            raise ValueError(f"num_optimizer_steps >= 1, lr > 0 and tv_weight, norm_weight, jitter >= 0 are needed; "
-                             f"got num_optimizer_steps={num_optimizer_steps}, lr={lr}, tv_weight={tv_weight}, "
-                             f"norm_weight={norm_weight}, jitter={jitter}")
+            raise ArgumentValueError(
+                f"got num_optimizer_steps={num_optimizer_steps}, lr={lr}, tv_weight={tv_weight}, "
+                f"norm_weight={norm_weight}, jitter={jitter}; pass num_optimizer_steps >= 1, lr > 0 and "
+                f"tv_weight, norm_weight, jitter >= 0")
         self.classifier = classifier
         self.classifier_name = getattr(classifier, "name", type(classifier).__name__)
         self.layer = layer
