@@ -24,13 +24,14 @@ COMMANDS = {
     "train-base": ("workbench.training.base", "train the tiny diffusion base (a UNet on the VAE's latents)"),
     "train-inverter": ("workbench.training.featinv", "train a FeatInv inverter for a classifier's layer"),
     "train-decoder": ("workbench.training.decoder", "train the deterministic decoder baseline for a layer"),
+    "distill": ("workbench.training.distill", "distil a FeatInv inverter into a one-step inverter"),
     "convert-official": ("workbench.cli.convert_official", "turn an official FeatInv .ckpt into an inverter folder"),
     "train-factor-reader": ("workbench.training.factor_reader", "train the judge that reads every tiny-world factor"),
 }
 
 #: commands whose --out is a folder (a run folder, or the demo's outputs), checked before any slow work
 _FOLDER_OUT = {"demo", "train-classifier", "train-vae", "train-base", "train-inverter", "train-decoder",
-               "train-factor-reader", "convert-official"}
+               "distill", "train-factor-reader", "convert-official"}
 #: commands that write a file named by another flag than --out: command -> that argument
 _FILE_FLAGS = {"evaluate": "json"}
 
