@@ -77,7 +77,7 @@ class FeatureConditioning(nn.Module):
                  hidden_channels: int = 64, pooling: str = "none"):
         super().__init__()
         if pooling not in ("none", "mean"):
-            raise ValueError(f"pooling={pooling!r}; expected 'none' (spatial) or 'mean' (pooled ablation)")
+            raise ArgumentValueError(f"pooling={pooling!r}; expected 'none' (spatial) or 'mean' (pooled ablation)")
         self.pooling = pooling
         self.latent_size = tuple(int(s) for s in latent_size)
         register_feature_statistics(self, feature_channels)
@@ -139,9 +139,11 @@ class FeatInv(InverterBase):
         from diffusers import ControlNetModel
 
         if len(feature_shape) != 3:
-            raise ValueError(f"feature_shape must be (C, h, w), got {tuple(feature_shape)}")
+            raise ArgumentValueError(f"feature_shape={tuple(feature_shape)}: must be (C, h, w), e.g. the shape of one map "
+                                     "from extract_features(classifier, images, layer)[0]")
         if classifier_input_size is not None and len(classifier_input_size) != 3:
-            raise ValueError(f"classifier_input_size must be (3, H, W), got {tuple(classifier_input_size)}")
+            raise ArgumentValueError(f"classifier_input_size={tuple(classifier_input_size)}: must be (3, H, W), e.g. "
+                                     "(3, 288, 288); leave it None for the classifier's default")
         self.classifier_input_size = (None if classifier_input_size is None
                                       else tuple(int(s) for s in classifier_input_size))
         self.prompt = prompt
@@ -484,7 +486,8 @@ def invariance_map(samples: torch.Tensor) -> torch.Tensor:
         ``Tensor[B, 1, H, W]``: the standard deviation over samples, averaged over colour channels.
     """
     if samples.ndim != 5 or samples.shape[1] < 2:
-        raise ValueError(f"invariance_map needs samples shaped [B, S, 3, H, W] with S >= 2, got {tuple(samples.shape)}")
+        raise ArgumentValueError(f"invariance_map needs samples shaped [B, S, 3, H, W] with S >= 2, got "
+                                 f"{tuple(samples.shape)}; draw them with invert(features, num_samples=2 or more)")
     check_images(samples.flatten(0, 1), "samples")      # floats in [0, 1]: 0..255 would give a spread 255 times too big
     return samples.float().std(1).mean(1, keepdim=True)
 
