@@ -272,6 +272,7 @@ class FeatInv(InverterBase):
         return denoise(predict, z, sched, guidance_scale=sampler.guidance_scale, guide=guide,
                        callback=(lambda *_: bar.update(1)) if bar is not None else None, generator=generator)
 
+    @torch.no_grad()
     def sample_latents(self, features: torch.Tensor, noise: torch.Tensor, *, sampler: Sampler | None = None,
                        classifier: nn.Module | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """The clean latents that :meth:`invert` would decode, from given starting noise (a distillation's
