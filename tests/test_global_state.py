@@ -128,7 +128,7 @@ CALLS: dict[str, Callable[[Kit], Any]] = {
     "InverterBase": lambda k: k.decoder.invert(k.maps[:1], progress=False),         # the base class's invert
     "register_inverter": lambda k: wb.register_inverter("decoder"),
     "Sampler": lambda k: wb.Sampler.build(None, num_inference_steps=3),
-    "RetrievalInverter": lambda k: wb.RetrievalInverter("tinyworld-cnn", "stages.3", k.maps, k.x).invert(
+    "RetrievalInverter": lambda k: wb.RetrievalInverter.from_bank("tinyworld-cnn", "stages.3", k.maps, k.x).invert(
         k.maps, num_samples=1, progress=False),
     "load_judges": lambda k: wb.load_judges(),
     "load_factor_reader": lambda k: wb.load_factor_reader(),

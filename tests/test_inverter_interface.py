@@ -1,6 +1,6 @@
-"""The inverter contract, run over every inverter kind (FeatInv, decoder, optimisation) at tiny size: the shared
-call and its defaults, shapes, seeding, mismatches, save -> load, resizing for the classifier, the config and the
-repr."""
+"""The inverter contract, run over every inverter kind (FeatInv, decoder, optimisation, retrieval) at tiny size: the
+shared call and its defaults, shapes, seeding, mismatches, save -> load, resizing for the classifier, the config and
+the repr."""
 from __future__ import annotations
 
 import inspect
@@ -15,9 +15,10 @@ from workbench.inverters.decoder import DecoderInverter
 from workbench.inverters.featinv import FeatInv, sampler_description
 from workbench.inverters.interface import Inverter, init_kwargs
 from workbench.inverters.optimization import OptimizationInverter
+from workbench.inverters.retrieval import RetrievalInverter
 
 LAYER, SHAPE = "stages.3", (192, 4, 4)
-KINDS = ["featinv", "decoder", "optimization"]
+KINDS = ["featinv", "decoder", "optimization", "retrieval"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,6 +34,9 @@ def _build(kind: str, cnn, base):
         return FeatInv(base, "tinyworld-cnn", LAYER, SHAPE, hidden_channels=16)
     if kind == "decoder":
         return DecoderInverter("tinyworld-cnn", LAYER, SHAPE, image_size=32, hidden_channels=16, min_channels=8)
+    if kind == "retrieval":  # images on the 8-bit grid, which its file keeps exactly
+        images = (wb.TinyWorld("train", size=8, seed=0).images() * 255).round() / 255
+        return RetrievalInverter.from_bank("tinyworld-cnn", LAYER, wb.extract_features(cnn, images, LAYER), images)
     return OptimizationInverter(cnn, LAYER, num_optimizer_steps=2)
 
 
@@ -46,7 +50,8 @@ def features(cnn):
     return wb.extract_features(cnn, wb.TinyWorld("test", size=2, seed=0).images(), LAYER)
 
 
-FAST = {"featinv": {"num_inference_steps": 2}, "decoder": {}, "optimization": {"num_optimizer_steps": 2}}
+FAST = {"featinv": {"num_inference_steps": 2}, "decoder": {}, "optimization": {"num_optimizer_steps": 2},
+        "retrieval": {}}
 
 
 def _invert(inv, features, **kw):
@@ -125,7 +130,8 @@ def test_invert_images_resizes_for_the_classifier(inverter, cnn):
 # ---------------------------------------------------------------- config and repr
 def test_the_config_is_the_constructor_arguments(inverter, cnn, base):
     cfg = inverter.config
-    objects = {"featinv": {"base": base}, "decoder": {}, "optimization": {"classifier": cnn}}[inverter.kind]
+    objects = {"featinv": {"base": base}, "decoder": {}, "optimization": {"classifier": cnn},
+               "retrieval": {}}[inverter.kind]
     again = type(inverter)(**init_kwargs(type(inverter), cfg, **objects))
     assert again.config == cfg
     assert cfg["classifier_name"] == "tinyworld-cnn" and cfg["layer"] == LAYER

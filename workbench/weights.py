@@ -44,9 +44,9 @@ def read_card(name: str, root: Path | None = None) -> dict[str, Any]:
         raise WeightsUnavailableError(f"the card {path} is not valid JSON ({e}); restore it from git or run `make weights`.") from e
 
 
-#: The last name parts of the integer tensors a weight file may hold (batch norm's step counter); every other
-#: tensor must be floating point.
-INTEGER_KEYS = ("num_batches_tracked",)
+#: The last name parts of the integer tensors a weight file may hold (batch norm's step counter, a retrieval bank's
+#: uint8 pixels); every other tensor must be floating point.
+INTEGER_KEYS = ("num_batches_tracked", "bank_images")
 
 #: The fix every refused weight file's message ends with.
 _RESTORE = "Restore it with `git checkout data/` or retrain with `make weights`."

@@ -1,7 +1,8 @@
 """The inverter family's one base class and its registry, after diffusers' ``ConfigMixin`` and timm's registry.
 
 :class:`InverterBase` owns what every inverter shares, so that FeatInv (:mod:`.featinv`), the decoder baseline
-(:mod:`.decoder`) and the optimisation baseline (:mod:`.optimization`) differ only in what they do:
+(:mod:`.decoder`), the optimisation baseline (:mod:`.optimization`) and the retrieval baseline (:mod:`.retrieval`)
+differ only in what they do:
 
 * **config**: the constructor's arguments, recorded when ``__init__`` runs (the ``@register_to_config`` decorator of
   :mod:`.interface`, which records objects such as the base by name) and kept as diffusers keeps them, a frozen
@@ -42,7 +43,7 @@ from .sampler import Sampler
 #: kind -> class, filled by :func:`register_inverter` when each inverter's module is imported
 _REGISTRY: dict[str, type["InverterBase"]] = {}
 #: the modules that hold the registered kinds, imported on first lookup
-_KIND_MODULES = ("featinv", "distilled", "decoder", "optimization")
+_KIND_MODULES = ("featinv", "distilled", "decoder", "optimization", "retrieval")
 
 
 def register_inverter(kind: str):
