@@ -235,3 +235,29 @@ def test_the_atom_browser_shows_top_images_and_steers():
     assert browser.progress.value == 2 and "alpha=2" in browser.steered.value
     with pytest.raises(AnalysisError, match="load the inverter of 'stages.3'"):
         AtomBrowser(cnn, wb.load_inverter("tinyworld-cnn/stages.2"), sae, x)
+
+
+def test_atom_steering_effect_reports_the_judges_and_the_factor_reader():
+    """The atom study's summary carries the independent graders' readings of the same inversions beside the
+    inverted classifier's own: the judges' p(shape) and the factor reader's agreement with the atom's shape."""
+    import pandas as pd
+
+    from workbench.tinyworld import CLASSES
+
+    star = CLASSES.index("star")
+    table = pd.DataFrame({"image": [0, 0, 1, 1], "alpha": [0.0, 4.0, 0.0, 4.0],
+                          "readout_shape": ["circle", "star", "circle", "circle"],
+                          "p_target": [0.1, 0.9, 0.1, 0.8], "p_target_map": [0.1, 1.0, 0.1, 1.0],
+                          "judge_p_target": [0.0, 0.5, 0.1, 0.1],
+                          "read_shape": [0, star, star, star]})
+    out = atoms._steering_effect(table, "shape", "star")
+    assert out["p_class_last"] == pytest.approx(0.85)                 # the inverted classifier's own
+    assert out["judge_p_class_first"] == pytest.approx(0.05) and out["judge_p_class_last"] == pytest.approx(0.3)
+    assert out["reader_target_first"] == 0.5 and out["reader_target_last"] == 1.0
+    assert (table.reader_target.to_numpy() == [0.0, 1.0, 1.0, 1.0]).all()
+    negated = atoms._steering_effect(table.drop(columns="reader_target"), "shape", "not star")
+    assert negated["reader_target_last"] == 0.0
+    # a factor the reader does not read (bg_value) gets no reader columns; hue is read in its own units
+    assert atoms._reader_agreement(table.assign(read_bg_value=0.3), "bg_value", 1.0) is None
+    hue = atoms._reader_agreement(pd.DataFrame({"read_hue": [0.0, 0.5]}), "hue", 0.0)
+    assert hue == pytest.approx([1.0, -1.0])

@@ -384,7 +384,12 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
         ``control_target_last``; and, for an atom of one shape, ``p_class_first`` and ``p_class_last``: the
         classifier's mean probability of that shape on the inversions (a second reader besides the readout),
         and ``p_class_map_last``: the same on the steered map itself at the largest alpha (what the edit does to
-        the classifier, before inversion).
+        the classifier, before inversion). Read by models that took no part in the inversion (the steering table's
+        ``judge_p_target`` and ``read_<factor>``, :mod:`workbench.judges`): ``judge_p_class_first`` and
+        ``judge_p_class_last`` (the judges' mean probability of the atom's shape) and, for a factor the factor
+        reader reads (shape, hue, saturation, size, x, y), ``reader_target_first`` and ``reader_target_last``
+        (``target`` from its reading); with ``control``, ``control_judge_p_class_last`` and
+        ``control_reader_target_last`` likewise.
 
     Raises:
         AnalysisError: a factor the readout does not read, a cell off the grid, or an unusable atom.
@@ -423,6 +428,7 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
         ctrl = _steering_effect(steering_study(classifier, inverter, images, direction_edit(random, where=where),
                                                alphas, **kwargs)[0], factor, target)
         summary.update({"control_spearman_target": ctrl["spearman_target"], "control_target_last": ctrl["target_last"]})
+        summary.update({f"control_{k}": ctrl[k] for k in ("judge_p_class_last", "reader_target_last") if k in ctrl})
     return table, samples, pd.Series(summary)
 
 
@@ -450,4 +456,33 @@ def _steering_effect(table, factor: str, target) -> dict[str, float]:
     if "p_target" in table:
         out.update({"p_class_first": float(first.p_target.mean()), "p_class_last": float(last.p_target.mean()),
                     "p_class_map_last": float(last.p_target_map.mean())})
+    if "judge_p_target" in table:  # the independent judges' consensus on the same inversions
+        out.update({"judge_p_class_first": float(first.judge_p_target.mean()),
+                    "judge_p_class_last": float(last.judge_p_target.mean())})
+    reader = _reader_agreement(table, factor, target)
+    if reader is not None:  # the factor reader's reading of the factor, where it reads it
+        table["reader_target"] = reader
+        first, last = table[table.alpha == table.alpha.min()], table[table.alpha == table.alpha.max()]
+        out.update({"reader_target_first": float(first.reader_target.mean()),
+                    "reader_target_last": float(last.reader_target.mean())})
     return out
+
+
+def _reader_agreement(table, factor: str, target) -> np.ndarray | None:
+    """:func:`_agreement` of the factor reader's ``read_<factor>`` column with what an atom points at: for the shape
+    (class indices, named by :data:`~workbench.tinyworld.CLASSES`) and the numeric factors the reader reads in the
+    factor's own units (hue, saturation, size, x, y); None for the others (rotation, which the reader reads under
+    each shape's symmetry, background family, ``bg_value``, ...) or a table without the reader's columns."""
+    from ..tinyworld import CLASSES
+
+    col = f"read_{factor}"
+    if col not in table or factor not in _READER_IN_OWN_UNITS:
+        return None
+    values = table[col].to_numpy()
+    if factor == "shape":
+        values = np.asarray(CLASSES, dtype=object)[values.astype(int)]
+    return _agreement(values, factor, target)
+
+
+#: The factors whose factor-reader reading compares directly with an atom's target (:func:`_reader_agreement`).
+_READER_IN_OWN_UNITS = ("shape", "hue", "saturation", "size", "x", "y")
