@@ -7,8 +7,13 @@ alternately ``--repeats`` times in one process (medians of CPU seconds of the pr
 shared machine barely change; ``--clock wall`` for wall-clock seconds); the cosine is that of the first repeat (both
 are deterministic for a seed). The goal is FeatInv at least 10x faster per image.
 
+Where a distilled inverter of the same layer is shipped (``<name>-distilled``, :mod:`workbench.inverters.distilled`),
+it is timed in the same interleaved loop on the same images: the goals of issue 29 are the distilled inverter at least
+5x faster than its teacher's default sampler and at least 50x faster than the optimisation baseline's defaults.
+Results are written as JSON with ``--json`` (``benchmarks/results/inversion_speed.json``).
+
 Usage:
-    .venv/bin/python benchmarks/inversion_speed.py [--n 32] [--repeats 3] [--threads 1]
+    .venv/bin/python benchmarks/inversion_speed.py [--n 32] [--repeats 3] [--threads 1] [--json FILE]
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="FeatInv sampler arguments instead of its defaults (a candidate default), as JSON")
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                    help="CPU seconds of this process (robust to other jobs on a shared machine) or wall-clock seconds")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
     return p.parse_args(argv)
 
 
@@ -55,6 +61,9 @@ def main(args: argparse.Namespace) -> dict:
         kw = dict(args.featinv_kwargs, classifier=clf)
         methods = {"featinv": lambda: inv.invert(feats, num_samples=1, seed=args.seed, progress=False, **kw),
                    "optimization": lambda: opt.invert(feats, num_samples=1, seed=args.seed, progress=False)}
+        if f"{name}-distilled" in wb.list_inverters():
+            fast = wb.load_inverter(f"{name}-distilled")
+            methods["distilled"] = lambda: fast.invert(feats, num_samples=1, seed=args.seed, progress=False)
         times: dict[str, list[float]] = {k: [] for k in methods}
         cos = {}
         for rep in range(args.repeats):
@@ -73,6 +82,17 @@ def main(args: argparse.Namespace) -> dict:
         print(f"  optimisation ({opt.num_optimizer_steps} Adam steps)        {per['optimization']:.3f} s/image  "
               f"cosine {cos['optimization']:.4f}")
         print(f"  speed-up FeatInv over optimisation = {results[name]['speedup']:.1f}x  (goal >= 10)")
+        if "distilled" in per:
+            results[name]["distilled_over_teacher"] = per["featinv"] / per["distilled"]
+            results[name]["distilled_over_optimization"] = per["optimization"] / per["distilled"]
+            print(f"  distilled ({len(fast.timesteps)} evaluation(s))          {per['distilled']:.4f} s/image  "
+                  f"cosine {cos['distilled']:.4f}")
+            print(f"  speed-up distilled over its teacher = {results[name]['distilled_over_teacher']:.1f}x  (goal >= 5); "
+                  f"over optimisation = {results[name]['distilled_over_optimization']:.0f}x  (goal >= 50)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"n": args.n, "repeats": args.repeats, "threads": args.threads, "clock": args.clock,
+                       "results": results}, f, indent=1)
     return results
 
 

@@ -70,6 +70,14 @@ TILES_PER_ROW = 5
 MAX_SAMPLES = 8
 
 
+def is_fast(inverter: Inverter) -> bool:
+    """Whether an inverter answers fast enough to follow a slider: a distilled one (one or two evaluations per
+    image, :class:`~workbench.inverters.distilled.DistilledFeatInv`) or a deterministic one that does not sample."""
+    from .inverters.distilled import DistilledFeatInv
+
+    return isinstance(inverter, DistilledFeatInv) or getattr(inverter, "kind", "") == "decoder"
+
+
 #: How the explorer steers along a concept (see :meth:`Explorer.steering_edit`); the last two need real maps.
 STEER_METHODS = ("direction, everywhere", "direction, at the object", "nearest real map", "transplant object vector")
 
@@ -150,6 +158,9 @@ class Explorer:
         num_inference_steps: denoising steps (default: the sampler's).
         seed: sampling seed.
         top_k: classes listed in each probability table.
+        live: re-invert as the controls move (debounced by ``delay_s`` seconds; the last edit wins); default: when
+            every inverter is fast (:func:`is_fast`, e.g. the distilled ones). Otherwise press **Invert**.
+        delay_s: the pause after the last change before a live update runs.
         sampler: the :class:`~workbench.inverters.sampler.Sampler` FeatInv draws with (default ``wb.Sampler()``;
             ``num_inference_steps``, when given, replaces its steps); kept as :attr:`sampler`.
 
@@ -163,7 +174,8 @@ class Explorer:
                  labels: Tensor | None = None, concepts: Mapping[str, object] | Sequence[object] | None = None,
                  class_names: Sequence[str] | None = None, num_samples: int = 2,
                  num_inference_steps: int | None = None, seed: int = 0, top_k: int = 3,
-                 real_maps: Mapping[object, Tensor] | None = None, sampler: Sampler | None = None):
+                 real_maps: Mapping[object, Tensor] | None = None, sampler: Sampler | None = None,
+                 live: bool | None = None, delay_s: float = 0.05):
         import ipywidgets as w
 
         from .tinyworld import CLASSES
@@ -220,13 +232,17 @@ class Explorer:
         self.widget = w.VBox([header, controls, action, w.HBox([self.strip, tables])])
         self.widget.add_class("wb-explorer")
         self._show_original()
+        self.live = None
+        if all(is_fast(inv) for inv in self.inverters.values()) if live is None else live:
+            self._start_live(delay_s)
 
     @classmethod
     def tinyworld(cls, classifier: str = "tinyworld-cnn", *, n_images: int = 16, n_concept_images: int = 512,
-                  device: str | torch.device = "cpu", **kwargs) -> "Explorer":
+                  device: str | torch.device = "cpu", fast: bool = True, **kwargs) -> "Explorer":
         """The explorer on the tiny world in one line: a shipped classifier, every shipped FeatInv inverter of it
-        (one per layer), ``n_images`` test images and one concept per class at each layer (the class-mean
-        difference over ``n_concept_images`` training images).
+        (one per layer; with ``fast``, the distilled one where it is shipped, ``<layer>-distilled``, so that
+        the explorer follows the sliders when all are), ``n_images`` test images and one concept per class at each
+        layer (the class-mean difference over ``n_concept_images`` training images).
 
         Example:
             >>> Explorer.tinyworld()            # in a notebook: shows the explorer
@@ -240,7 +256,13 @@ class Explorer:
         clf = load_classifier(classifier, device=device)
         layers = [n.split("/", 1)[1] for n in list_inverters() if n.startswith(classifier + "/")]
         layers = [layer for layer in layers if "-" not in layer]          # not the -pooled or -decoder variants
-        inverters = {layer: load_inverter(f"{classifier}/{layer}", device=device)
+        shipped = set(list_inverters())
+
+        def pick(layer: str) -> str:
+            distilled = f"{classifier}/{layer}-distilled"
+            return distilled if fast and distilled in shipped else f"{classifier}/{layer}"
+
+        inverters = {layer: load_inverter(pick(layer), device=device)
                      for layer in sorted(layers, reverse=True)}      # the deepest layer first
         test, train = TinyWorld("test", size=n_images, seed=0), TinyWorld("train", size=n_concept_images, seed=0)
         x, y = train.images(), train.labels()
@@ -310,52 +332,101 @@ class Explorer:
             self._channel_means[self.layer.value] = channel_means(self.classifier, self.images, self.layer.value)
         return self._channel_means[self.layer.value]
 
-    def update(self) -> dict:
-        """Run the current settings: edit the map, compute logits, invert with progress. Returns :attr:`result`."""
+    def settings(self) -> dict:
+        """The controls' values now: ``{"image", "layer", "samples"}`` (the edit is read by :meth:`edit`)."""
+        return {"image": self.image.value, "layer": self.layer.value, "samples": self.samples.value}
+
+    def compute(self, settings: dict, *, on_sample=None) -> dict:
+        """Edit the map of ``settings["image"]`` at ``settings["layer"]``, compute the logits and invert
+        ``settings["samples"]`` samples (``on_sample(s)`` after each when given, to move a bar; a fast inverter draws
+        them at once). Returns the result (see :attr:`result`); raises AnalysisError or InterventionError for an edit
+        that does not fit."""
         from .analysis import class_probabilities, map_logits
         from .hooks import extract_features
 
-        i, layer = self.image.value, self.layer.value
+        i, layer, n = settings["image"], settings["layer"], settings["samples"]
         inverter = self.inverters[layer]
         x = self.images[i:i + 1]
-        try:
-            feats = extract_features(self.classifier, x, layer).float().cpu()
-            edited = self.edit(feats)
-        except (AnalysisError, InterventionError) as err:
-            self.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
-            return self.result
+        feats = extract_features(self.classifier, x, layer).float().cpu()
+        edited = self.edit(feats)
         before = map_logits(self.classifier, x, layer, feats)[0]
         after = map_logits(self.classifier, x, layer, edited)[0]
-        n = self.samples.value
-        self.progress.max, self.progress.value = n, 0
-        self.status.value = f"sampling {n} image(s) from {layer} ..."
-        self.run.disabled = True
-        try:
+        if on_sample is None or is_fast(inverter):    # every sample at once, as the seeds of one call
+            samples = inverter.invert(edited, num_samples=n, sampler=self.sampler, seed=self.seed, progress=False)
+        else:
             outs = []
             for s in range(n):   # one sample at a time, so the bar moves
                 outs.append(inverter.invert(edited, num_samples=1, sampler=self.sampler, seed=self.seed + s,
                                             progress=False))
-                self.progress.value = s + 1
-        finally:
-            self.run.disabled = False
-        samples = torch.cat(outs, 1)                                               # [1, S, 3, H, W]
+                on_sample(s + 1)
+            samples = torch.cat(outs, 1)                                           # [1, S, 3, H, W]
         probs = class_probabilities(self.classifier, torch.cat([x, samples[0]])).cpu()   # [1 + S, K]
+        return {"image": i, "layer": layer, "features": feats, "edited": edited, "logits_before": before,
+                "logits_after": after, "samples": samples, "image_probs": probs[1:], "original_probs": probs[0]}
+
+    def show(self, result: dict) -> None:
+        """Draw a :meth:`compute` result: the strip, the two probability tables and the status line."""
+        i, layer, samples = result["image"], result["layer"], result["samples"]
+        n = samples.shape[1]
         truth = "" if self.labels is None else f" ({self.class_names[int(self.labels[i])]})"
-        self.strip.value = _strip(torch.cat([x, samples[0]]),
+        self.strip.value = _strip(torch.cat([self.images[i:i + 1], samples[0]]),
                                   [f"original{truth}"] + [f"sample {s + 1}" for s in range(n)])
         self.logits.value = ("<b>classifier on the edited map</b><div style='font-size:11px;line-height:14px'>the rest "
                              f"of the network run on the {html.escape(layer)} map</div>" + _probability_table(
-                                 {"original map": before.softmax(-1), "edited map": after.softmax(-1)},
-                                 self.class_names, self.top_k))
+                                 {"original map": result["logits_before"].softmax(-1),
+                                  "edited map": result["logits_after"].softmax(-1)}, self.class_names, self.top_k))
         self.inverted.value = ("<b>classifier on the inverted image</b><div style='font-size:11px;line-height:14px'>"
                                "the classifier run on the images</div>" + _probability_table(
-                                   {"original": probs[0], "inversions (mean)": probs[1:].mean(0)},
-                                   self.class_names, self.top_k))
-        pred = self.class_names[int(probs[1].argmax())]
+                                   {"original": result["original_probs"],
+                                    "inversions (mean)": result["image_probs"].mean(0)}, self.class_names, self.top_k))
+        pred = self.class_names[int(result["image_probs"][0].argmax())]
         self.status.value = f"sample 1 is classified as <b>{html.escape(pred)}</b>"
-        self.result.update({"features": feats, "edited": edited, "logits_before": before, "logits_after": after,
-                            "samples": samples, "image_probs": probs[1:]})
+        self.result.update({k: result[k] for k in ("features", "edited", "logits_before", "logits_after", "samples",
+                                                   "image_probs")})
+
+    def _show_error(self, err: BaseException) -> None:
+        self.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+
+    def update(self) -> dict:
+        """Run the current settings: edit the map, compute logits, invert with progress. Returns :attr:`result`."""
+        settings = self.settings()
+        n = settings["samples"]
+        self.progress.max, self.progress.value = n, 0
+        self.status.value = f"sampling {n} image(s) from {settings['layer']} ..."
+        self.run.disabled = True
+        try:
+            result = self.compute(settings, on_sample=lambda s: setattr(self.progress, "value", s))
+        except (AnalysisError, InterventionError) as err:
+            self._show_error(err)
+            return self.result
+        finally:
+            self.run.disabled = False
+        self.progress.value = n
+        self.show(result)
         return self.result
+
+    def _live_compute(self) -> dict | None:
+        """:meth:`compute` for :class:`~workbench.live_updates.LiveUpdates`: an edit that does not fit is shown as
+        the status line and leaves the last images in place (None)."""
+        try:
+            return self.compute(self.settings())
+        except (AnalysisError, InterventionError) as err:
+            self._show_error(err)
+            return None
+
+    def _start_live(self, delay_s: float) -> None:
+        """Re-invert whenever a control changes, debounced by ``delay_s`` seconds; the last edit wins
+        (:class:`~workbench.live_updates.LiveUpdates`)."""
+        from .live_updates import LiveUpdates
+
+        self.live = LiveUpdates(self._live_compute, lambda result: result is not None and self.show(result),
+                                delay_s=delay_s, on_error=self._show_error)
+        for control in (self.image, self.layer, self.samples, self.channels, self.mode, self.concept, self.method,
+                        self.alpha):
+            control.observe(lambda change: self.live.request(), names="value")
+        self.run.description = "Refresh"
+        self.status.value = "live: the images follow the controls"
+        self.live.request()
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
