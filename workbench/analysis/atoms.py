@@ -380,16 +380,11 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
         ``target``; ``samples`` ``Tensor[B, A, S, 3, H, W]``; ``summary`` a Series with ``atom``, ``factor``,
         ``points_at``, ``score`` (the atom's table score), ``spearman_target`` (Spearman of ``target`` with
         alpha, per image, averaged), ``target_first`` and ``target_last`` (mean ``target`` at the smallest and
-        largest alpha), ``spearman_concept``; with ``control``, ``control_spearman_target`` and
-        ``control_target_last``; and, for an atom of one shape, ``p_class_first`` and ``p_class_last``: the
-        classifier's mean probability of that shape on the inversions (a second reader besides the readout),
-        and ``p_class_map_last``: the same on the steered map itself at the largest alpha (what the edit does to
-        the classifier, before inversion). Read by models that took no part in the inversion (the steering table's
-        ``judge_p_target`` and ``read_<factor>``, :mod:`workbench.judges`): ``judge_p_class_first`` and
-        ``judge_p_class_last`` (the judges' mean probability of the atom's shape) and, for a factor the factor
-        reader reads (shape, hue, saturation, size, x, y), ``reader_target_first`` and ``reader_target_last``
-        (``target`` from its reading); with ``control``, ``control_judge_p_class_last`` and
-        ``control_reader_target_last`` likewise.
+        largest alpha), ``spearman_concept``; with ``control``, ``control_<name>`` (:data:`_CONTROLLED`); for an atom
+        of one shape, ``p_class_first``, ``p_class_last`` (the classifier's own mean probability of that shape on the
+        inversions) and ``p_class_map_last`` (on the steered map itself, at the largest alpha: what the edit does to
+        the classifier, before inversion). By graders that took no part in the inversion: ``judge_p_class_first`` /
+        ``_last`` (the judges' p of that shape), ``reader_target_first`` / ``_last`` (the factor reader's ``target``).
 
     Raises:
         AnalysisError: a factor the readout does not read, a cell off the grid, or an unusable atom.
@@ -427,9 +422,12 @@ def atom_steering_study(classifier: nn.Module, inverter, images: Tensor, diction
                          (random / random.norm())[None], concept.scale, "random")
         ctrl = _steering_effect(steering_study(classifier, inverter, images, direction_edit(random, where=where),
                                                alphas, **kwargs)[0], factor, target)
-        summary.update({"control_spearman_target": ctrl["spearman_target"], "control_target_last": ctrl["target_last"]})
-        summary.update({f"control_{k}": ctrl[k] for k in ("judge_p_class_last", "reader_target_last") if k in ctrl})
+        summary.update({f"control_{k}": v for k, v in ctrl.items() if k in _CONTROLLED})
     return table, samples, pd.Series(summary)
+
+
+#: The random direction's effects :func:`atom_steering_study` reports (as ``control_<name>``).
+_CONTROLLED = ("spearman_target", "target_last", "judge_p_class_last", "reader_target_last")
 
 
 def _cell_mask(cell: tuple[int, int], grid: Sequence[int]) -> Tensor:
