@@ -7,6 +7,9 @@ classifier-free guidance), computed once. The same class holds the embedded ``ti
 (16x16x4 latents behind a small VAE, 32 px images) and miniSD (``lambdalabs/miniSD-diffusers``,
 32x32x4 latents, 256 px images).
 
+The denoising loop and its guides live in :mod:`.denoising`, the architectures' configs in
+:mod:`.diffusion_configs`, the training loss in :mod:`.diffusion_loss`; this module re-exports their names.
+
 Example:
     >>> base = DiffusionBase.from_pretrained("tinyworld-base")
     >>> z = base.encode(torch.rand(2, 3, 32, 32))      # [2, 4, 16, 16]
@@ -14,224 +17,34 @@ Example:
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .checks import check_images, check_result, check_seed, checked_float, checked_int, seeded_generator
+from .denoising import Guide, Predictor, _step_bar, denoise, gradient_guide
+from .diffusion_configs import (
+    PREDICTION_TYPES, sd_miniature_configs, tiny_scheduler_config, tiny_unet_config, tiny_vae_config)
+from .diffusion_loss import diffusion_loss, training_target
 from .errors import ArgumentValueError, BadInputError, WeightsUnavailableError
 from .paths import data_dir
 from .weights import check_finite_state, check_weight_file
+
+#: the public names, the loop, the configs and the loss included: they live in :mod:`.denoising`,
+#: :mod:`.diffusion_configs` and :mod:`.diffusion_loss`, and ``workbench.diffusion`` re-exports them
+__all__ = ["DEFAULT_PROMPT", "DEFAULT_SCHEDULER", "DiffusionBase", "Guide", "PREDICTION_TYPES", "Predictor",
+           "SHIPPED_BASES", "denoise", "diffusion_loss", "gradient_guide", "miniature_base", "sd_miniature_configs",
+           "tiny_scheduler_config", "tiny_unet_config", "tiny_vae_config", "training_target"]
 
 SHIPPED_BASES = ("tinyworld-base",)
 DEFAULT_PROMPT = "a high-quality, detailed photograph"
 #: The scheduler of every sampler here (``DiffusionBase.sample``, ``DiffusionBase.img2img``, ``FeatInv.invert``).
 DEFAULT_SCHEDULER = "ddim"
-
-#: A denoiser as :func:`denoise` calls it: ``(model_input [B, C, h, w], t) -> prediction [B, C, h, w]``.
-Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: A correction of the (guided) prediction before the scheduler's step, as :func:`denoise` calls it:
-#: ``(latents [B, C, h, w], t, prediction [B, C, h, w]) -> prediction [B, C, h, w]`` (see :func:`gradient_guide`).
-Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def tiny_unet_config(*, sample_size: int = 16, in_channels: int = 4, widths=(64, 128, 128),
-                     cross_attention_dim: int = 64, layers_per_block: int = 1) -> dict[str, Any]:
-    """The ``UNet2DConditionModel`` config of the tiny-world base (SD 1.x block types, tiny widths)."""
-    return dict(
-        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-        block_out_channels=tuple(widths), layers_per_block=int(layers_per_block),
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(widths) - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (len(widths) - 1) + ("UpBlock2D",),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,
-    )
-
-
-def tiny_vae_config(*, widths=(64, 128), latent_channels: int = 4, sample_size: int = 32) -> dict[str, Any]:
-    """The ``AutoencoderKL`` config of the tiny-world base: 32 px -> 16x16x4 with two blocks."""
-    return dict(
-        in_channels=3, out_channels=3, latent_channels=latent_channels, sample_size=sample_size,
-        down_block_types=("DownEncoderBlock2D",) * len(widths), up_block_types=("UpDecoderBlock2D",) * len(widths),
-        block_out_channels=tuple(widths), layers_per_block=1, norm_num_groups=16,
-    )
-
-
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-def tiny_scheduler_config(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> dict[str, Any]:
-    """The DDPM training schedule of the tiny base (cosine betas suit small images).
-
-    ``prediction_type`` is what the UNet predicts: ``"epsilon"`` (the noise, as SD 1.x) or
-    ``"v_prediction"`` (``v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x0``, as SD 2.x). The samplers
-    read it from this config, and the training target follows it (:func:`training_target`).
-
-    ``timestep_spacing="leading"`` matters: the capped cosine schedule has ``alpha_bar ~ 0`` at
-    ``t = 999``, where an epsilon-predicting sampler divides by ``sqrt(alpha_bar)``; "linspace" and
-    "trailing" spacings start there, and DPM-Solver++ then returns noise.
-
-    ``zero_terminal_snr=True`` is Lin et al. 2024's remedy instead: betas rescaled so that ``alpha_bar`` is exactly 0
-    at ``t = 999`` (diffusers' ``rescale_betas_zero_snr``) and ``"trailing"`` spacing, so that every sampler starts
-    from pure noise at the last timestep. It needs ``"v_prediction"``, whose clean-image estimate at
-    ``alpha_bar = 0`` is ``-v`` rather than a division by zero.
-    """
-    if prediction_type not in PREDICTION_TYPES:
-        raise ArgumentValueError(f"prediction_type {prediction_type!r}: expected one of {PREDICTION_TYPES}")
-    if zero_terminal_snr and prediction_type != "v_prediction":
-        raise ArgumentValueError(f"zero_terminal_snr needs prediction_type='v_prediction', got {prediction_type!r}: "
-                                 f"at alpha_bar = 0 an epsilon-predicting sampler cannot recover the image (Lin et al. "
-                                 f"2024)")
-    config = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
-                  clip_sample=False, timestep_spacing="leading", steps_offset=1)
-    if zero_terminal_snr:
-        config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing", steps_offset=0)
-    return config
-
-
-def training_target(noise_scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What the denoiser is trained to output for ``sample`` ``[B, C, h, w]`` noised with ``noise`` at ``timesteps``
-    ``[B]``: the noise for an ``"epsilon"`` scheduler, ``noise_scheduler.get_velocity(...)`` for ``"v_prediction"``
-    (as diffusers' training scripts do)."""
-    kind = noise_scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return noise_scheduler.get_velocity(sample, noise, timesteps)
-    raise ArgumentValueError(f"prediction_type {kind!r} of this scheduler is not supported; expected one of "
-                             f"{PREDICTION_TYPES}")
-
-
-def _step_bar(total: int, desc: str, progress: bool):
-    """A ``tqdm.auto`` bar over ``total`` denoising steps, off without ``progress``; ``bar.tick`` is a
-    :func:`denoise` callback that moves it one step and closes it at the last."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress)
-
-    def tick(*_):
-        bar.update(1)
-        if bar.n >= total:
-            bar.close()
-    bar.tick = tick
-    if total == 0:
-        bar.close()
-    return bar
-
-
-def denoise(predict: Predictor, latents: torch.Tensor, scheduler, *, timesteps: torch.Tensor | None = None,
-            guidance_scale: float = 1.0, guide: Guide | None = None,
-            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """The denoising loop of every sampler here (:meth:`DiffusionBase.sample`, :meth:`DiffusionBase.img2img`,
-    :meth:`FeatInv.invert <workbench.inverters.featinv.FeatInv.invert>`), as diffusers' pipelines write it.
-
-    Args:
-        predict: the denoiser, ``predict(model_input, t) -> prediction`` (the noise or ``v``, as the scheduler's
-            ``prediction_type`` says). Without guidance ``model_input`` is ``[B, C, h, w]``. With guidance it is
-            the scaled latents twice, ``[2B, C, h, w]``: the predictor conditions the first half and leaves the
-            second half unconditional (see :meth:`DiffusionBase.prompt_predictor`).
-        latents: ``Tensor[B, C, h, w]`` to start from: noise times ``scheduler.init_noise_sigma``, or (img2img)
-            latents noised to the first of ``timesteps``.
-        scheduler: a diffusers scheduler whose timesteps are set (``set_timesteps``).
-        timesteps: the timesteps to run; default ``scheduler.timesteps`` (img2img runs only their tail).
-        guidance_scale: classifier-free guidance, ``uncond + guidance_scale * (cond - uncond)``; 1.0 turns it
-            off and runs the predictor on the batch once.
-        guide: an optional correction of the prediction at every step, ``guide(latents, t, prediction)``, e.g. a
-            likelihood gradient (:func:`gradient_guide`); ``None`` leaves the prediction as it is.
-        callback: called after every step as ``callback(i, t, latents)``, e.g. to move a progress bar.
-        generator: the seeded generator of the caller, handed to every scheduler step that draws noise (DDPM, DDIM
-            with ``eta > 0``): without it they would draw from, and advance, torch's global RNG.
-
-    Returns:
-        the denoised latents, ``Tensor[B, C, h, w]``.
-
-    Example:
-        >>> sched = base.make_scheduler("ddim", num_inference_steps=8)
-        >>> z = torch.randn(2, *base.latent_shape) * sched.init_noise_sigma
-        >>> images = base.decode(denoise(base.prompt_predictor(2), z, sched))
-    """
-    guided = guidance_scale != 1.0
-    step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for i, t in enumerate(scheduler.timesteps if timesteps is None else timesteps):
-        # 1. the scheduler's scaling of the input, twice over for guidance
-        model_input = scheduler.scale_model_input(latents, t)
-        if guided:
-            model_input = torch.cat([model_input, model_input])
-        # 2. the denoiser's prediction
-        prediction = predict(model_input, t)
-        # 3. classifier-free guidance, linear in the noise and in v alike
-        if guided:
-            cond, uncond = prediction.chunk(2)
-            prediction = uncond + guidance_scale * (cond - uncond)
-        # 4. an optional correction, e.g. the gradient of a likelihood of the predicted clean latents
-        if guide is not None:
-            prediction = guide(latents, t, prediction)
-        # 5. one scheduler step
-        latents = scheduler.step(prediction, t, latents, **step_options).prev_sample
-        if callback is not None:
-            callback(i, t, latents)
-    return latents
-
-
-def gradient_guide(loss: Callable[[torch.Tensor], torch.Tensor], scheduler, scale: float, *,
-                   timesteps: torch.Tensor | None = None) -> Guide:
-    """A :data:`Guide` that moves the predicted clean latents down the gradient of ``loss`` at every step: the
-    likelihood term of diffusion posterior sampling (Chung et al. 2023) and of universal guidance (Bansal et al.
-    2023), without back-propagating through the denoiser.
-
-    At timestep ``t`` with ``a = alpha_bar_t``: 1. the clean latents the prediction implies,
-    ``x0 = (z - sqrt(1 - a) * eps) / sqrt(a)`` (for ``v``: ``x0 = sqrt(a) * z - sqrt(1 - a) * v``); 2. the gradient
-    ``g`` of ``loss(x0)`` summed over the batch; 3. a step of ``scale`` in units of each item's RMS gradient,
-    ``x0' = x0 - scale * g / rms(g)``, so ``scale`` is how far each item's latents move per step whatever the loss's
-    magnitude; 4. the prediction that implies ``x0'`` at the same ``z``, which the scheduler then steps with.
-
-    Args:
-        loss: ``x0 [B, C, h, w] -> Tensor[B]``, differentiable (e.g. one minus the feature cosine of the decoded
-            image); it runs with gradients enabled.
-        scheduler: the sampling scheduler (its ``alphas_cumprod`` and ``config.prediction_type`` are read).
-        scale: the RMS step per denoising step in latent units; 0 leaves the prediction unchanged.
-        timesteps: the timesteps it acts at (e.g. the last few of ``scheduler.timesteps``); it returns the prediction
-            unchanged at the others. Default: every timestep.
-
-    Returns:
-        a :data:`Guide` for :func:`denoise`.
-
-    Example:
-        >>> guide = gradient_guide(lambda x0: (x0 - target).pow(2).flatten(1).mean(1), sched, 0.1)
-        >>> z = denoise(base.prompt_predictor(2), z, sched, guide=guide)
-    """
-    kind = scheduler.config.prediction_type
-    if kind not in PREDICTION_TYPES:
-        raise ArgumentValueError(f"prediction_type {kind!r} of this scheduler is not supported; expected one of "
-                                 f"{PREDICTION_TYPES}")
-
-    active = None if timesteps is None else {int(t) for t in timesteps}
-
-    def guide(latents: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        if active is not None and int(t) not in active:
-            return prediction
-        a = scheduler.alphas_cumprod.to(latents.device)[t].float()
-        sa, sb = a.sqrt(), (1 - a).sqrt()
-        # 1. the implied clean latents
-        x0 = (latents - sb * prediction) / sa if kind == "epsilon" else sa * latents - sb * prediction
-        # 2. the loss's gradient (outside inference mode, on a fresh leaf)
-        with torch.inference_mode(False), torch.enable_grad():
-            leaf = x0.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(loss(leaf).sum(), leaf)
-        # 3. a step of `scale` RMS units per item
-        rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
-        x0 = x0 - scale * grad / rms
-        # 4. the prediction implying the moved x0 at the same latents
-        eps = (latents - sa * x0) / sb
-        return eps if kind == "epsilon" else sa * eps - sb * x0
-
-    return guide
 
 
 def _check_sampling(guidance_scale: float, seed: int, **counts: int) -> None:
@@ -247,24 +60,6 @@ def _overflow_cause(guidance_scale: float) -> str:
     """What makes a sampler's images NaN from finite inputs, for :func:`~workbench.checks.check_result`'s message."""
     return (f"guidance_scale={guidance_scale:g}, so large that the guided prediction overflows; use a value "
             "between 1 and about 20")
-
-
-def sd_miniature_configs() -> dict[str, dict[str, Any]]:
-    """Configs with miniSD's (SD 1.x) block types at tiny widths, for offline tests of the real-scale path."""
-    unet = dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
-    )
-    vae = dict(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
-        block_out_channels=(16, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-    )
-    scheduler = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                     prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return {"unet": unet, "vae": vae, "scheduler": scheduler}
 
 
 def miniature_base(*, seed: int = 0, pixel: bool = False, device: str | torch.device = "cpu") -> "DiffusionBase":
@@ -676,59 +471,3 @@ def _encode_prompts(path: Path, prompts: list[str]) -> list[torch.Tensor]:
     return out
 
 
-def diffusion_loss(predict: Predictor, latents: torch.Tensor, noise_scheduler, *,
-                   generator: torch.Generator | None = None, min_timestep: int = 0,
-                   snr_gamma: float | None = None) -> torch.Tensor:
-    """The denoising loss of one batch: noise ``latents`` at random timesteps and score what ``predict`` makes of them.
-
-    Steps: 1. draw the noise ``[B, C, h, w]``, then the timesteps ``[B]`` in ``[min_timestep, T)``, both from
-    ``generator``, in that order; 2. noise the latents (``noise_scheduler.add_noise``); 3. call
-    ``predict(noisy_latents [B, C, h, w], timesteps [B]) -> [B, C, h, w]``, which may draw more from ``generator``
-    (condition dropout, say); 4. the MSE against :func:`training_target` (the noise, or ``v`` for a v-prediction
-    scheduler), with Min-SNR-gamma weighting when ``snr_gamma`` is given: each sample's MSE is weighted by
-    ``min(SNR, gamma) / SNR`` for epsilon-prediction and ``min(SNR, gamma) / (SNR + 1)`` for v-prediction (Hang et
-    al. 2023, as diffusers' training scripts weight it, with ``diffusers.training_utils.compute_snr``).
-
-    Args:
-        predict: the denoiser with its condition bound, ``(noisy_latents, timesteps) -> prediction``.
-        latents: ``Tensor[B, C, h, w]`` clean (scaled) latents, or pixels in [-1, 1] for a pixel base.
-        noise_scheduler: a diffusers ``DDPMScheduler`` (``base.make_scheduler("ddpm")``); its config's
-            ``prediction_type`` sets the target.
-        generator: the source of every random draw (on ``latents``' device).
-        min_timestep: train on timesteps ``>= min_timestep`` only (0: all).
-        snr_gamma: Min-SNR-gamma's ``gamma`` (5 in the paper); ``None``: the plain MSE.
-
-    Returns:
-        the loss, a scalar fp32 tensor.
-
-    Example:
-        >>> sched = base.make_scheduler("ddpm")
-        >>> loss = diffusion_loss(lambda z, t: base.unet(z, t, encoder_hidden_states=base.embeds(len(z))).sample,
-        ...                       base.encode(images), sched, generator=torch.Generator().manual_seed(0))
-    """
-    import torch.nn.functional as F
-
-    num_timesteps = noise_scheduler.config.num_train_timesteps
-    if not 0 <= min_timestep < num_timesteps:
-        raise ArgumentValueError(f"min_timestep={min_timestep}: must be in [0, {num_timesteps}), the scheduler's "
-                                 f"timesteps")
-    if snr_gamma is not None and not snr_gamma > 0:
-        raise ArgumentValueError(f"snr_gamma={snr_gamma}: must be > 0 (5 is the paper's choice), or None for the "
-                                 f"plain MSE")
-    b, device = latents.shape[0], latents.device
-    noise = torch.randn(latents.shape, generator=generator, device=device)                              # 1.
-    timesteps = torch.randint(min_timestep, num_timesteps, (b,), generator=generator, device=device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)                                          # 2.
-    pred = predict(noisy, timesteps).float()                                                               # 3.
-    target = training_target(noise_scheduler, latents, noise, timesteps).float()                           # 4.
-    if snr_gamma is None:
-        return F.mse_loss(pred, target)
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(noise_scheduler, timesteps)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        weight = snr.clamp(max=snr_gamma) / (snr + 1)
-    else:
-        weight = torch.where(snr > snr_gamma, snr_gamma / snr, torch.ones_like(snr))  # safe where SNR is 0
-    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=tuple(range(1, pred.ndim)))
-    return (per_sample * weight).mean()
