@@ -45,7 +45,9 @@ def inverter_card_metrics(inverter: nn.Module, classifier: nn.Module, *, num_ima
            "top1_agreement": round(M.topk_agreement(classifier, x, rec, k=(1,))["top1"].float().mean().item(), 4),
            "psnr": round(M.psnr(x, rec).mean().item(), 2)}
     if isinstance(inverter, FeatInv):
-        out["sampler"] = sampler_description(**invert_kwargs)
+        timesteps = getattr(inverter, "timesteps", None)      # a distilled FeatInv samples without a scheduler loop
+        out["sampler"] = (sampler_description(**invert_kwargs) if timesteps is None else
+                          f"distilled: {len(timesteps)} evaluation(s) at timestep(s) {list(timesteps)}, no guidance pass")
     out.update(_judged_card_metrics(x, rec, num_images, seed))
     return out
 
