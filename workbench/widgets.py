@@ -78,8 +78,11 @@ def is_fast(inverter: Inverter) -> bool:
     return isinstance(inverter, DistilledFeatInv) or getattr(inverter, "kind", "") == "decoder"
 
 
-#: How the explorer steers along a concept (see :meth:`Explorer.steering_edit`); the last two need real maps.
-STEER_METHODS = ("direction, everywhere", "direction, at the object", "nearest real map", "transplant object vector")
+#: How the explorer steers along a concept (:meth:`Explorer.steering_edit`); the last four need real maps, the matched
+#: ones their factor tables too; the last (the best in docs/steering.md) inverts with score guidance at SCORE_SCALE.
+STEER_METHODS = ("direction, everywhere", "direction, at the object", "nearest real map", "transplant object vector",
+                 "matched difference", "matched difference + score guidance")
+SCORE_SCALE = 3.0
 
 
 def _png(image: Tensor) -> str:
@@ -153,6 +156,8 @@ class Explorer:
         concepts: ``{name: Concept}`` or a list of concepts; a concept is offered only for its own layer.
         real_maps: ``{(layer, concept name): Tensor[N, C, h, w]}`` (or ``{concept name: ...}``), real maps of each
             concept's class; they enable the steering methods that need them (:data:`STEER_METHODS`).
+        steer_bank: ``{layer: (real maps Tensor[N, C, h, w], their factor table)}``, with ``image_factors`` (the
+            images' factor table): the matched methods (:mod:`~workbench.analysis.matched_edits`).
         class_names: names by class index (default: the tiny world's).
         num_samples: inversions per run.
         num_inference_steps: denoising steps (default: the sampler's).
@@ -167,7 +172,8 @@ class Explorer:
     Attributes:
         widget: the ``ipywidgets.VBox`` to display.
         result: after each run, ``{"features", "edited", "logits_before", "logits_after", "samples",
-            "image_probs"}`` (``image_probs``: ``Tensor[S, K]``, the classifier on each inversion).
+            "image_probs", "judge_probs"}`` (``Tensor[S, K]``: the classifier on each inversion; the shipped judges'
+            mean, shown in the strip and the third column, None for images they cannot read).
     """
 
     def __init__(self, classifier: nn.Module, inverters: Mapping[str, Inverter], images: Tensor, *,
@@ -175,6 +181,7 @@ class Explorer:
                  class_names: Sequence[str] | None = None, num_samples: int = 2,
                  num_inference_steps: int | None = None, seed: int = 0, top_k: int = 3,
                  real_maps: Mapping[object, Tensor] | None = None, sampler: Sampler | None = None,
+                 steer_bank: Mapping[str, tuple] | None = None, image_factors=None,
                  live: bool | None = None, delay_s: float = 0.05):
         import ipywidgets as w
 
@@ -192,6 +199,7 @@ class Explorer:
             concepts = {(c.layer, c.name): c for c in concepts}             # names repeat across layers
         self.concepts = dict(concepts or {})
         self.real_maps = dict(real_maps or {})
+        self.steer_bank, self.image_factors = dict(steer_bank or {}), image_factors
         self.class_names = list(class_names or CLASSES)
         self.sampler = Sampler.build(sampler, num_inference_steps=num_inference_steps)
         self.num_inference_steps, self.seed, self.top_k = self.sampler.num_inference_steps, seed, top_k
@@ -272,7 +280,8 @@ class Explorer:
         real_maps = {(layer, c.name): feats[layer][y == CLASSES.index(c.name)] for layer in inverters
                      for c in concepts if c.layer == layer}
         return cls(clf, inverters, test.images(), labels=test.labels(), concepts=concepts, real_maps=real_maps,
-                   **kwargs)
+                   steer_bank={layer: (feats[layer], train.factor_table()) for layer in inverters},
+                   image_factors=test.factor_table(), **kwargs)
 
     # ------------------------------------------------------------------ callbacks
     def _layer_concepts(self) -> dict[str, object]:
@@ -308,11 +317,19 @@ class Explorer:
     def steering_edit(self):
         """The current steering as an :class:`~workbench.analysis.steering.Edit`: the chosen concept's direction
         (everywhere or at the object; ``alpha`` in units of its scale), or, with its class's real maps, towards the
-        nearest real map or its object vector transplanted (``alpha`` 1 = replaced)."""
+        nearest real map or its object vector transplanted (``alpha`` 1 = replaced), or the matched class difference."""
         from .analysis import steering as C
+        from .analysis.matched_edits import conditional_edit
 
         name, layer, method = self.concept.value, self.layer.value, self.method.value
         concept = self._layer_concepts()[name]
+        if method.startswith("matched difference"):
+            if layer not in self.steer_bank or self.image_factors is None:
+                raise AnalysisError(f"steering by {method!r} needs steer_bank= (real maps at {layer!r} and their "
+                                    "factor table) and image_factors=; Explorer.tinyworld passes them")
+            i = self.image.value
+            return conditional_edit(*self.steer_bank[layer], self.image_factors.iloc[i:i + 1].reset_index(drop=True),
+                                    "shape", name, layer=layer)
         if method == "direction, everywhere":
             return C.direction_edit(concept)
         if method == "direction, at the object":
@@ -342,7 +359,9 @@ class Explorer:
         them at once). Returns the result (see :attr:`result`); raises AnalysisError or InterventionError for an edit
         that does not fit."""
         from .analysis import class_probabilities, map_logits
+        from .analysis.score_steering import score_guided_invert
         from .hooks import extract_features
+        from .judges import judge_readings
 
         i, layer, n = settings["image"], settings["layer"], settings["samples"]
         inverter = self.inverters[layer]
@@ -351,7 +370,12 @@ class Explorer:
         edited = self.edit(feats)
         before = map_logits(self.classifier, x, layer, feats)[0]
         after = map_logits(self.classifier, x, layer, edited)[0]
-        if on_sample is None or is_fast(inverter):    # every sample at once, as the seeds of one call
+        scored = self.concept.value != "(none)" and self.alpha.value != 0 and self.method.value.endswith("guidance")
+        if scored and hasattr(inverter, "predict_noise"):     # guidance between the edited and the original map
+            samples = score_guided_invert(inverter, feats, edited, edit_scale=SCORE_SCALE, num_samples=n,
+                                          sampler=self.sampler, classifier=self.classifier, seed=self.seed,
+                                          progress=False)
+        elif on_sample is None or is_fast(inverter):    # every sample at once, as the seeds of one call
             samples = inverter.invert(edited, num_samples=n, sampler=self.sampler, seed=self.seed, progress=False)
         else:
             outs = []
@@ -361,16 +385,20 @@ class Explorer:
                 on_sample(s + 1)
             samples = torch.cat(outs, 1)                                           # [1, S, 3, H, W]
         probs = class_probabilities(self.classifier, torch.cat([x, samples[0]])).cpu()   # [1 + S, K]
+        judged = judge_readings(samples[0].cpu(), reader=None).get("judge_probs")          # [S, K], the judges'
         return {"image": i, "layer": layer, "features": feats, "edited": edited, "logits_before": before,
-                "logits_after": after, "samples": samples, "image_probs": probs[1:], "original_probs": probs[0]}
+                "logits_after": after, "samples": samples, "image_probs": probs[1:], "original_probs": probs[0],
+                "judge_probs": judged}
 
     def show(self, result: dict) -> None:
         """Draw a :meth:`compute` result: the strip, the two probability tables and the status line."""
         i, layer, samples = result["image"], result["layer"], result["samples"]
         n = samples.shape[1]
         truth = "" if self.labels is None else f" ({self.class_names[int(self.labels[i])]})"
-        self.strip.value = _strip(torch.cat([self.images[i:i + 1], samples[0]]),
-                                  [f"original{truth}"] + [f"sample {s + 1}" for s in range(n)])
+        judged = result.get("judge_probs")                                     # the judges, not the edited model
+        self.strip.value = _strip(torch.cat([self.images[i:i + 1], samples[0]]), [f"original{truth}"] + [
+            f"sample {s + 1}" if judged is None else f"{s + 1}: judges {self.class_names[int(judged[s].argmax())]} "
+            f"{float(judged[s].max()):.2f}" for s in range(n)])
         self.logits.value = ("<b>classifier on the edited map</b><div style='font-size:11px;line-height:14px'>the rest "
                              f"of the network run on the {html.escape(layer)} map</div>" + _probability_table(
                                  {"original map": result["logits_before"].softmax(-1),
@@ -378,11 +406,13 @@ class Explorer:
         self.inverted.value = ("<b>classifier on the inverted image</b><div style='font-size:11px;line-height:14px'>"
                                "the classifier run on the images</div>" + _probability_table(
                                    {"original": result["original_probs"],
-                                    "inversions (mean)": result["image_probs"].mean(0)}, self.class_names, self.top_k))
+                                    "inversions (mean)": result["image_probs"].mean(0),
+                                    **({} if judged is None else {"judges (mean)": judged.mean(0)})},
+                                   self.class_names, self.top_k))
         pred = self.class_names[int(result["image_probs"][0].argmax())]
         self.status.value = f"sample 1 is classified as <b>{html.escape(pred)}</b>"
         self.result.update({k: result[k] for k in ("features", "edited", "logits_before", "logits_after", "samples",
-                                                   "image_probs")})
+                                                   "image_probs", "judge_probs")})
 
     def _show_error(self, err: BaseException) -> None:
         self.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
