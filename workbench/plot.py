@@ -421,6 +421,44 @@ def steering_figure(table, *, preserve: Sequence[str] = ("x", "y", "size"), tole
     return _finish(fig, title)
 
 
+def judged_sweep_figure(originals: torch.Tensor, samples: torch.Tensor, table, *, images: Sequence[int] = (0, 1, 2),
+                        sample: int = 0, value: str = "judge_p_target", label: str = "p", cell: float = 1.1,
+                        title: str | None = None):
+    """A steering sweep as a person reads it: one row per image, the original, then the edit at rising alpha and the
+    random control at the same alphas, with the judges' reading (``value`` of the table) under every inversion.
+
+    Args:
+        originals: ``Tensor[B, 3, H, W]``, the steered images.
+        samples: ``Tensor[B, arms, A, S, 3, H, W]`` of :func:`~workbench.analysis.judged_steering.judged_sweep`
+            (arm 0 the edit, arm 1 the control).
+        table: its table (columns ``image``, ``arm``, ``alpha``, ``sample`` and ``value``).
+        images: the rows shown (indices into ``originals``).
+        sample: which sample of each (image, alpha) is shown.
+        value: the column printed under each inversion (default the judges' mean p(target)).
+        label: its short name under the images.
+    """
+    alphas = sorted(table.alpha.unique())
+    arms = list(dict.fromkeys(table.arm))
+    read = table.set_index(["image", "arm", "alpha", "sample"])[value]
+    cols = [("original", None, None)] + [(arm, k, a) for arm_i, arm in enumerate(arms)
+                                         for k, a in enumerate(alphas) if arm_i == 0 or a != 0]
+    fig, axes = _subplots(len(images), len(cols), figsize=(cell * len(cols), (cell + 0.3) * len(images) + 0.3),
+                          squeeze=False)
+    for r, i in enumerate(images):
+        for c, (arm, k, a) in enumerate(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if arm == "original":
+                ax.imshow(_hwc(originals[i]), interpolation="nearest")
+            else:
+                ax.imshow(_hwc(samples[i, arms.index(arm), k, sample]), interpolation="nearest")
+                ax.set_xlabel(f"{label}={read[(i, arm, a, sample)]:.2f}", fontsize=8, labelpad=2)
+            if r == 0:
+                ax.set_title("original" if arm == "original" else f"{arm}\nalpha={a:g}", fontsize=8)
+    return _finish(fig, title)
+
+
 # ------------------------------------------------------------------------------------------- dictionaries
 def atom_figure(images: torch.Tensor, maps: torch.Tensor, steered: torch.Tensor | None = None, *,
                 originals: torch.Tensor | None = None, alphas: Sequence[float] | None = None,
