@@ -65,7 +65,7 @@ def fast_explorer():
 
 def test_a_fast_inverter_makes_the_explorer_live_and_the_last_edit_wins(fast_explorer):
     ex = fast_explorer
-    assert is_fast(ex.inverters["stages.3"]) and ex.live is not None
+    assert is_fast(ex.inverters["stages.3"]) and ex.live is not None and ex.is_live()
     assert ex.live.wait(30)
     for i in (1, 2, 3, 5):            # a slider dragged across four images
         ex.image.value = i
@@ -93,4 +93,20 @@ def test_a_bad_edit_shows_an_error_and_keeps_the_images(fast_explorer):
 def test_the_sampling_inverters_keep_the_invert_button():
     cnn = wb.load_classifier("tinyworld-cnn")
     ex = Explorer(cnn, {"stages.3": wb.load_inverter("tinyworld-cnn/stages.3")}, wb.TinyWorld("test", size=2).images())
-    assert ex.live is None and not is_fast(ex.inverters["stages.3"])
+    assert ex.live is None and not is_fast(ex.inverters["stages.3"]) and not ex.is_live()
+
+
+def test_live_follows_only_the_layers_with_a_fast_inverter():
+    from workbench.inverters.distilled import DistilledFeatInv
+
+    cnn = wb.load_classifier("tinyworld-cnn")
+    teacher = wb.load_inverter("tinyworld-cnn/stages.3")
+    ex = Explorer(cnn, {"stages.3": DistilledFeatInv.from_teacher(teacher).eval(),
+                        "stages.2": wb.load_inverter("tinyworld-cnn/stages.2")},
+                  wb.TinyWorld("test", size=2).images(), delay_s=0.0)
+    assert ex.is_live() and ex.live.wait(30)
+    shown = ex.live.generation
+    ex.layer.value = "stages.2"              # a sampling inverter: back to the button
+    assert not ex.is_live() and ex.live.generation == shown
+    ex.alpha.value = 1.0
+    assert ex.live.generation == shown

@@ -163,8 +163,9 @@ class Explorer:
         num_inference_steps: denoising steps (default: the sampler's).
         seed: sampling seed.
         top_k: classes listed in each probability table.
-        live: re-invert as the controls move (debounced by ``delay_s`` seconds; the last edit wins); default: when
-            every inverter is fast (:func:`is_fast`, e.g. the distilled ones). Otherwise press **Invert**.
+        live: re-invert as the controls move (debounced by ``delay_s`` seconds; the last edit wins): True for
+            every layer, False for none (press **Invert**), None (default) for the layers whose inverter is fast
+            (:func:`is_fast`, e.g. a distilled one).
         delay_s: the pause after the last change before a live update runs.
         sampler: the :class:`~workbench.inverters.sampler.Sampler` FeatInv draws with (default ``wb.Sampler()``;
             ``num_inference_steps``, when given, replaces its steps); kept as :attr:`sampler`.
@@ -240,8 +241,8 @@ class Explorer:
         self.widget = w.VBox([header, controls, action, w.HBox([self.strip, tables])])
         self.widget.add_class("wb-explorer")
         self._show_original()
-        self.live = None
-        if all(is_fast(inv) for inv in self.inverters.values()) if live is None else live:
+        self.live, self._live_mode = None, live
+        if live or (live is None and any(is_fast(inv) for inv in self.inverters.values())):
             self._start_live(delay_s)
 
     @classmethod
@@ -453,10 +454,17 @@ class Explorer:
                                 delay_s=delay_s, on_error=self._show_error)
         for control in (self.image, self.layer, self.samples, self.channels, self.mode, self.concept, self.method,
                         self.alpha):
-            control.observe(lambda change: self.live.request(), names="value")
-        self.run.description = "Refresh"
-        self.status.value = "live: the images follow the controls"
-        self.live.request()
+            control.observe(lambda change: self._request_live(), names="value")
+        self._request_live()
+
+    def is_live(self) -> bool:
+        """Whether the current layer re-inverts as the controls move (see ``live``)."""
+        return self.live is not None and (self._live_mode is True or is_fast(self.inverters[self.layer.value]))
+
+    def _request_live(self) -> None:
+        if self.is_live():
+            self.status.value = "live: the images follow the controls"
+            self.live.request()
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
