@@ -91,6 +91,8 @@ BAD_INPUTS = {
                                  "--device", "cpu"], "no-such-model"),
     "train-factor-reader": (lambda d: ["--out", a_file(d), "--device", "cpu"], "notes.txt"),
     "convert-official": (lambda d: [str(d / "no-such.ckpt"), "--out", str(d / "converted")], "no-such.ckpt"),
+    "distill": (lambda d: ["--teacher", "tinyworld-cnn/stage3", "--out", str(d / "run"), "--device", "cpu"],
+                "stage3"),
 }
 
 
