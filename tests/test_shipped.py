@@ -79,7 +79,7 @@ def test_data_stays_small_and_fp16():
     from safetensors import safe_open
 
     files = [p for p in wb.data_dir().rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 40 * 2**20
+    assert sum(p.stat().st_size for p in files) < 50 * 2**20          # the project allows 60 MB; we keep 10 spare
     for p in files:
         if p.suffix == ".safetensors" and p.name != "prompt_embeds.safetensors":
             with safe_open(str(p), "pt") as f:
