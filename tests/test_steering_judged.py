@@ -44,7 +44,7 @@ class _AlwaysStar(nn.Module):
 
 def always_star(cnn):
     star = copy.deepcopy(cnn)
-    star.model.forward_head = _AlwaysStar()
+    star.model.head = _AlwaysStar()
     return star
 
 
