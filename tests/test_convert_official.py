@@ -243,14 +243,15 @@ def test_converted_controlnet_matches_the_official_forward(official, ckpt, tmp_p
     assert eps.shape == x[:1].shape and torch.isfinite(eps).all()
 
 
-def test_pickled_checkpoint_needs_trust(official, tmp_path):
+def test_a_pickled_checkpoint_is_refused_with_the_way_to_safetensors(official, tmp_path):
+    """The workbench never unpickles: a full Lightning checkpoint is refused, naming the line that saves its state
+    dict as safetensors; the safetensors file converts."""
     path = tmp_path / "lightning.ckpt"
     torch.save({"state_dict": _lightning_checkpoint(official), "hyper_parameters": argparse.Namespace(lr=1e-5)},
                path)
-    with pytest.raises(WeightsUnavailableError, match="--trust-pickle"):
+    with pytest.raises(WeightsUnavailableError, match="never unpickles") as err:
         converted_inverter(path, feature_shape=FEATURE_SHAPE, num_heads=TINY["heads"])
-    inv = converted_inverter(path, trust_pickle=True, feature_shape=FEATURE_SHAPE, num_heads=TINY["heads"])
-    assert torch.equal(inv.conditioning.zero_out.weight, official["input_hint_block.block.5.weight"])
+    assert "save_file(" in str(err.value) and "lightning.safetensors" in str(err.value)
     from safetensors.torch import save_file
 
     save_file(_lightning_checkpoint(official), tmp_path / "state.safetensors")      # no pickle at all
@@ -275,7 +276,11 @@ def test_cli(official, tmp_path, capsys):
     args = ["convert-official", str(path), "--out", str(tmp_path / "inv"), "--num-heads", "2",
             "--feature-shape", "8", "3", "3"]
     assert cli_main(args) == 1
-    assert "--trust-pickle" in capsys.readouterr().err
+    assert "never unpickles" in capsys.readouterr().err
     assert not (tmp_path / "inv" / "config.json").exists()
-    assert cli_main(args + ["--trust-pickle"]) == 0
+    from safetensors.torch import save_file
+
+    save_file(_lightning_checkpoint(official), tmp_path / "state.safetensors")
+    args[1] = str(tmp_path / "state.safetensors")
+    assert cli_main(args) == 0
     assert json.loads((tmp_path / "inv" / "config.json").read_text())["hidden_channels"] == TINY["hidden"]

@@ -27,7 +27,7 @@ What is not converted: the frozen base (``model.diffusion_model.*``, ``first_sta
 from miniSD), and the Lightning state (optimizer, callbacks, loops).
 
 Example:
-    >>> convert_official("control_featinv_convnext_fin.ckpt", "inverters/official", trust_pickle=True)
+    >>> convert_official("control_featinv_convnext_fin.safetensors", "inverters/official")
     >>> inv = wb.load_inverter("inverters/official")          # loads miniSD with the official prompt
     >>> images = inv.invert(features, **inv.card["sampler"])   # DDIM 50, guidance 1.75, guidance_mode="prompt"
 """
@@ -56,19 +56,19 @@ OFFICIAL_IMAGE_SIZE = 256
 OFFICIAL_CLASSIFIER_SIZE = 288
 
 
-def load_official_state(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict of an official checkpoint, without running pickled code unless ``trust_pickle``.
+def load_official_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of an official checkpoint, never unpickling anything.
 
-    A ``.safetensors`` file is read directly. A ``.ckpt`` is a pickle, and unpickling runs whatever code it names:
-    it is read first with ``torch.load(weights_only=True)``, which accepts only tensors and plain containers (a
-    checkpoint saved as ``{"state_dict": {...}}``); a full Lightning checkpoint (hyper-parameters, callbacks) needs
-    ``torch.load(weights_only=False)``, which is done only with ``trust_pickle=True``.
+    A ``.safetensors`` file is read directly. A ``.ckpt`` is a pickle, and unpickling runs whatever code it names: it
+    is read only with ``torch.load(weights_only=True)``, which accepts tensors and plain containers (a checkpoint
+    saved as ``{"state_dict": {...}}``). A full Lightning checkpoint (hyper-parameters, callbacks) is refused with
+    the one-line way to turn it into a ``.safetensors`` of its state dict, to be run where the file is trusted.
 
     Returns:
         ``{key: Tensor}``: the ``"state_dict"`` entry when there is one, else the loaded mapping itself.
 
     Raises:
-        WeightsUnavailableError: the file is missing, or needs unpickling that ``trust_pickle`` does not allow.
+        WeightsUnavailableError: the file is missing, or holds more than tensors and plain containers.
     """
     import pickle
 
@@ -83,13 +83,14 @@ def load_official_state(path: str | Path, *, trust_pickle: bool = False) -> dict
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if not trust_pickle:
-            raise WeightsUnavailableError(
-                f"{str(path)!r} holds more than tensors (a full PyTorch Lightning checkpoint pickles its "
-                "hyper-parameters and callbacks), and reading it means unpickling, which can run any code the file "
-                "names. Pass --trust-pickle (trust_pickle=True) only for a file from a source you trust, e.g. one "
-                f"you trained yourself. ({str(err).splitlines()[0]})") from None
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
+        target = path.with_suffix(".safetensors")
+        raise WeightsUnavailableError(
+            f"{str(path)!r} holds more than tensors (a full PyTorch Lightning checkpoint pickles its "
+            "hyper-parameters and callbacks), and reading it would mean unpickling, which can run any code the file "
+            "names; the workbench never unpickles. Where you trust the file, save its state dict as safetensors "
+            "and convert that: python -c \"import torch; from safetensors.torch import save_file; "
+            f"save_file(torch.load('{path}', weights_only=False)['state_dict'], '{target}')\" "
+            f"({str(err).splitlines()[0]})") from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else None
     if not isinstance(state, Mapping):
         raise WeightsUnavailableError(f"{str(path)!r} holds a {type(loaded).__name__}, not a checkpoint dict with a "
@@ -198,7 +199,7 @@ def convert_controlnet_state(control: Mapping[str, torch.Tensor], params: Mappin
     return converted | hint | stats
 
 
-def converted_inverter(checkpoint: str | Path, *, trust_pickle: bool = False, base: str = "lambdalabs/miniSD-diffusers",
+def converted_inverter(checkpoint: str | Path, *, base: str = "lambdalabs/miniSD-diffusers",
                        classifier: str | None = None, layer: str | None = None,
                        feature_shape: tuple[int, int, int] | None = None, num_heads: int = OFFICIAL_NUM_HEADS,
                        classifier_size: int = OFFICIAL_CLASSIFIER_SIZE):
@@ -209,7 +210,6 @@ def converted_inverter(checkpoint: str | Path, *, trust_pickle: bool = False, ba
 
     Args:
         checkpoint: the official ``.ckpt`` (or a ``.safetensors`` of its state dict).
-        trust_pickle: allow unpickling a full Lightning checkpoint, see :func:`load_official_state`.
         base: the diffusion base the config records (the official code starts from miniSD).
         classifier, layer, feature_shape: what the maps come from (default: the ``official`` preset's
             ``convnext_base.fb_in22k_ft_in1k``, ``stages.3``, ``(1024, 9, 9)``); ``feature_shape[0]`` must be the
@@ -226,7 +226,7 @@ def converted_inverter(checkpoint: str | Path, *, trust_pickle: bool = False, ba
     preset = get("official")
     classifier, layer = classifier or preset.classifier, layer or preset.layer
     feature_shape = tuple(feature_shape or preset.feature_shape)
-    control = control_state(load_official_state(checkpoint, trust_pickle=trust_pickle))
+    control = control_state(load_official_state(checkpoint))
     try:
         params = official_params(control, num_heads=num_heads)
     except KeyError as err:
@@ -288,13 +288,13 @@ def convert_official(checkpoint: str | Path, out: str | Path, *, fp16: bool = Fa
         checkpoint: the official ``.ckpt``.
         out: the folder to write.
         fp16: store the weights in half precision (default: float32, as trained; the conversion is then exact).
-        **kwargs: :func:`converted_inverter`'s (``trust_pickle=True`` for a full Lightning checkpoint).
+        **kwargs: :func:`converted_inverter`'s.
 
     Returns:
         ``out``, which ``wb.load_inverter`` and ``FeatInv.from_pretrained`` read.
 
     Example:
-        >>> convert_official("control_featinv_convnext_fin.ckpt", "inverters/official", trust_pickle=True)
+        >>> convert_official("control_featinv_convnext_fin.safetensors", "inverters/official")
     """
     from .presets import get
 
