@@ -49,7 +49,10 @@ def test_explorer_builds_and_runs(explorer):
     assert "classifier on the edited map" in explorer.logits.value and "<table" in explorer.logits.value
     assert "classifier on the inverted image" in explorer.inverted.value
     assert result["image_probs"].shape == (2, 8) and torch.allclose(result["image_probs"].sum(1), torch.ones(2))
-    assert explorer.strip.value.count("<img") == 3 and "sample 2" in explorer.strip.value
+    assert explorer.strip.value.count("<img") == 3
+    judged = result["judge_probs"]                            # each sample is labelled with the judges' reading
+    top = explorer.class_names[int(judged[1].argmax())]
+    assert judged.shape == (2, 8) and f"2: judges {top} {float(judged[1].max()):.2f}" in explorer.strip.value
     assert not explorer.run.disabled
 
 

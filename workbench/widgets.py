@@ -206,6 +206,7 @@ class Explorer:
         self.num_inference_steps, self.seed, self.top_k = self.sampler.num_inference_steps, seed, top_k
         self.result: dict = {}
         self._channel_means: dict[str, Tensor] = {}
+        self._per_image: dict[tuple[int, str], tuple[Tensor, Tensor, Tensor]] = {}   # (image, layer) -> map, logits, probs
 
         narrow = w.Layout(width="300px")
         self.image = w.IntSlider(value=0, min=0, max=len(images) - 1, description="image", layout=narrow)
@@ -367,12 +368,15 @@ class Explorer:
         i, layer, n = settings["image"], settings["layer"], settings["samples"]
         inverter = self.inverters[layer]
         x = self.images[i:i + 1]
-        feats = extract_features(self.classifier, x, layer).float().cpu()
+        if (i, layer) not in self._per_image:       # what does not depend on the edit, once per image and layer
+            f = extract_features(self.classifier, x, layer).float().cpu()
+            self._per_image[i, layer] = (f, map_logits(self.classifier, x, layer, f)[0],
+                                         class_probabilities(self.classifier, x).cpu()[0])
+        feats, before, original_probs = self._per_image[i, layer]
         edited = self.edit(feats)
-        before = map_logits(self.classifier, x, layer, feats)[0]
         after = map_logits(self.classifier, x, layer, edited)[0]
         scored = self.concept.value != "(none)" and self.alpha.value != 0 and self.method.value.endswith("guidance")
-        if scored and hasattr(inverter, "predict_noise"):     # guidance between the edited and the original map
+        if scored and getattr(inverter, "uses_sampler", False):   # guidance between the edited and the original map
             samples = score_guided_invert(inverter, feats, edited, edit_scale=SCORE_SCALE, num_samples=n,
                                           sampler=self.sampler, classifier=self.classifier, seed=self.seed,
                                           progress=False)
@@ -385,10 +389,10 @@ class Explorer:
                                             progress=False))
                 on_sample(s + 1)
             samples = torch.cat(outs, 1)                                           # [1, S, 3, H, W]
-        probs = class_probabilities(self.classifier, torch.cat([x, samples[0]])).cpu()   # [1 + S, K]
+        probs = class_probabilities(self.classifier, samples[0]).cpu()                    # [S, K]
         judged = judge_readings(samples[0].cpu(), reader=None).get("judge_probs")          # [S, K], the judges'
         return {"image": i, "layer": layer, "features": feats, "edited": edited, "logits_before": before,
-                "logits_after": after, "samples": samples, "image_probs": probs[1:], "original_probs": probs[0],
+                "logits_after": after, "samples": samples, "image_probs": probs, "original_probs": original_probs,
                 "judge_probs": judged}
 
     def show(self, result: dict) -> None:
