@@ -6,13 +6,17 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from .inverters.interface import Inverter
+
+
 @torch.no_grad()
-def inverter_card_metrics(inverter: nn.Module, classifier: nn.Module, *, num_images: int = 256, seed: int = 0,
+def inverter_card_metrics(inverter: Inverter, classifier: nn.Module, *, num_images: int = 256, seed: int = 0,
                           **invert_kwargs) -> dict[str, Any]:
     """What an inverter's card reports: one reconstruction of each of ``num_images`` held-out tiny-world test
     images (``tinyworld_images(num_images, split="test", seed=seed)``), measured by the feature cosine at the

@@ -36,13 +36,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 import torch
 from torch import nn
 
 from .errors import ArgumentValueError, BadInputError, InverterMismatchError
+
+if TYPE_CHECKING:
+    from .inverters.interface import Inverter
 
 #: The independent classifier used for the cross-model cosine and the Fréchet distance of each tiny-world model.
 REFERENCE_CLASSIFIERS = {"tinyworld-cnn": "tinyworld-vit", "tinyworld-vit": "tinyworld-cnn"}
@@ -143,7 +146,7 @@ def compare(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def inverter_label(inverter: nn.Module) -> str:
+def inverter_label(inverter: Inverter) -> str:
     """A short name for tables: ``"featinv tinyworld-cnn/stages.3"``, ``"featinv-pooled ..."``, ``"decoder ..."``."""
     kind = getattr(inverter, "kind", type(inverter).__name__)
     if getattr(inverter, "pooling", "none") != "none":
@@ -339,7 +342,7 @@ def _real_features(judge: nn.Module) -> torch.Tensor:
     return _REAL_FEATURES[key]
 
 
-def uses_model_gradients(inverter: nn.Module, invert_kwargs: Mapping[str, Any] | None = None) -> bool:
+def uses_model_gradients(inverter: Inverter, invert_kwargs: Mapping[str, Any] | None = None) -> bool:
     """Whether a method follows the graded (inverted) model's gradients when it inverts: the optimisation
     baseline always, FeatInv when feature guidance is on (``feature_guidance_scale > 0``, explicitly or by
     default); the decoder, retrieval and unguided FeatInv never. Own-model metrics of such a method are graded by
@@ -360,7 +363,7 @@ def uses_model_gradients(inverter: nn.Module, invert_kwargs: Mapping[str, Any] |
     return False
 
 
-def method_name(inverter: nn.Module, invert_kwargs: Mapping[str, Any] | None = None) -> str:
+def method_name(inverter: Inverter, invert_kwargs: Mapping[str, Any] | None = None) -> str:
     """The method's name in tables: the paper's method, unguided FeatInv, is ``"FeatInv"``; with feature guidance it
     is ``"FeatInv + feature guidance (uses the model's gradients)"``; the others by kind."""
     kind = getattr(inverter, "kind", type(inverter).__name__)
@@ -372,7 +375,7 @@ def method_name(inverter: nn.Module, invert_kwargs: Mapping[str, Any] | None = N
             "retrieval": "nearest training image"}.get(kind, kind)
 
 
-def _check_pairing(inverter: nn.Module, classifier: nn.Module, layer: str, num_samples: int) -> None:
+def _check_pairing(inverter: Inverter, classifier: nn.Module, layer: str, num_samples: int) -> None:
     """:func:`evaluate`'s refusals: a layer or classifier the inverter was not built for, fewer than one sample."""
     if layer != inverter.layer:
         raise InverterMismatchError(f"the inverter inverts {inverter.layer!r}, not {layer!r}; pass "
@@ -385,7 +388,7 @@ def _check_pairing(inverter: nn.Module, classifier: nn.Module, layer: str, num_s
         raise ArgumentValueError(f"num_samples must be >= 1, got {num_samples}")
 
 
-def evaluate(inverter: nn.Module, classifier: nn.Module, layer: str | None = None, dataset=None, num_images: int = 256,
+def evaluate(inverter: Inverter, classifier: nn.Module, layer: str | None = None, dataset=None, num_images: int = 256,
              seed: int = 0, num_samples: int = 1, *, reference: nn.Module | str | None = None,
              extractor: nn.Module | None = None, progress: bool = True, return_reconstructions: bool = False,
              judges: Mapping[str, nn.Module] | str | None = "default", reader: nn.Module | str | None = "default",
