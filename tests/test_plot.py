@@ -55,6 +55,11 @@ CALLS = {
                                                           class_names=["circle", "square", "star"],
                                                           steps=[0.0, 0.3, 0.6, 1.0], title=title),
     "steering_figure": lambda title: plot.steering_figure(steering_table(), title=title),
+    "judged_sweep_figure": lambda title: plot.judged_sweep_figure(
+        images(2), images(2, 2, 3, 1), pd.DataFrame(
+            [{"image": i, "arm": arm, "alpha": a, "sample": 0, "judge_p_target": 0.1 * k + 0.3 * (arm == "edit")}
+             for i in range(2) for arm in ("edit", "random control") for k, a in enumerate([0.0, 2.0, 4.0])]),
+        images=[0, 1], title=title),
     "atom_figure": lambda title: plot.atom_figure(images(3), torch.rand(3, 4, 4, generator=g), images(2, 3, 2),
                                                   originals=images(2), alphas=[0, 1, 2], title=title),
 }

@@ -205,6 +205,10 @@ def test_explorer_offers_the_edit_methods(cnn, data, feats, inverter, star):
     ex.concept.value, ex.alpha.value = "star", 1.0
     for method in STEER_METHODS:
         ex.method.value = method
+        if method.startswith("matched"):   # needs steer_bank= and image_factors= (tests/test_steering_judged.py)
+            with pytest.raises(AnalysisError, match="steer_bank"):
+                ex.edit(f)
+            continue
         assert ex.edit(f).shape == f.shape and not torch.equal(ex.edit(f), f)
     ex.method.value = "nearest real map"
     assert torch.allclose(ex.edit(f), steering.nearest_maps(f, feats[y == STAR]), atol=1e-5)

@@ -52,7 +52,9 @@ class LiveUpdates:
                 self._timer.cancel()
             self._idle.clear()
             self._timer = threading.Timer(self.delay_s, self._run, args=(generation,))
-            self._timer.daemon = True
+            # not a daemon: Python waits for it at exit, so that a computation inside torch is never cut off by the
+            # interpreter's shutdown (which aborts the process: "terminate called without an active exception")
+            self._timer.daemon = False
             self._timer.start()
         return generation
 
