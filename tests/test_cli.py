@@ -19,7 +19,7 @@ def test_demo_writes_figure_and_table(tmp_path, capsys):
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     table = pd.read_csv(tmp_path / "demo_metrics.csv")
     assert len(table) == 4 and set(table["classifier"]) == {"tinyworld-cnn", "tinyworld-vit"}
-    assert table["feature_cosine"].between(-1, 1).all()
+    assert table["feature_cosine"].between(-1, 1).all() and table["judge_agreement"].between(0, 1).all()
     assert "feature_cosine" in capsys.readouterr().out
 
 

@@ -3,7 +3,9 @@
 Loads the shipped world, classifiers and FeatInv inverters, inverts ``--num-images`` held-out test images
 at the last and a middle layer of both classifiers with ``--num-samples`` samples each, writes
 ``OUT/demo.png`` (a grid: a row per image, its original, then per layer its samples and their invariance map) and
-``OUT/demo_metrics.csv``, and prints the metrics table.
+``OUT/demo_metrics.csv``, and prints the metrics table: ``judge_agreement`` (the shipped judges' consensus class of
+each sample against theirs of its original: graded by models that made none of the images) first, then the inverted
+classifier's own ``feature_cosine`` and ``top1_agreement`` (whose gradients the default sampler follows).
 """
 from __future__ import annotations
 
@@ -53,8 +55,11 @@ def run(*, num_images: int = 8, num_samples: int = 4, num_inference_steps: int |
     if num_images < 1 or num_samples < 2:
         raise ArgumentValueError(f"the demo needs num_images >= 1 and num_samples >= 2 (for the invariance map), got "
                                  f"num_images={num_images}, num_samples={num_samples}")
+    from ..judges import judge_readings
+
     options = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
     images = TinyWorld("test", size=num_images, seed=seed).images()
+    judged_originals = judge_readings(images, reader=None).get("judge_predicted")   # the judges' class of each
     results, rows = {}, []
     classifiers = {}
     for clf_name, layer in DEMO_LAYERS:
@@ -68,7 +73,10 @@ def run(*, num_images: int = 8, num_samples: int = 4, num_inference_steps: int |
         orig = images.repeat_interleave(num_samples, 0)
         cos = feature_cosine(clf, layer, orig, flat)
         agree = topk_agreement(clf, orig, flat, k=(1,))["top1"]
+        judged = judge_readings(flat, reader=None).get("judge_predicted")
+        same = (judged == judged_originals.repeat_interleave(num_samples, 0)).float().mean().item()
         rows.append({"classifier": clf_name, "layer": layer, "feature_shape": "x".join(map(str, inv.feature_shape)),
+                     "judge_agreement": round(same, 3),     # graded by judges that made none of the images
                      "feature_cosine": round(cos.mean().item(), 3), "top1_agreement": round(agree.float().mean().item(), 3),
                      "invariance": round(invariance_map(out).mean().item(), 4),
                      "s_per_image": round(dt / (num_images * num_samples), 3)})
