@@ -229,8 +229,9 @@ class Explorer:
         name = getattr(classifier, "name", None) or type(classifier).__name__
         header = w.HTML(f"<b style='font-size:15px'>Explorer: what does {html.escape(str(name))} keep at a layer?"
                         "</b><div style='font-size:12px;line-height:16px'>Pick an image and a layer, ablate "
-                        "channels or steer along a concept, press <b>Invert</b>. The samples show what the edited "
-                        "map still fixes; the tables, what the classifier makes of the map and of the images.</div>")
+                        "channels or steer along a concept, press <b>Invert</b> (a live layer re-inverts by itself). "
+                        "The samples show what the edited map still fixes; the tables, what the classifier makes of "
+                        "the map and of the images.</div>")
         self._refresh_concepts()
         self.layer.observe(lambda change: self._refresh_concepts(), names="value")
         self.image.observe(lambda change: self._show_original(), names="value")
