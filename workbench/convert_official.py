@@ -87,9 +87,9 @@ def load_official_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsUnavailableError(
             f"{str(path)!r} holds more than tensors (a full PyTorch Lightning checkpoint pickles its "
             "hyper-parameters and callbacks), and reading it would mean unpickling, which can run any code the file "
-            "names; the workbench never unpickles. Where you trust the file, save its state dict as safetensors "
-            "and convert that: python -c \"import torch; from safetensors.torch import save_file; "
-            f"save_file(torch.load('{path}', weights_only=False)['state_dict'], '{target}')\" "
+            "names; the workbench never unpickles. Where you trust the file, load it with torch's full unpickler "
+            "(torch.load with weights_only=False) and write its 'state_dict' with safetensors' "
+            f"save_file(state_dict, '{target}'), then convert that file "
             f"({str(err).splitlines()[0]})") from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else None
     if not isinstance(state, Mapping):
