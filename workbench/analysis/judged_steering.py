@@ -65,7 +65,7 @@ def _rows(samples: Tensor, alphas: Sequence[float], edit_norms: Tensor, target_c
     """The table of :func:`judged_sweep` from ``samples`` ``[B, 2, A, S, 3, H, W]`` and the step norms ``[B, A]``."""
     import pandas as pd
 
-    from ..judges import judge_readings
+    from .steering_studies import add_judge_columns
 
     b, n_arms, a, s = samples.shape[:4]
     idx = np.stack(np.meshgrid(np.arange(b), np.arange(n_arms), np.arange(a), np.arange(s), indexing="ij"), -1)
@@ -73,14 +73,7 @@ def _rows(samples: Tensor, alphas: Sequence[float], edit_norms: Tensor, target_c
     table = pd.DataFrame({"image": idx[:, 0], "arm": np.asarray(ARMS)[idx[:, 1]],
                           "alpha": np.asarray([float(v) for v in alphas])[idx[:, 2]], "sample": idx[:, 3],
                           "step_norm": edit_norms.numpy()[idx[:, 0], idx[:, 2]]})
-    graded = judge_readings(samples.reshape(-1, *samples.shape[-3:]), judges=judges, reader=reader)
-    if "judge_probs" in graded:
-        table["judge_predicted"] = graded["judge_predicted"].numpy()
-        if target_class is not None:
-            table["judge_p_target"] = graded["judge_probs"][:, int(target_class)].numpy()
-    for key, value in graded.items():
-        if key.startswith("read_"):
-            table[key] = value.numpy()
+    add_judge_columns(table, samples.reshape(-1, *samples.shape[-3:]), target_class, judges, reader)
     return table
 
 

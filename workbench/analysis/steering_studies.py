@@ -143,7 +143,7 @@ def steering_study(classifier: nn.Module, inverter, images: Tensor, edit: Edit |
     samples = torch.stack(outs, 1)                                             # [B, A, S, 3, H, W]
     table = _steering_rows(classifier, samples, alphas, torch.stack(map_probs, 1), edit.concept, target_class,
                            readout)
-    _add_judge_columns(table, samples.reshape(-1, *samples.shape[3:]), target_class, judges, reader)
+    add_judge_columns(table, samples.reshape(-1, *samples.shape[3:]), target_class, judges, reader)
     if distances[0] is not None:       # [B, A], one per edited map, repeated over its samples
         table["feature_distance"] = torch.stack(distances, 1).reshape(-1).repeat_interleave(num_samples).numpy()
     table.attrs["sampler"] = study_sampler(inverter, sampler, {"num_inference_steps": num_inference_steps})[0]
@@ -175,7 +175,7 @@ def _steering_rows(classifier: nn.Module, samples: Tensor, alphas: Sequence[floa
     return table
 
 
-def _add_judge_columns(table, flat: Tensor, target_class: int | None, judges, reader) -> None:
+def add_judge_columns(table, flat: Tensor, target_class: int | None, judges, reader) -> None:
     """Put the independent graders' readings of the inversions ``flat`` ``[N, 3, H, W]`` (one per table row) into
     ``table``: ``judge_predicted``, ``judge_p_target`` (with a target class) and ``read_<factor>``."""
     from ..judges import judge_readings
