@@ -1,8 +1,7 @@
 """Train the decoder baseline (``workbench train-decoder``), Dosovitskiy & Brox 2016.
 
     workbench train-decoder --classifier tinyworld-cnn --layer stages.3 --steps 3000 --out runs/dec-cnn [--resume]
-    workbench train-decoder --classifier tinyworld-vit --layer blocks.5 --steps 3000 --out runs/dec-vit \\
-        --max-minutes 8 --ship data
+    workbench train-decoder --classifier tinyworld-vit --layer blocks.5 --steps 3000 --out runs/dec-vit --max-minutes 8 --ship data
 
 The classifier is frozen. Each step renders nothing new: the tiny-world training images are rendered
 once, their features at ``--layer`` are computed per batch under ``no_grad``, and the decoder is fit

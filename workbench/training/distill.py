@@ -1,7 +1,6 @@
 """Distil a shipped FeatInv into a one-step inverter (``workbench distill``).
 
-    workbench distill --teacher tinyworld-cnn/stages.3 --pairs 8192 --steps 3000 --out runs/distill-cnn \\
-        --resume --ship data
+    workbench distill --teacher tinyworld-cnn/stages.3 --pairs 8192 --steps 3000 --out runs/distill-cnn --resume --ship data
 
 The method is knowledge distillation of the teacher's deterministic sampler (Luhman & Luhman 2021): 1. the teacher
 (its default sampler: DDIM, classifier-free guidance and feature guidance) turns ``--pairs`` pairs of (tiny-world

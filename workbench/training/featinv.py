@@ -1,9 +1,7 @@
 """Train a FeatInv ControlNet (``workbench train-inverter``).
 
-    workbench train-inverter --classifier tinyworld-cnn --layer stages.3 --base tinyworld-base \\
-        --data tinyworld --steps 6000 --out runs/cnn-stages.3 [--resume]
-    accelerate launch -m workbench.cli train-inverter --classifier resnet50 --layer layer4 \\
-        --base lambdalabs/miniSD-diffusers --data /data/imagenet/train --steps 100000 --out runs/r50
+    workbench train-inverter --classifier tinyworld-cnn --layer stages.3 --base tinyworld-base --data tinyworld --steps 6000 --out runs/cnn-stages.3 [--resume]
+    accelerate launch -m workbench.cli train-inverter --classifier resnet50 --layer layer4 --base lambdalabs/miniSD-diffusers --data /data/imagenet/train --steps 100000 --out runs/r50
 
 The base (UNet, VAE) and the classifier are frozen. Each step computes the classifier's features of
 the batch, batched and under ``no_grad`` in eval mode; the prompt embedding was computed once when
